@@ -1,0 +1,204 @@
+"""Parameter profiles: one schema, validated at load, ``key=value`` overrides, unknown keys rejected.
+
+>>> P = load_params("smoke", ["preprocess.size=96"])
+>>> P.preprocess.size
+96
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import paths
+
+
+class ParamsError(ValueError):
+    """A profile that does not validate; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors and types are not coerced from strings in YAML files.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=False)
+
+
+class SynthArtParams(_Section):
+    num_images: int = Field(100, ge=16, description="paintings to generate (defects included)")
+    seed: int = 0
+    max_side: int = Field(1400, ge=64, description="the largest image side; some exceed 1024")
+
+
+class DataParams(_Section):
+    source: Literal["synthart", "kaggle", "huggan"] = "synthart"
+    root: str = "{run_dir}/raw/synthart"  # Kaggle layout: <Style>/<file>.jpg + classes.csv
+    hf_dataset: str = "huggan/wikiart"
+    hf_split: str = "train"
+    limit: int | None = Field(None, ge=1, description="use only the first N rows (None: all)")
+    synthart: SynthArtParams = SynthArtParams()
+
+
+class ModelParams(_Section):
+    build_tiny: bool = False  # build seeded tiny checkpoints at these paths when missing
+    clip: str = "openai/clip-vit-base-patch32"
+    blip2: str = "Salesforce/blip2-opt-2.7b"
+    sdxl_refiner: str = "stabilityai/stable-diffusion-xl-refiner-1.0"
+    resnet: str = "microsoft/resnet-50"
+
+
+class SplitParams(_Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    stratify: Literal["style", "genre", "artist", "none"] = "style"
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitParams":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class PreprocessParams(_Section):
+    size: int = Field(1024, ge=16, le=4096)
+    resize_mode: Literal["letterbox", "crop"] = "letterbox"
+    pad_color: list[int] = Field(default_factory=lambda: [0, 0, 0], min_length=3, max_length=3)
+    image_format: Literal["png", "jpg"] = "png"
+    max_pixels: int = Field(178_956_970, ge=1, description="larger images are skipped as oversized")
+    drop_missing: list[Literal["artist", "genre", "style", "subset"]] = Field(
+        default_factory=lambda: ["artist", "genre", "subset"]
+    )
+    dedupe_phash: bool = True
+    split: SplitParams = SplitParams()
+    workers: int = Field(2, ge=1)
+
+
+class Params(_Section):
+    """All parameters of one study run."""
+
+    profile: str = "custom"
+    seed: int = 1234
+    run_dir: str = "runs/{profile}"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    num_workers: int = Field(2, ge=1)
+    data: DataParams = DataParams()
+    models: ModelParams = ModelParams()
+    preprocess: PreprocessParams = PreprocessParams()
+
+    # -- derived values -------------------------------------------------------
+    @property
+    def run_path(self) -> Path:
+        """The run directory as an absolute path (``$ARTSIM_RUN_DIR`` wins when set)."""
+        env = os.environ.get("ARTSIM_RUN_DIR")
+        raw = env if env else self.run_dir.format(profile=self.profile)
+        return paths.resolve(raw)
+
+    @property
+    def run(self) -> paths.RunDir:
+        return paths.RunDir(self.run_path)
+
+    def path(self, value: str) -> Path:
+        """Resolve a path-valued parameter: ``{run_dir}`` and ``{profile}`` are expanded,
+        relative paths are taken from the project root."""
+        return paths.resolve(value.format(run_dir=self.run_path, profile=self.profile))
+
+    def model_ref(self, name: str) -> str:
+        """A model field as ``from_pretrained`` wants it: a hub id stays as it is, a path is resolved."""
+        value = getattr(self.models, name)
+        if "{" in value or value.startswith((".", "/", "~")) or Path(value).exists():
+            return str(self.path(value))
+        return value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+PROFILE_DIR = "params"
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    """A profile name (``smoke``) or a path to a YAML file, as a path."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        p = paths.resolve(p, Path.cwd())
+        if not p.exists():
+            raise ParamsError(f"{p}: no such params file")
+        return p
+    named = paths.project_root() / PROFILE_DIR / f"{profile}.yaml"
+    if not named.exists():
+        known = sorted(x.stem for x in (paths.project_root() / PROFILE_DIR).glob("*.yaml"))
+        raise ParamsError(f"{named}: no profile named {profile!r} (known: {', '.join(known)})")
+    return named
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> ``(["a", "b"], 3)``; the value is read as a YAML scalar or list."""
+    if "=" not in item:
+        raise ParamsError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ParamsError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply(data: dict, keys: list[str], value: Any, origin: str) -> None:
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ParamsError(f"{origin}: {'.'.join(keys[: i + 1])} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(x) for x in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",):
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {key}: {msg}{more}"
+
+
+def validate(data: dict, origin: str = "<params>") -> Params:
+    """Validate a params mapping; raise :class:`ParamsError` naming ``origin`` and the key."""
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, origin)) from None
+
+
+def load_params(profile: str | os.PathLike = "smoke", overrides: Sequence[str] = ()) -> Params:
+    """Load a profile (a name under ``params/`` or a YAML path), apply ``key=value``
+    overrides and validate. Raises :class:`ParamsError` with a one-line message."""
+    path = profile_path(profile)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping")
+    validate(data, str(path))  # report file errors against the file, before overrides
+    for item in overrides:
+        keys, value = parse_override(item)
+        _apply(data, keys, value, f"{path} --set {item}")
+        # An override's value comes from the command line: let "3" stand for 3 and so on.
+        try:
+            data = Params.model_validate(data, strict=False).model_dump(mode="json")
+        except ValidationError as err:
+            raise ParamsError(_format_error(err, f"{path} --set {item}")) from None
+    return validate(data, str(path))
