@@ -68,10 +68,12 @@ class PreprocessParams(_Section):
     pad_color: list[int] = Field(default_factory=lambda: [0, 0, 0], min_length=3, max_length=3)
     image_format: Literal["png", "jpg"] = "png"
     max_pixels: int = Field(178_956_970, ge=1, description="larger images are skipped as oversized")
+    # Manifest columns; Kaggle's classes.csv calls the style column 'genre'.
     drop_missing: list[Literal["artist", "genre", "style", "subset"]] = Field(
-        default_factory=lambda: ["artist", "genre", "subset"]
+        default_factory=lambda: ["artist", "style", "subset"]
     )
     dedupe_phash: bool = True
+    phash_max_distance: int = Field(0, ge=0, le=64, description="Hamming distance counted as a duplicate")
     split: SplitParams = SplitParams()
     workers: int = Field(2, ge=1)
 

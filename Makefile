@@ -1,0 +1,49 @@
+# artsim: `make help` lists the targets. Everything runs from the project's own .venv.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PROFILE ?= smoke
+# The CPU wheel on a CPU machine; a plain `torch` from PyPI would be a multi-GB CUDA build.
+TORCH   ?= torch==2.13.0
+# pip's notices about unused local indexes are noise here; real errors still fail the step.
+QUIET   := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: help install study dry-run report test test-fast data models clean clean-runs
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=$(PROFILE) (smoke | full | path/to.yaml), SET='key=value ...', TORCH='$(TORCH)'"
+
+install: $(STAMP) ## create .venv and install artsim with every dependency (CPU torch)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)" $(QUIET)
+	$(PY) -m pip install -q -e ".[dev]" $(QUIET)
+	$(PY) -c "import torch, transformers, diffusers, snakemake; print('torch', torch.__version__)"
+	touch $(STAMP)
+
+study: install ## run the whole study on PROFILE (default smoke) -> reports/PROFILE/index.html
+	$(VENV)/bin/artsim run --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+
+dry-run: install ## validate the params and show the plan without running anything
+	$(VENV)/bin/artsim run --profile $(PROFILE) $(foreach s,$(SET),--set $(s)) -n
+
+report: install ## rebuild reports/PROFILE/index.html from what has run
+	$(VENV)/bin/artsim report --profile $(PROFILE)
+
+test: install ## run every test, notebooks included (offline)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadgroup
+
+test-fast: install ## the unit tests only (no notebooks, no workflow runs)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not slow"
+
+clean-runs: ## delete runs/ and reports/*/ (all generated data and executed notebooks)
+	rm -rf runs reports/*/
+
+clean: clean-runs ## also delete the virtual environment
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,44 @@
+"""The cluster recipe (environment.yml) stays in step with pyproject.toml."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _specs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    return project["dependencies"], conda, pip
+
+
+def test_every_pyproject_dependency_is_in_environment_yml_with_the_same_spec():
+    deps, conda, pip = _specs()
+    pip_specs = {_name(s): s.replace(" ", "") for s in pip if not s.startswith("-e")}
+    for dep in deps:
+        if _name(dep) == "torch":
+            continue  # conda-forge's CUDA build, checked below
+        assert _name(dep) in pip_specs, f"{dep} is in pyproject.toml but not in environment.yml"
+        assert pip_specs[_name(dep)] == dep.replace(" ", ""), f"{dep} differs in environment.yml"
+    extra = set(pip_specs) - {_name(d) for d in deps}
+    assert not extra, f"environment.yml installs {sorted(extra)} that pyproject.toml does not list"
+
+
+def test_environment_yml_takes_cuda_torch_on_python_311_and_installs_this_checkout():
+    _, conda, pip = _specs()
+    assert "python=3.11" in conda
+    assert any(_name(d) == "pytorch-gpu" for d in conda)
+    assert "-e ." in pip
+
+
+def test_no_torchvision_anywhere():
+    deps, conda, pip = _specs()
+    assert not any("torchvision" in d for d in deps + conda + pip)

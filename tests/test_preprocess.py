@@ -1,0 +1,154 @@
+"""Stage 02 on hand-made images: every defect case, the resize modes, the split, resumption."""
+import io
+import os
+
+import imagehash
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from artsim_lib import config
+from artsim_lib.data import preprocess as pp
+
+
+def _painting(w, h, seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
+    img = Image.fromarray(arr).resize((w, h), Image.Resampling.NEAREST)
+    return img.convert(mode) if mode != "RGB" else img
+
+
+@pytest.fixture
+def files(tmp_path):
+    """One file per defect case; returns {case: path}."""
+    d = tmp_path / "raw"
+    d.mkdir()
+    out = {}
+    out["rgb"] = d / "rgb.jpg"
+    _painting(300, 150, 1).save(out["rgb"])
+    out["gray"] = d / "gray.jpg"
+    _painting(120, 160, 2, "L").save(out["gray"])
+    out["cmyk"] = d / "cmyk.jpg"
+    _painting(200, 200, 3, "CMYK").save(out["cmyk"])
+    out["rgba"] = d / "rgba.jpg"  # PNG bytes behind a .jpg name, as scraped files often are
+    rgba = _painting(100, 100, 4, "RGBA")
+    rgba.putalpha(0)
+    rgba.save(out["rgba"], format="PNG")
+    out["exif"] = d / "exif.jpg"  # stored 200x100, displayed 100x200 (rotate 90°)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _painting(200, 100, 5).save(out["exif"], exif=exif)
+    out["truncated"] = d / "truncated.jpg"
+    buf = io.BytesIO()
+    _painting(400, 400, 6).save(buf, format="JPEG")
+    out["truncated"].write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out["missing"] = d / "does-not-exist.jpg"
+    return out
+
+
+def _run(src, tmp_path, size=64, mode="letterbox", pad=(0, 0, 0), max_pixels=10**9):
+    dst = tmp_path / "out" / (src.stem + ".png")
+    dst.parent.mkdir(exist_ok=True)
+    return pp.process_image(str(src), str(dst), size, mode, pad, max_pixels), dst
+
+
+@pytest.mark.parametrize("case,mode", [("rgb", "RGB"), ("gray", "L"), ("cmyk", "CMYK"), ("rgba", "RGBA")])
+def test_every_mode_becomes_rgb_at_target_size(files, tmp_path, case, mode):
+    status, dst = _run(files[case], tmp_path)
+    assert status["status"] == "ok" and status["orig_mode"] == mode
+    with Image.open(dst) as out:
+        assert out.mode == "RGB" and out.size == (64, 64)
+
+
+def test_transparent_pixels_are_composited_on_white(files, tmp_path):
+    _, dst = _run(files["rgba"], tmp_path)
+    assert np.asarray(Image.open(dst)).min() == 255  # fully transparent input -> white
+
+
+def test_exif_orientation_is_applied(files, tmp_path):
+    # After rotation the picture is portrait, so letterboxing pads left and right, not top and bottom.
+    _, dst = _run(files["exif"], tmp_path, pad=(255, 0, 0))
+    arr = np.asarray(Image.open(dst))
+    assert (arr[:, 0] == [255, 0, 0]).all()                    # left column is padding
+    assert not (arr[0, 32] == [255, 0, 0]).all()               # top centre is picture
+
+
+@pytest.mark.parametrize("case,reason", [("truncated", "unreadable"), ("missing", "missing file")])
+def test_bad_files_are_skipped_with_a_reason(files, tmp_path, case, reason):
+    status, dst = _run(files[case], tmp_path)
+    assert status["status"] == "skipped" and reason in status["reason"]
+    assert not dst.exists()
+    assert not [p for p in dst.parent.iterdir() if p.name.endswith(".tmp.png")]  # nothing half-written
+
+
+def test_oversized_images_are_skipped(files, tmp_path):
+    status, _ = _run(files["rgb"], tmp_path, max_pixels=1000)
+    assert status["status"] == "skipped" and status["reason"].startswith("oversized")
+
+
+def test_letterbox_keeps_the_whole_picture_and_crop_fills_the_square():
+    img = Image.new("RGB", (200, 100), (0, 255, 0))
+    boxed = np.asarray(pp.fit(img, 50, "letterbox", (9, 9, 9)))
+    cropped = np.asarray(pp.fit(img, 50, "crop"))
+    assert (boxed[0, 25] == 9).all() and (boxed[25, 25] == [0, 255, 0]).all()
+    assert (cropped == [0, 255, 0]).all()
+
+
+def test_existing_outputs_are_reused(files, tmp_path):
+    first, dst = _run(files["rgb"], tmp_path)
+    mtime = os.stat(dst).st_mtime_ns
+    second, _ = _run(files["rgb"], tmp_path)
+    assert (first["status"], second["status"]) == ("ok", "cached")
+    assert os.stat(dst).st_mtime_ns == mtime
+
+
+def test_drop_missing_counts_per_column_and_drops_once():
+    df = pd.DataFrame({"id": list("abcd"), "artist": ["x", None, "", "y"],
+                       "style": ["s", None, "s", "s"], "subset": ["train", "train", "test", None]})
+    kept, counts, dropped = pp.drop_missing(df, ["artist", "style", "subset"])
+    assert list(kept["id"]) == ["a"]
+    assert dict(zip(counts["column"], counts["missing"])) == {"artist": 2, "style": 1, "subset": 1}
+    assert sorted(dropped["id"]) == ["b", "c", "d"]
+    with pytest.raises(KeyError, match="drop_missing"):
+        pp.drop_missing(df, ["genre"])
+
+
+def test_find_duplicates_by_phash_distance():
+    a, b = _painting(64, 64, 1), _painting(64, 64, 2)
+    ha, hb = imagehash.phash(a), imagehash.phash(b)
+    h_resized = imagehash.phash(a.resize((80, 80)))
+    df = pd.DataFrame({"id": ["1", "2", "3", "4"], "phash": [str(ha), str(hb), str(h_resized), None]})
+    exact = pp.find_duplicates(df, max_distance=0)
+    loose = pp.find_duplicates(df, max_distance=64)
+    assert set(loose["id"]) == {"2", "3"} and set(loose["duplicate_of"]) == {"1"}
+    assert set(exact["id"]) == ({"3"} if ha == h_resized else set())
+    assert (ha - h_resized) <= 4  # rescaling hardly moves a perceptual hash
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class_in_train():
+    df = pd.DataFrame({"style": ["a"] * 40 + ["b"] * 20 + ["c"] * 2 + ["d"]})
+    fr = {"train": 0.7, "val": 0.15, "test": 0.15}
+    s1, s2 = pp.stratified_split(df, fr, "style", 1), pp.stratified_split(df, fr, "style", 1)
+    s3 = pp.stratified_split(df, fr, "style", 2)
+    assert s1.equals(s2) and not s1.equals(s3)
+    table = pd.crosstab(df["style"], s1)
+    assert (table["train"] >= 1).all()
+    assert table.loc["a"].to_dict() == {"train": 28, "val": 6, "test": 6}
+    assert table.loc["b"].sum() == 20 and abs(table.loc["b", "train"] - 14) <= 1
+
+
+def test_preprocess_end_to_end(files, run_dir, tmp_path):
+    cases = ["rgb", "gray", "cmyk", "rgba", "exif", "truncated"]
+    raw = pd.DataFrame({
+        "id": cases, "path": [str(files[c]) for c in cases], "filename": [f"S/{c}.jpg" for c in cases],
+        "artist": ["a", "b", None, "d", "e", "f"], "style": ["S", "S", "S", "T", "T", "T"],
+        "subset": ["train"] * 6, "phash": [None] * 6,
+    })
+    P = config.load_params("smoke", ["preprocess.size=32", "preprocess.workers=1"])
+    res = pp.preprocess(P, raw)
+    assert sorted(res.manifest["id"]) == ["exif", "gray", "rgb", "rgba"]
+    assert list(res.skipped["id"]) == ["truncated"] and list(res.dropped["id"]) == ["cmyk"]
+    saved = pd.read_parquet(P.run.manifest)
+    assert set(saved["split"]) <= {"train", "val", "test"} and saved["path"].map(os.path.exists).all()
+    assert (P.run.root / "preprocess" / "skipped.csv").exists()
