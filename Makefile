@@ -37,10 +37,10 @@ report: install ## rebuild reports/PROFILE/index.html from what has run
 	$(VENV)/bin/artsim report --profile $(PROFILE)
 
 test: install ## run every test, notebooks included (offline)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadgroup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadscope
 
 test-fast: install ## the unit tests only (no notebooks, no workflow runs)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not slow"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests -m "not slow"
 
 clean-runs: ## delete runs/ and reports/*/ (all generated data and executed notebooks)
 	rm -rf runs reports/*/

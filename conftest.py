@@ -1,0 +1,23 @@
+"""Shared test set-up (at the root so that it also covers the notebooks nbval runs).
+
+Tests never touch the network and never write into the repository's runs/.
+"""
+import os
+import tempfile
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+# Notebooks run by nbval (and anything else that does not ask for the fixture below) write into a
+# temporary run directory of this process (each xdist worker has its own), never into runs/.
+os.environ["ARTSIM_RUN_DIR"] = tempfile.mkdtemp(prefix="artsim-test-run-")
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """A fresh run directory for the test: ``$ARTSIM_RUN_DIR`` points every stage at it."""
+    d = tmp_path / "run"
+    monkeypatch.setenv("ARTSIM_RUN_DIR", str(d))
+    return d
