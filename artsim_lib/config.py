@@ -78,6 +78,55 @@ class PreprocessParams(_Section):
     workers: int = Field(2, ge=1)
 
 
+class CaptioningParams(_Section):
+    backend: Literal["blip2", "existing"] = "blip2"
+    existing: str | None = None  # parquet/CSV with id or filename + caption (backend 'existing')
+    existing_column: str = "caption"
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(30, ge=1)
+    num_beams: int = Field(1, ge=1)
+    do_sample: bool = False
+    prompt: str | None = None  # an optional text prefix, e.g. "a painting of"
+
+
+class PromptingParams(_Section):
+    backend: Literal["template", "llm"] = "template"
+    llm: str = "meta-llama/Llama-3.1-8B-Instruct"  # a transformers text-generation model
+    llm_max_new_tokens: int = Field(80, ge=1)
+    llm_temperature: float = Field(0.7, ge=0)
+    levels: Literal["both", "split"] = "both"  # both levels per image, or a seeded split
+    radical_share: float = Field(0.5, ge=0, le=1)  # with levels='split'
+    max_tokens: int = Field(77, ge=8, le=77)  # CLIP's limit, special tokens included
+    target_tokens: int = Field(55, ge=8, le=77)
+    compressor: Literal["truncate", "summarize"] = "truncate"
+    summarizer: str = "facebook/bart-large-cnn"
+    batch_size: int = Field(8, ge=1)
+
+
+class GenerationParams(_Section):
+    backend: Literal["sdxl", "augment", "precomputed"] = "sdxl"
+    strength: dict[str, float] = Field(default_factory=lambda: {"moderate": 0.35, "radical": 0.65})
+    steps: int = Field(30, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+    negative_prompt: str = "blurry, low quality, watermark, text, signature"
+    size: int = Field(1024, ge=16, le=4096)
+    batch_size: int = Field(4, ge=1)
+    vae: str | None = None  # e.g. madebyollin/sdxl-vae-fp16-fix (the stock VAE overflows in fp16)
+    variant: str | None = None  # "fp16" for the hub weights on GPU
+    augment_families: list[Literal["photometric", "degradation", "geometric", "stylistic"]] = Field(
+        default_factory=lambda: ["photometric", "degradation", "geometric", "stylistic"])
+    augment_strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    precomputed: str | None = None  # folder with images/<Style>/..._generated and data.csv
+
+
+class TripletParams(_Section):
+    negatives: list[Literal["random", "same_style", "same_artist"]] = Field(
+        default_factory=lambda: ["random", "same_style", "same_artist"])
+    per_kind: int = Field(1, ge=1)  # negatives of each kind per (anchor, positive)
+
+
 class Params(_Section):
     """All parameters of one study run."""
 
@@ -90,6 +139,10 @@ class Params(_Section):
     data: DataParams = DataParams()
     models: ModelParams = ModelParams()
     preprocess: PreprocessParams = PreprocessParams()
+    captioning: CaptioningParams = CaptioningParams()
+    prompting: PromptingParams = PromptingParams()
+    generation: GenerationParams = GenerationParams()
+    triplets: TripletParams = TripletParams()
 
     # -- derived values -------------------------------------------------------
     @property

@@ -49,8 +49,8 @@ def test_unknown_key_or_wrong_type_in_a_file_is_rejected(tmp_path):
     bad.write_text(yaml.safe_dump({"profile": "mine", "preprocess": {"size": "1024"}}))
     with pytest.raises(ParamsError, match=r"mine\.yaml: preprocess\.size"):
         load_params(bad)
-    bad.write_text(yaml.safe_dump({"profile": "mine", "captioning": {"x": 1}}))
-    with pytest.raises(ParamsError, match=r"mine\.yaml: captioning: unknown key"):
+    bad.write_text(yaml.safe_dump({"profile": "mine", "colour_grading": {"x": 1}}))
+    with pytest.raises(ParamsError, match=r"mine\.yaml: colour_grading: unknown key"):
         load_params(bad)
 
 
