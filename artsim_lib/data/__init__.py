@@ -1,0 +1,82 @@
+"""Data sources: SynthArt, the Kaggle WikiArt layout and ``huggan/wikiart``, as one manifest.
+
+>>> from artsim_lib.config import load_params
+>>> df = load_manifest(load_params("smoke"))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from .. import paths
+from .loaders import MANIFEST_COLUMNS, load_huggan, load_kaggle, parse_styles
+from .synthart import defects, generate
+
+__all__ = ["MANIFEST_COLUMNS", "defects", "generate", "load_huggan", "load_kaggle", "load_manifest",
+           "parse_styles", "read_manifest"]
+_KEY = b"artsim.data"  # parquet schema metadata: the data params that made the file
+
+
+def _source_key(P) -> str:
+    """What the raw manifest depends on; a cached file made from other params is rebuilt."""
+    return json.dumps(P.data.model_dump(mode="json"), sort_keys=True)
+
+
+def _hf_ref(P) -> str:
+    """``data.hf_dataset`` as a hub id, or resolved like other paths when it names a folder."""
+    value = P.data.hf_dataset
+    if "{" in value or value.startswith((".", "/", "~")) or P.path(value).exists():
+        return str(P.path(value))
+    return value
+
+
+def read_manifest(path) -> pd.DataFrame:
+    """A manifest parquet as the loaders return it (``styles`` cells back to lists)."""
+    df = pd.read_parquet(path)
+    df["styles"] = pd.Series([list(s) if s is not None else None for s in df["styles"]],
+                             index=df.index, dtype=object)
+    return df
+
+
+def _cached(P, target, stamp) -> bool:
+    import pyarrow.parquet as pq
+
+    if not target.exists() or (stamp is not None and target.stat().st_mtime <= stamp.stat().st_mtime):
+        return False
+    meta = pq.read_schema(target).metadata or {}
+    return meta.get(_KEY, b"").decode() == _source_key(P)
+
+
+def _write(df: pd.DataFrame, target, key: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _KEY: key.encode()})
+    with paths.atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
+
+
+def load_manifest(P) -> pd.DataFrame:
+    """The raw manifest for params ``P`` (generating SynthArt first when it is the source),
+    limited to ``P.data.limit`` rows and saved to ``P.run.raw_manifest``. A saved manifest
+    made with the same data params, newer than ``classes.csv``, is read instead."""
+    target, source = P.run.raw_manifest, P.data.source
+    stamp = None
+    if source in ("synthart", "kaggle"):
+        root = P.path(P.data.root)
+        if source == "synthart":
+            s = P.data.synthart
+            generate(root, num_images=s.num_images, seed=s.seed, max_side=s.max_side)
+        stamp = root / "classes.csv"
+    if _cached(P, target, stamp):
+        return read_manifest(target)
+    if source == "huggan":
+        df = load_huggan(_hf_ref(P), P.data.hf_split, image_dir=P.run.sub("raw", "huggan"))
+    else:
+        df = load_kaggle(root)
+    if P.data.limit is not None:
+        df = df.head(P.data.limit).reset_index(drop=True)
+    _write(df, target, _source_key(P))
+    return df
