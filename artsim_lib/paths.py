@@ -117,3 +117,47 @@ class RunDir:
     @property
     def stages_dir(self) -> Path:
         return self.root / "stages"
+
+
+_META_KEY = b"artsim"
+
+
+def write_parquet(df, target: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write ``df`` to ``target`` atomically, with ``meta`` (JSON-able: typically the params
+    that produced it) stored in the file so a later stage can tell whether it is stale."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if meta is not None:
+        blob = json.dumps(meta, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: blob})
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
+    return Path(target)
+
+
+def parquet_meta(target: str | os.PathLike) -> dict | None:
+    """The ``meta`` stored by :func:`write_parquet`, or None (no file, or none stored)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    if not Path(target).exists():
+        return None
+    blob = (pq.read_schema(target).metadata or {}).get(_META_KEY)
+    return json.loads(blob) if blob else None
+
+
+def is_current(target: str | os.PathLike, meta: dict) -> bool:
+    """True when ``target`` exists and was written with exactly ``meta``."""
+    return parquet_meta(target) == json_roundtrip(meta)
+
+
+def json_roundtrip(obj):
+    """``obj`` as it reads back from JSON (tuples become lists and so on)."""
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))

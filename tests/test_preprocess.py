@@ -152,3 +152,18 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
     saved = pd.read_parquet(P.run.manifest)
     assert set(saved["split"]) <= {"train", "val", "test"} and saved["path"].map(os.path.exists).all()
     assert (P.run.root / "preprocess" / "skipped.csv").exists()
+
+
+def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run_dir):
+    from artsim_lib import data
+
+    P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24"])
+    first = data.require_manifest(P)
+    mtime = P.run.manifest.stat().st_mtime_ns
+    again = data.require_manifest(P)
+    assert P.run.manifest.stat().st_mtime_ns == mtime and again["id"].equals(first["id"])
+    P2 = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=20"])
+    rebuilt = data.require_manifest(P2)
+    assert P.run.manifest.stat().st_mtime_ns != mtime
+    from PIL import Image
+    assert Image.open(rebuilt["path"].iloc[0]).size == (20, 20)

@@ -14,7 +14,7 @@ from .loaders import MANIFEST_COLUMNS, load_huggan, load_kaggle, parse_styles
 from .synthart import defects, generate
 
 __all__ = ["MANIFEST_COLUMNS", "defects", "generate", "load_huggan", "load_kaggle", "load_manifest",
-           "parse_styles", "read_manifest"]
+           "parse_styles", "read_manifest", "require_manifest"]
 _KEY = b"artsim.data"  # parquet schema metadata: the data params that made the file
 
 
@@ -80,3 +80,13 @@ def load_manifest(P) -> pd.DataFrame:
         df = df.head(P.data.limit).reset_index(drop=True)
     _write(df, target, _source_key(P))
     return df
+
+
+def require_manifest(P) -> pd.DataFrame:
+    """The preprocessed, split manifest (stage 02's output) for ``P``; runs stage 02 first
+    when it is missing or was made with other params, so any later notebook runs on its own."""
+    from .preprocess import manifest_key, preprocess
+
+    if paths.is_current(P.run.manifest, manifest_key(P)):
+        return read_manifest(P.run.manifest)
+    return preprocess(P, load_manifest(P)).manifest

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .. import paths
 
@@ -232,6 +232,11 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     for name, table in (("missing", missing), ("dropped", dropped), ("duplicates", dups), ("skipped", skipped)):
         with paths.atomic_path(out / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
-    with paths.atomic_path(P.run.manifest) as tmp:
-        kept.to_parquet(tmp, index=False)
+    paths.write_parquet(kept, P.run.manifest, manifest_key(P))
     return PreprocessResult(kept, missing, dropped, dups, skipped, image_dir)
+
+
+def manifest_key(P) -> dict:
+    """What the split manifest depends on: a manifest made from other params is stale."""
+    return {"seed": P.seed, "data": P.data.model_dump(mode="json"),
+            "preprocess": P.preprocess.model_dump(mode="json")}
