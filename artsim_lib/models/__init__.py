@@ -1,0 +1,44 @@
+"""The study's models: offline loaders (``hub``) and seeded tiny stand-ins (``tiny``).
+
+Usage::
+
+    from artsim_lib.models import ensure_tiny_checkpoints, load_clip, clip_image_embeddings
+    ensure_tiny_checkpoints(P)  # smoke profile: builds {run_dir}/models/tiny-* when missing
+    model, processor = load_clip(P.model_ref("clip"), P.device, P.dtype)
+    emb = clip_image_embeddings(model, processor, images)  # [B, D], L2-normalised
+"""
+from .hub import (
+    ModelNotAvailableError,
+    check_blip2_processor,
+    clip_image_embeddings,
+    clip_text_embeddings,
+    freeze,
+    load_blip2,
+    load_clip,
+    load_resnet,
+    load_sdxl_refiner,
+    pick_device,
+    pick_dtype,
+    resolve_model_ref,
+)
+from .tiny import KINDS, build_tiny, ensure_tiny_checkpoints, make_tiny, tiny_marker
+
+__all__ = [
+    "KINDS",
+    "ModelNotAvailableError",
+    "build_tiny",
+    "check_blip2_processor",
+    "clip_image_embeddings",
+    "clip_text_embeddings",
+    "ensure_tiny_checkpoints",
+    "freeze",
+    "load_blip2",
+    "load_clip",
+    "load_resnet",
+    "load_sdxl_refiner",
+    "make_tiny",
+    "pick_device",
+    "pick_dtype",
+    "resolve_model_ref",
+    "tiny_marker",
+]

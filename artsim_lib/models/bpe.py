@@ -1,0 +1,196 @@
+"""Offline byte-level BPE tokenizers for the tiny checkpoints.
+
+The real CLIP and OPT tokenizers cannot be downloaded here, and a pure byte-level
+vocabulary (one token per character) would make every prompt far longer than with the
+real ones. So we train BPE merges on a small embedded corpus of English and art words
+(``tokenizer_corpus.txt``) with a deterministic pure-Python trainer (the ``tokenizers``
+trainer breaks ties differently from one process to the next), and write them in the
+formats ``CLIPTokenizer`` and ``GPT2Tokenizer`` load. Every byte stays in the base
+alphabet, so unknown words still tokenise, character by character.
+"""
+from __future__ import annotations
+
+import functools
+import heapq
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from tokenizers import Regex, normalizers, pre_tokenizers
+
+CORPUS_FILE = Path(__file__).with_name("tokenizer_corpus.txt")
+EOW = "</w>"  # CLIP's end-of-word suffix
+CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+OPT_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as in facebook/opt-*
+# CLIPTokenizer's own normaliser and pre-tokenizer split (transformers 5), so that the
+# merges are learnt on exactly the pieces the tokenizer will see.
+_CLIP_SPLIT = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+
+Merge = tuple[str, str]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (printable bytes first)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def read_corpus(path: str | Path = CORPUS_FILE) -> list[tuple[str, int]]:
+    """The corpus as ``(line, weight)`` pairs; ``[name weight]`` lines set the weight."""
+    lines, weight = [], 1
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        header = re.fullmatch(r"\[(\w+)\s+(\d+)\]", line)
+        if header:
+            weight = int(header.group(2))
+            continue
+        lines.append((line, weight))
+    return lines
+
+
+def _pairs(word: list[str]) -> Counter:
+    return Counter(zip(word, word[1:]))
+
+
+def _merge_word(word: list[str], pair: Merge) -> list[str]:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and word[i] == pair[0] and word[i + 1] == pair[1]:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def train_bpe(word_counts: dict[tuple[str, ...], int], num_merges: int, min_count: int = 2) -> list[Merge]:
+    """Learn up to ``num_merges`` BPE merges from words given as symbol tuples.
+
+    The most frequent pair wins; ties go to the lexicographically smallest pair, so
+    the result depends on the corpus only.
+    """
+    words = [list(w) for w in word_counts]
+    counts = list(word_counts.values())
+    pair_count: Counter = Counter()
+    where: dict[Merge, set[int]] = defaultdict(set)  # pair -> indices of words holding it
+    for i, w in enumerate(words):
+        for p, n in _pairs(w).items():
+            pair_count[p] += n * counts[i]
+            where[p].add(i)
+    heap = [(-c, p) for p, c in pair_count.items()]
+    heapq.heapify(heap)
+    merges: list[Merge] = []
+    while heap and len(merges) < num_merges:
+        neg, pair = heapq.heappop(heap)
+        if pair_count.get(pair, 0) != -neg:
+            continue  # a stale heap entry
+        if -neg < min_count:
+            break
+        merges.append(pair)
+        touched = set()
+        for i in sorted(where.pop(pair)):
+            for p, n in _pairs(words[i]).items():
+                pair_count[p] -= n * counts[i]
+                where[p].discard(i)
+                touched.add(p)
+            words[i] = _merge_word(words[i], pair)
+            for p, n in _pairs(words[i]).items():
+                pair_count[p] += n * counts[i]
+                where[p].add(i)
+                touched.add(p)
+        pair_count.pop(pair, None)
+        for p in sorted(touched):
+            if pair_count.get(p, 0) > 0:
+                heapq.heappush(heap, (-pair_count[p], p))
+    return merges
+
+
+def _clip_words(corpus: list[tuple[str, int]]) -> Counter:
+    norm = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    split = pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True)
+    pre = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    words: Counter = Counter()
+    for line, weight in corpus:
+        for piece, _ in pre.pre_tokenize_str(norm.normalize_str(line)):
+            words[tuple(piece[:-1]) + (piece[-1] + EOW,)] += weight
+    return words
+
+
+def _opt_words(corpus: list[tuple[str, int]]) -> Counter:
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    words: Counter = Counter()
+    for line, weight in corpus:
+        for piece, _ in pre.pre_tokenize_str(" " + line):  # 'Ġword': a word after a space
+            words[tuple(piece)] += weight
+    return words
+
+
+@functools.lru_cache(maxsize=None)
+def clip_vocab_merges(num_merges: int = 4000) -> tuple[dict[str, int], list[Merge]]:
+    """CLIP-format vocab and merges: 256 bytes, 256 bytes + ``</w>``, merges, then
+    ``<|startoftext|>`` and ``<|endoftext|>`` last, in the order openai/clip uses."""
+    merges = train_bpe(_clip_words(read_corpus()), num_merges)
+    chars = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in chars + [c + EOW for c in chars] + [a + b for a, b in merges] + [CLIP_BOS, CLIP_EOS]:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+@functools.lru_cache(maxsize=None)
+def opt_vocab_merges(num_merges: int = 4000) -> tuple[dict[str, int], list[Merge]]:
+    """OPT/GPT-2-format vocab and merges: ``<s> <pad> </s> <unk>``, 256 bytes, merges."""
+    merges = train_bpe(_opt_words(read_corpus()), num_merges)
+    vocab: dict[str, int] = {}
+    for token in list(OPT_SPECIALS) + list(bytes_to_unicode().values()) + [a + b for a, b in merges]:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def write_vocab_files(directory: str | Path, vocab: dict[str, int], merges: list[Merge]) -> None:
+    """Write ``vocab.json`` and ``merges.txt`` (the slow-tokenizer files) into ``directory``."""
+    directory = Path(directory)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def clip_tokenizer(pad_token: str = CLIP_EOS, max_length: int = 77):
+    """A fresh ``CLIPTokenizer`` over the corpus-trained vocab (77 tokens like CLIP)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_merges()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token=pad_token, model_max_length=max_length)
+
+
+def opt_tokenizer(max_length: int = 2048):
+    """A fresh OPT-style ``GPT2Tokenizer`` (``</s>`` as bos/eos, prepended like OPT's)."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = opt_vocab_merges()
+    return GPT2Tokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        bos_token="</s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        add_bos_token=True,
+        model_max_length=max_length,
+    )
