@@ -127,6 +127,45 @@ class TripletParams(_Section):
     per_kind: int = Field(1, ge=1)  # negatives of each kind per (anchor, positive)
 
 
+class DescriptorParams(_Section):
+    size: int = Field(128, ge=32, le=1024)  # images are compared at this side length
+    weights: dict[str, float] = Field(default_factory=lambda: {
+        "colour": 0.3, "texture": 0.25, "edges": 0.2, "shape": 0.1, "ssim": 0.15})
+    workers: int = Field(2, ge=1)
+
+
+class FinetuneParams(_Section):
+    label: Literal["style", "genre", "artist"] = "style"
+    image_size: int = Field(224, ge=16)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    patience: int = Field(3, ge=1)  # early stopping on validation loss
+    class_weights: bool = True
+    augment: bool = True
+    mixed_precision: bool = True  # used on CUDA only
+
+
+class SiameseParams(_Section):
+    head: Literal["mlp", "transformer"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [512, 512])
+    out_dim: int = Field(256, ge=2)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    tau: float = Field(0.07, gt=0)
+    learn_tau: bool = False
+    in_batch_negatives: bool = False
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(5, ge=1)
+    train_splits: list[float] = Field(default_factory=lambda: [0.8, 0.6])  # the study's 80/20 and 60/40
+    resnet_unfreeze: Literal["none", "layer4", "all"] = "none"
+    resnet_epochs: int = Field(10, ge=1)
+
+
 class Params(_Section):
     """All parameters of one study run."""
 
@@ -143,6 +182,9 @@ class Params(_Section):
     prompting: PromptingParams = PromptingParams()
     generation: GenerationParams = GenerationParams()
     triplets: TripletParams = TripletParams()
+    descriptors: DescriptorParams = DescriptorParams()
+    finetune: FinetuneParams = FinetuneParams()
+    siamese: SiameseParams = SiameseParams()
 
     # -- derived values -------------------------------------------------------
     @property

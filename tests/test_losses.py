@@ -1,0 +1,41 @@
+"""The triplet loss against a hand computation, and its edge cases."""
+import math
+
+import pytest
+import torch
+
+from artsim_lib import losses
+
+
+def test_loss_matches_the_formula_by_hand():
+    s_pos, s_neg, tau = torch.tensor([0.9, 0.1], dtype=torch.float64), torch.tensor([0.2, 0.5], dtype=torch.float64), 0.1
+    by_hand = [-math.log(math.exp(p / tau) / (math.exp(p / tau) + math.exp(n / tau)))
+               for p, n in zip(s_pos.tolist(), s_neg.tolist())]
+    got = losses.infonce_triplet_loss(s_pos, s_neg, tau, reduction="none")
+    assert got.tolist() == pytest.approx(by_hand, rel=1e-6)
+    assert losses.infonce_triplet_loss(s_pos, s_neg, tau).item() == pytest.approx(sum(by_hand) / 2, rel=1e-6)
+
+
+def test_loss_is_stable_at_small_temperature_and_log2_when_tied():
+    s = torch.tensor([1.0, -1.0])
+    assert torch.isfinite(losses.infonce_triplet_loss(s, -s, 1e-4, reduction="none")).all()
+    tied = losses.infonce_triplet_loss(torch.tensor([0.3]), torch.tensor([0.3]), 0.05)
+    assert tied.item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_several_negatives_sum_in_the_denominator():
+    s_pos, s_neg, tau = torch.tensor([0.5]), torch.tensor([[0.1, 0.4]]), 0.2
+    by_hand = -math.log(math.exp(0.5 / tau) / sum(math.exp(x / tau) for x in (0.5, 0.1, 0.4)))
+    assert losses.infonce_triplet_loss(s_pos, s_neg, tau).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_similarities_in_batch_negatives_and_accuracy():
+    torch.manual_seed(0)
+    a = torch.randn(4, 8)
+    s_pos, s_neg = losses.triplet_similarities(a, 2 * a, -a)
+    assert torch.allclose(s_pos, torch.ones(4)) and torch.allclose(s_neg, -torch.ones(4))
+    assert losses.triplet_accuracy(s_pos, s_neg) == 1.0
+    assert losses.triplet_accuracy(s_neg, s_pos) == 0.0
+    assert losses.triplet_accuracy(s_pos, s_pos) == 0.0  # ties are not successes
+    negs = losses.in_batch_negatives(a, a)
+    assert negs.shape == (4, 3) and (negs < 1 - 1e-6).all()
