@@ -1,0 +1,225 @@
+"""The ``artsim`` command: run the study, one stage, the report, or show the params.
+
+    artsim run --profile smoke [--set preprocess.size=96] [-n] [--until 02] [-- SNAKEMAKE ARGS]
+    artsim stage notebooks/01-eda.ipynb --profile smoke [-p num_shards 4]
+    artsim report --profile smoke
+    artsim params --profile smoke --set seed=7
+
+A params error prints one line naming the file and the key, and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from . import config, paths, runner
+
+EXIT_PARAMS = 2
+RERUN_TRIGGERS = ("mtime", "params", "input", "code")
+
+
+def profile_ref(profile: str) -> str:
+    """The profile as a notebook sees it: a name stays a name, a YAML path becomes absolute
+    (notebooks run with cwd=notebooks/, so a relative path would not resolve there)."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return str(config.profile_path(profile))
+    return profile
+
+
+def snakefile() -> Path:
+    """``<root>/workflow/Snakefile``, else the one beside this package (editable install)."""
+    for base in (paths.project_root(), paths.PACKAGE_DIR.parent):
+        f = base / "workflow" / "Snakefile"
+        if f.exists():
+            return f
+    raise FileNotFoundError("workflow/Snakefile not found")
+
+
+def _load(args) -> config.Params:
+    return config.load_params(args.profile, args.overrides)
+
+
+# -- run -----------------------------------------------------------------------
+def snakemake_command(args, P: config.Params) -> list[str]:
+    """The ``python -m snakemake`` command line for ``artsim run``."""
+    cmd = [sys.executable, "-m", "snakemake"]
+    if args.until:
+        cmd.append(runner.rule_name(resolve_stage(args.until)))
+    cmd += ["--snakefile", str(snakefile()), "--directory", str(paths.project_root()),
+            "--cores", str(args.cores), "--rerun-triggers", *RERUN_TRIGGERS]
+    if args.dry_run:
+        cmd.append("--dry-run")
+    if args.forceall:
+        cmd.append("--forceall")
+    cmd += list(args.snakemake_args)
+    cmd += ["--config", f"profile={profile_ref(args.profile)}",
+            f"overrides={json.dumps(list(args.overrides))}",
+            f"params_file={P.run.params_file}", f"notebooks_dir={runner.notebooks_dir()}"]
+    return cmd
+
+
+def resolve_stage(stage: str) -> Path:
+    """A stage given as ``02``, ``02-preprocessing``, ``preprocessing`` or a path."""
+    nbs = runner.discover_notebooks()
+    key = Path(stage).stem
+    for nb in nbs:
+        if key in (nb.stem, nb.stem.split("-", 1)[0], nb.stem.split("-", 1)[-1]):
+            return nb
+    known = ", ".join(nb.stem for nb in nbs) or "none"
+    raise config.ParamsError(f"--until {stage}: no such stage (known: {known})")
+
+
+def cmd_run(args) -> int:
+    """Validate the params, write them if changed, and let Snakemake run what is out of date."""
+    P = _load(args)
+    cmd = snakemake_command(args, P)  # resolves --until before anything is written
+    paths.write_if_changed(P.run.params_file, P.to_yaml())
+    rc = subprocess.run(cmd, cwd=paths.project_root()).returncode
+    if not args.dry_run and (rc != 0 or args.until):
+        _index_anyway(P)  # Snakemake's report rule did not run: show failed/'not run' stages
+    return rc
+
+
+def _index_anyway(P: config.Params) -> None:
+    from . import report
+
+    try:
+        print(f"artsim: index: {report.build_index(P)}", file=sys.stderr)
+    except Exception as exc:  # never hide the run's own error behind this one
+        print(f"artsim: could not write the index: {exc}", file=sys.stderr)
+
+
+# -- stage, report, params ------------------------------------------------------
+def _parse_value(raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _setup_logging(log_file: str | None) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("artsim stage: %(message)s"))
+    root.addHandler(console)
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(log_file).write_text("", encoding="utf-8")  # append mode below: the kernel shares it
+        fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root.addHandler(fh)
+
+
+def cmd_stage(args) -> int:
+    """Execute one notebook with papermill, then export it to HTML."""
+    P = _load(args)
+    nb = Path(args.notebook)
+    out = Path(args.out) if args.out else runner.reports_dir(P.profile) / f"{nb.stem}.ipynb"
+    log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
+    _setup_logging(args.log)
+    extra = {name: _parse_value(value) for name, value in args.parameters}
+    try:
+        res = runner.execute(nb, out, profile_ref(args.profile), args.overrides, extra,
+                             log_dir=log_dir, html=not args.no_html, timeout=args.timeout,
+                             log_output=bool(args.log), kernel_stderr=args.log)
+    except runner.StageError as err:
+        logging.getLogger("artsim").error("%s", err)  # stderr and the log file
+        return 1
+    print(f"{res.stage}: ok in {res.wall_s:.1f} s -> {res.html or res.notebook}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    print(report.build_index(_load(args)))
+    return 0
+
+
+def cmd_params(args) -> int:
+    text = _load(args).to_yaml()
+    if args.output:
+        paths.write_if_changed(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------
+def _params_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--profile", default="smoke", help="a profile name under params/ or a YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter (repeatable), e.g. preprocess.size=96")
+    return p
+
+
+def _add_run(sub, parent) -> None:
+    p = sub.add_parser("run", parents=[parent], help="run the study (Snakemake)",
+                       description="Run every stage that is out of date, then the index. "
+                                   "Arguments after '--' go to snakemake.")
+    p.add_argument("-n", "--dry-run", action="store_true", help="show the plan, run nothing")
+    p.add_argument("--cores", default="1", help="cores for Snakemake (default 1; 'all')")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage (02, 02-preprocessing)")
+    p.add_argument("--forceall", action="store_true", help="re-run every stage")
+
+
+def _add_stage(sub, parent) -> None:
+    p = sub.add_parser("stage", parents=[parent], help="execute one notebook (papermill)")
+    p.add_argument("notebook")
+    p.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="another notebook parameter (YAML value)")
+    p.add_argument("--out", help="executed notebook (default reports/<profile>/<stage>.ipynb)")
+    p.add_argument("--log", help="log file (papermill, cell output, kernel stderr)")
+    p.add_argument("--log-dir", help="where a failed notebook is kept (default <out dir>/logs)")
+    p.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    p.add_argument("--no-html", action="store_true", help="skip the HTML export")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    """The parser and the handler of each subcommand (add ``compare``/``matrix`` here)."""
+    parser = argparse.ArgumentParser(
+        prog="artsim", description="Run the artsim study: all stages, one stage, the report.",
+        epilog="A params error prints one line naming the file and the key (exit status 2).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parent = _params_parent()
+    _add_run(sub, parent)
+    _add_stage(sub, parent)
+    sub.add_parser("report", parents=[parent], help="write reports/<profile>/index.html")
+    p = sub.add_parser("params", parents=[parent], help="print the resolved params (YAML)")
+    p.add_argument("-o", "--output", help="write to this file (only if changed)")
+    handlers = {"run": cmd_run, "stage": cmd_stage, "report": cmd_report, "params": cmd_params}
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``artsim`` console script and ``python -m artsim_lib``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, passthrough = argv[:i], argv[i + 1:]
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    if passthrough and args.command != "run":
+        parser.error("arguments after '--' are for 'artsim run' (they go to snakemake)")
+    args.snakemake_args = passthrough
+    try:
+        return handlers[args.command](args)
+    except config.ParamsError as err:
+        print(f"artsim: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return EXIT_PARAMS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

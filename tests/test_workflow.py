@@ -1,0 +1,169 @@
+"""End to end: `artsim run` on a throwaway project with two tiny notebooks (Snakemake +
+papermill), incremental reruns, and a failing stage. The helpers here are shared with
+test_cli.py and test_report.py."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- helpers -------------------------------------------------------------------
+def write_notebook(path, stage, body="", parameters=""):
+    """A notebook following the contract: parameters cell, load_params + start_stage, finish."""
+    params = nbformat.v4.new_code_cell('profile = "smoke"\noverrides = []\n' + parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "from artsim_lib import config, provenance\n"
+            "P = config.load_params(profile, overrides)\n"
+            f"stage = provenance.start_stage({stage!r}, P)"),
+        nbformat.v4.new_code_cell(body or "pass"),
+        nbformat.v4.new_code_cell("stage.finish(size=P.preprocess.size)"),
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def make_project(root, stages=("01-a", "02-b"), bodies=None):
+    """A minimal project tree: params/smoke.yaml and notebooks/NN-name.ipynb."""
+    root = Path(root)
+    (root / "params").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params" / "smoke.yaml", root / "params" / "smoke.yaml")
+    bodies = bodies or {}
+    for stage in stages:
+        write_notebook(root / "notebooks" / f"{stage}.ipynb", stage, bodies.get(stage, ""))
+    return root
+
+
+def project_env(root):
+    """The environment for a subprocess working on the project at ``root``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ARTSIM_RUN_DIR", "ARTSIM_NOTEBOOKS_DIR")}
+    env["ARTSIM_ROOT"] = str(root)
+    return env
+
+
+def artsim(root, *args, check=True):
+    """Run ``python -m artsim_lib ARGS`` against the project at ``root``."""
+    proc = subprocess.run([sys.executable, "-m", "artsim_lib", *args], cwd=root,
+                          env=project_env(root), capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"artsim {' '.join(args)} -> {proc.returncode}\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def mtimes(reports, stages):
+    return {s: (reports / f"{s}.ipynb").stat().st_mtime_ns for s in stages}
+
+
+# -- tests ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_run_end_to_end_and_incremental(tmp_path):
+    root = make_project(tmp_path / "proj", bodies={
+        "01-a": "import os, sys\nprint('PREFIX=' + sys.prefix)\nprint('CWD=' + os.getcwd())"})
+    reports = root / "reports" / "smoke"
+    stages = ["01-a", "02-b"]
+
+    artsim(root, "run", "--profile", "smoke")
+    for s in stages:
+        assert (reports / f"{s}.ipynb").is_file() and (reports / f"{s}.html").is_file()
+        assert (root / "runs" / "smoke" / "stages" / f"{s}.json").is_file()
+    assert (reports / "index.html").is_file()
+    assert (root / "runs" / "smoke" / "params.resolved.yaml").is_file()
+    out = (reports / "01-a.ipynb").read_text()
+    assert f"PREFIX={sys.prefix}" in out  # the kernel is this interpreter (the venv)
+    assert f"CWD={root / 'notebooks'}" in out  # notebooks run from notebooks/
+    assert 'src="http' not in (reports / "01-a.html").read_text()
+    index = (reports / "index.html").read_text()
+    for href in re.findall(r'href="([^"#]+)"', index):
+        assert (reports / href).is_file(), href
+
+    before = mtimes(reports, stages)
+    proc = artsim(root, "run", "--profile", "smoke")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert mtimes(reports, stages) == before
+
+    nb = root / "notebooks" / "02-b.ipynb"
+    write_notebook(nb, "02-b", "print('edited')")
+    artsim(root, "run", "--profile", "smoke")
+    after = mtimes(reports, stages)
+    assert after["01-a"] == before["01-a"] and after["02-b"] > before["02-b"]
+
+    # a changed param changes the resolved params file: every stage re-runs
+    artsim(root, "run", "--profile", "smoke", "--set", "preprocess.size=96")
+    final = mtimes(reports, stages)
+    assert final["01-a"] > after["01-a"] and final["02-b"] > after["02-b"]
+    assert "size: 96" in (root / "runs" / "smoke" / "params.resolved.yaml").read_text()
+    record = json.loads((root / "runs" / "smoke" / "stages" / "02-b.json").read_text())
+    assert record["summary"]["size"] == 96  # the notebook saw the override
+
+
+@pytest.mark.slow
+def test_failing_stage_keeps_notebook(tmp_path):
+    root = make_project(tmp_path / "proj", stages=("01-boom",),
+                        bodies={"01-boom": "raise ValueError('boom in the notebook')"})
+    reports = root / "reports" / "smoke"
+    proc = artsim(root, "run", check=False)
+    assert proc.returncode != 0
+    failed = reports / "logs" / "01-boom.failed.ipynb"
+    assert failed.is_file()
+    assert "boom in the notebook" in failed.read_text()
+    assert (reports / "logs" / "01-boom.failed.html").is_file()
+    message = proc.stdout + proc.stderr
+    assert str(failed) in message and "ValueError: boom in the notebook" in message
+    assert not (reports / "01-boom.ipynb").exists()
+    index = (reports / "index.html").read_text()  # written anyway, to show the failure
+    assert "failed" in index and 'href="logs/01-boom.failed.html"' in index
+
+    write_notebook(root / "notebooks" / "01-boom.ipynb", "01-boom", "print('fixed')")
+    artsim(root, "run")
+    assert (reports / "01-boom.ipynb").is_file()
+    assert not failed.exists()  # a success clears the stale failure
+    assert 'class="ok"' in (reports / "index.html").read_text()
+
+
+def test_snakefile_discovers_new_notebooks(tmp_path):
+    """Adding a notebook adds a stage (rule) with no Snakefile edit; order follows NN."""
+    root = make_project(tmp_path / "proj", stages=("01-a", "03-c", "02-b"))
+    proc = artsim(root, "run", "-n")
+    text = proc.stdout + proc.stderr
+    for rule in ("stage_01_a", "stage_02_b", "stage_03_c", "report"):
+        assert rule in text
+    # 03's inputs include 02's executed notebook
+    block = text[text.index("rule stage_03_c"):]
+    assert "reports/smoke/02-b.ipynb" in block.split("output:")[0]
+
+
+@pytest.mark.slow
+def test_runner_timeout_and_broken_notebook(tmp_path, run_dir):
+    from artsim_lib import runner
+
+    slow = tmp_path / "nb" / "01-slow.ipynb"
+    slow.parent.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import time; time.sleep(30)")]), slow)
+    out = tmp_path / "out" / "01-slow.ipynb"
+    with pytest.raises(runner.StageError, match="CellTimeoutError.*kept at .*01-slow.failed.ipynb"):
+        runner.execute(slow, out, "smoke", timeout=2)
+    assert (out.parent / "logs" / "01-slow.failed.ipynb").is_file() and not out.exists()
+
+    broken = tmp_path / "nb" / "02-broken.ipynb"
+    broken.write_text("{not json")
+    with pytest.raises(runner.StageError, match="no executed notebook was written"):
+        runner.execute(broken, tmp_path / "out" / "02-broken.ipynb", "smoke")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["logs"]  # no temp files left
