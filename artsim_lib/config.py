@@ -87,6 +87,8 @@ class CaptioningParams(_Section):
     num_beams: int = Field(1, ge=1)
     do_sample: bool = False
     prompt: str | None = None  # an optional text prefix, e.g. "a painting of"
+    # Images the 'existing' captions lack: stop with a list, caption them with BLIP-2, or leave them out.
+    existing_missing: Literal["error", "blip2", "drop"] = "error"
 
 
 class PromptingParams(_Section):
@@ -101,6 +103,21 @@ class PromptingParams(_Section):
     compressor: Literal["truncate", "summarize"] = "truncate"
     summarizer: str = "facebook/bart-large-cnn"
     batch_size: int = Field(8, ge=1)
+    summarizer_max_new_tokens: int = Field(60, ge=1)
+    llm_min_words: int = Field(4, ge=1)  # shorter (or non-word) LLM output falls back to the template
+    caption_max_words: int = Field(20, ge=1)  # longer captions are cut at a word boundary
+    radical_families: list[Literal["historical", "cultural", "natural", "surreal", "material", "emotional",
+                                   "mythological", "scientific", "technological", "scale"]] = Field(
+        default_factory=lambda: ["historical", "cultural", "natural", "surreal", "material", "emotional",
+                                 "mythological", "scientific", "technological", "scale"], min_length=1)
+    moderate_families: list[Literal["colour", "lighting", "technique", "season", "time_of_day"]] = Field(
+        default_factory=lambda: ["colour", "lighting", "technique", "season", "time_of_day"], min_length=1)
+
+    @model_validator(mode="after")
+    def _target_within_limit(self) -> "PromptingParams":
+        if self.target_tokens > self.max_tokens:
+            raise ValueError(f"target_tokens ({self.target_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
 
 
 class GenerationParams(_Section):
@@ -166,6 +183,11 @@ class SiameseParams(_Section):
     resnet_epochs: int = Field(10, ge=1)
 
 
+class WorkflowParams(_Section):
+    # Stage number -> how many parallel shard jobs run it (then one merge job); absent: 1.
+    shards: dict[str, int] = Field(default_factory=dict)
+
+
 class Params(_Section):
     """All parameters of one study run."""
 
@@ -185,6 +207,7 @@ class Params(_Section):
     descriptors: DescriptorParams = DescriptorParams()
     finetune: FinetuneParams = FinetuneParams()
     siamese: SiameseParams = SiameseParams()
+    workflow: WorkflowParams = WorkflowParams()
 
     # -- derived values -------------------------------------------------------
     @property
