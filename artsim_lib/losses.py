@@ -34,5 +34,8 @@ def in_batch_negatives(anchor: torch.Tensor, positive: torch.Tensor) -> torch.Te
 
 
 def triplet_accuracy(s_pos: torch.Tensor, s_neg: torch.Tensor) -> float:
-    """Share of triplets whose positive is strictly closer to the anchor than the negative."""
-    return (s_pos > s_neg).float().mean().item() if len(s_pos) else float("nan")
+    """Share of triplets whose positive is closer to the anchor than the negative; a tie
+    counts half, so a constant measure scores chance (0.5), as in :mod:`artsim_lib.metrics`."""
+    if not len(s_pos):
+        return float("nan")
+    return ((s_pos > s_neg).float() + 0.5 * (s_pos == s_neg).float()).mean().item()
