@@ -164,9 +164,13 @@ def _realism(rng, w, h, a):
 def _baroque(rng, w, h, a):
     img = _gradient(w, h, tuple(v * 0.3 for v in _col(rng, a, 0)), (8, 6, 5))
     d = ImageDraw.Draw(img)
-    cx, s = w / 2 + rng.normal(0, w * 0.05), min(w, h)
+    if rng.random() < 0.5:  # a lit window or curtain behind the sitter: portraits differ in layout
+        x0, y0 = rng.uniform(0, 0.6) * w, rng.uniform(0, 0.4) * h
+        d.rectangle([x0, y0, x0 + rng.uniform(0.2, 0.4) * w, y0 + rng.uniform(0.3, 0.6) * h],
+                    fill=tuple(int(v * rng.uniform(0.4, 0.9)) for v in _col(rng, a, 3)))
+    cx, s = w * rng.uniform(0.3, 0.7), min(w, h)
     d.ellipse([cx - 0.45 * w, h * 0.62, cx + 0.45 * w, h * 1.3], fill=tuple(int(v * 0.6) for v in _col(rng, a, 1)))
-    hx, hy, rx = cx + rng.normal(0, s * 0.02), h * 0.4, s * rng.uniform(0.13, 0.19)
+    hx, hy, rx = cx + rng.normal(0, s * 0.04), h * rng.uniform(0.3, 0.45), s * rng.uniform(0.11, 0.2)
     skin = tuple(int(0.6 * v + 0.4 * u) for v, u in zip(_col(rng, a, 2), (225, 180, 150)))
     d.ellipse([hx - rx, hy - 1.3 * rx, hx + rx, hy + 1.3 * rx], fill=skin)
     lit = tuple(min(255, v + 35) for v in skin)  # light from the upper left, as in chiaroscuro
