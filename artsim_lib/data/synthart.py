@@ -267,16 +267,35 @@ def _title(rng, a: Artist, style: str, taken: set) -> tuple[str, str, int | None
     raise RuntimeError(f"no free filename for {a.name}")
 
 
+# WikiArt is long-tailed (Impressionism ~13k images, Action painting ~100): so is SynthArt.
+STYLE_WEIGHTS = {"Impressionism": 3.0, "Realism": 2.4, "Baroque": 1.6, "Cubism": 1.2, "Pop_Art": 1.0,
+                 "Pointillism": 0.8, "Color_Field_Painting": 0.7, "Action_painting": 0.5}
+
+
+def _style_sequence(n: int, styles: list[str]) -> list[str]:
+    """The style of each of ``n`` rows: a floor per style (so every style can be split into
+    train/val/test and keeps several artists), the rest in proportion to STYLE_WEIGHTS."""
+    floor = max(2, min(6, n // len(styles)))
+    w = np.array([STYLE_WEIGHTS.get(s, 1.0) for s in styles])
+    extra = (n - floor * len(styles)) * w / w.sum()
+    counts = floor + np.floor(extra).astype(int)
+    for k in np.argsort(-(extra - np.floor(extra)))[: n - counts.sum()]:
+        counts[k] += 1
+    # Interleave so any prefix (data.limit) still mixes styles.
+    order = np.argsort(np.concatenate([(np.arange(c) + 0.5) / c for c in counts]), kind="stable")
+    return [str(s) for s in np.repeat(styles, counts)[order]]
+
+
 def _plan(rng, n: int, max_side: int) -> list[dict]:
     """Every row's style, artist, name, size, subset and (at most one) defect."""
     artists, styles, taken = _artists(rng), list(STYLES), set()
     sizes = _sizes(rng, n, max_side)
     subsets = ["uncertain artist"] * max(1, n // 10) + ["test"] * (n // 5)
     subsets = [(subsets + ["train"] * n)[i] for i in rng.permutation(n)]
-    rows = []
-    for i in range(n):  # styles and artists round-robin: every style gets all its artists
-        style = styles[i % len(styles)]
-        a = artists[style][(i // len(styles)) % ARTISTS_PER_STYLE]
+    rows, seen = [], {}
+    for i, style in enumerate(_style_sequence(n, styles)):  # artists round-robin within a style
+        a = artists[style][seen.get(style, 0) % ARTISTS_PER_STYLE]
+        seen[style] = seen.get(style, 0) + 1
         fname, title, year = _title(rng, a, style, taken)
         rows.append(dict(filename=fname, style=style, styles=[style], artist=a, title=title,
                          year=year, size=sizes[i], subset=subsets[i], defect=None, candidate=False))
