@@ -128,20 +128,34 @@ class GenerationParams(_Section):
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
     negative_prompt: str = "blurry, low quality, watermark, text, signature"
-    size: int = Field(1024, ge=16, le=4096)
-    batch_size: int = Field(4, ge=1)
+    # The side SDXL works at (None: the originals' side); derivatives are always saved at the
+    # originals' size so that an original and its derivative compare pixel for pixel.
+    size: int | None = Field(None, ge=16, le=4096)
+    batch_size: int = Field(4, ge=1)  # items per batch (and per resumable part); never changes outputs
     vae: str | None = None  # e.g. madebyollin/sdxl-vae-fp16-fix (the stock VAE overflows in fp16)
     variant: str | None = None  # "fp16" for the hub weights on GPU
+    black_max: float = Field(0.02, ge=0, lt=1)  # black_flag: no pixel brighter than this (0..1)
     augment_families: list[Literal["photometric", "degradation", "geometric", "stylistic"]] = Field(
-        default_factory=lambda: ["photometric", "degradation", "geometric", "stylistic"])
-    augment_strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+        default_factory=lambda: ["photometric", "degradation", "geometric", "stylistic"], min_length=1)
+    augment_strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1)
     precomputed: str | None = None  # folder with images/<Style>/..._generated and data.csv
+    demo_sdxl: int = Field(0, ge=0)  # with another backend, the 05 notebook also runs sdxl on this many originals
+
+    @model_validator(mode="after")
+    def _strengths(self) -> "GenerationParams":
+        if set(self.strength) != {"moderate", "radical"}:
+            raise ValueError(f"strength needs exactly the keys moderate and radical, got {sorted(self.strength)}")
+        values = list(self.strength.values()) + list(self.augment_strengths)
+        if not all(0 <= v <= 1 for v in values):
+            raise ValueError(f"strengths must lie in [0, 1], got {values}")
+        return self
 
 
 class TripletParams(_Section):
     negatives: list[Literal["random", "same_style", "same_artist"]] = Field(
-        default_factory=lambda: ["random", "same_style", "same_artist"])
+        default_factory=lambda: ["random", "same_style", "same_artist"], min_length=1)
     per_kind: int = Field(1, ge=1)  # negatives of each kind per (anchor, positive)
+    drop_flagged: bool = True  # leave out derivatives flagged NaN or all-black
 
 
 class DescriptorParams(_Section):
@@ -149,6 +163,30 @@ class DescriptorParams(_Section):
     weights: dict[str, float] = Field(default_factory=lambda: {
         "colour": 0.3, "texture": 0.25, "edges": 0.2, "shape": 0.1, "ssim": 0.15})
     workers: int = Field(2, ge=1)
+    thumb_size: int = Field(64, ge=16, le=512)  # thumbnail side: colour statistics, Gabor bank, SSIM
+    hsv_bins: list[int] = Field(default_factory=lambda: [12, 4, 4], min_length=3, max_length=3)
+    lab_bins: list[int] = Field(default_factory=lambda: [4, 6, 6], min_length=3, max_length=3)
+    dominant_colours: int = Field(5, ge=1, le=16)  # k of the k-means palette on Lab pixels
+    lbp_radii: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)  # 8·R points each
+    glcm_levels: int = Field(32, ge=8, le=256)
+    glcm_distances: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+    gabor_frequencies: list[float] = Field(default_factory=lambda: [0.15, 0.3], min_length=1)
+    gabor_orientations: int = Field(4, ge=1, le=16)
+    hog_cell: int = Field(16, ge=4)  # HOG cell side in pixels (at `size`)
+    canny_sigma: float = Field(1.5, gt=0)
+    fit_l2: float = Field(0.01, ge=0)  # L2 penalty of the logistic-regression weight fit
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> "DescriptorParams":
+        known = {"colour", "texture", "edges", "shape", "ssim"}
+        if set(self.weights) - known:
+            raise ValueError(f"weights: unknown famil(ies) {sorted(set(self.weights) - known)}, "
+                             f"known: {sorted(known)}")
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("weights must be >= 0 with a positive sum")
+        if self.hog_cell * 2 > self.size:
+            raise ValueError(f"hog_cell ({self.hog_cell}) must be at most size/2 ({self.size // 2})")
+        return self
 
 
 class FinetuneParams(_Section):
@@ -159,6 +197,7 @@ class FinetuneParams(_Section):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    schedule: Literal["cosine", "linear"] = "cosine"  # decay after the linear warm-up
     patience: int = Field(3, ge=1)  # early stopping on validation loss
     class_weights: bool = True
     augment: bool = True
@@ -179,13 +218,44 @@ class SiameseParams(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)
     train_splits: list[float] = Field(default_factory=lambda: [0.8, 0.6])  # the study's 80/20 and 60/40
+    # CLIP siamese: the transformer head splits the CLIP embedding into `tokens` tokens.
+    tokens: int = Field(4, ge=1)  # must divide the CLIP embedding size (512 full, 32 smoke)
+    layers: int = Field(1, ge=1)  # transformer-head encoder layers
+    heads: int = Field(4, ge=1)  # attention heads; must divide hidden[0]
+    tau_min: float = Field(0.01, gt=0)  # a learnt tau is clamped to [tau_min, tau_max]
+    tau_max: float = Field(1.0, gt=0)
+    embed_batch_size: int = Field(32, ge=1)  # CLIP image-embedding extraction batch
+    retrieval_batch: int = Field(32, ge=2)  # N of the i2t/t2i accuracy (chance = 1/N)
     resnet_unfreeze: Literal["none", "layer4", "all"] = "none"
     resnet_epochs: int = Field(10, ge=1)
+    resnet_backbone_lr: float = Field(1e-5, gt=0)  # for the unfrozen backbone; the head uses lr
+    resnet_warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    resnet_regression_loss: Literal["bce", "mse"] = "bce"  # the regression variant's loss on the score
 
 
 class WorkflowParams(_Section):
-    # Stage number -> how many parallel shard jobs run it (then one merge job); absent: 1.
+    # Stage number ("03") -> how many parallel shard jobs run it, then one merge job; absent or 1:
+    # one job. Only stages whose notebook has a num_shards parameter shard (03, 05, 08).
+    # Scheduling only: stages do not re-run when it changes, and results do not depend on it.
     shards: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _int_keys(cls, data: Any) -> Any:
+        # YAML reads an unquoted 03 as the integer 3: take it as stage "03".
+        if isinstance(data, dict) and isinstance(data.get("shards"), dict):
+            data = {**data, "shards": {f"{k:02d}" if type(k) is int else k: v
+                                       for k, v in data["shards"].items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> "WorkflowParams":
+        for stage, n in self.shards.items():
+            if not (len(stage) == 2 and stage.isdigit()):
+                raise ValueError(f"shards: {stage!r} is not a two-digit stage number like '03'")
+            if n < 1:
+                raise ValueError(f"shards: stage {stage} needs at least 1 shard, got {n}")
+        return self
 
 
 class Params(_Section):

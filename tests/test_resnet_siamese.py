@@ -1,0 +1,165 @@
+"""The ResNet siamese on tiny colour triplets: shared weights, what trains, both variants, save/load."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from artsim_lib import config, losses
+from artsim_lib import resnet_siamese as rs
+from artsim_lib.models import build_tiny, load_resnet
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220), (230, 220, 40)]
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    return build_tiny("resnet", tmp_path_factory.mktemp("models") / "tiny-resnet")
+
+
+def _image(colour, seed, size=40):
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="module")
+def triplets(tmp_path_factory):
+    """Separable triplets: the positive has the anchor's colour (other noise), the negative another colour."""
+    d = tmp_path_factory.mktemp("triplet-images")
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 6), ("val", 2)):
+        for k, colour in enumerate(COLOURS):
+            for i in range(n):
+                a, p = d / f"{split}-{k}-{i}-a.png", d / f"{split}-{k}-{i}-p.png"
+                _image(colour, rng.integers(1 << 30)).save(a)
+                _image(colour, rng.integers(1 << 30)).save(p)
+                for kind in ("random", "same_style"):
+                    other = (k + 1 + int(rng.integers(len(COLOURS) - 1))) % len(COLOURS)
+                    neg = d / f"{split}-{other}-{i}-{kind}-n.png"
+                    _image(COLOURS[other], rng.integers(1 << 30)).save(neg)
+                    rows.append({"triplet_id": f"{a.stem}:{kind}", "anchor_id": a.stem, "anchor_path": str(a),
+                                 "positive_id": p.stem, "positive_path": str(p), "negative_id": neg.stem,
+                                 "negative_path": str(neg), "negative_kind": kind, "split": split})
+    return pd.DataFrame(rows)
+
+
+def _params(overrides=()):
+    return config.load_params("smoke", ["siamese.hidden=[16]", "siamese.out_dim=8", "siamese.batch_size=16",
+                                        "siamese.lr=0.01", "siamese.dropout=0.0", "siamese.resnet_epochs=4",
+                                        "siamese.patience=4", "siamese.resnet_backbone_lr=0.01", *overrides])
+
+
+def _model(backbone_dir, variant="triplet", dropout=0.0):
+    clf, proc = load_resnet(backbone_dir)
+    torch.manual_seed(0)
+    model = rs.ResNetSiamese(clf.resnet, [16], 8, dropout, variant)
+    model.processor = proc
+    return model
+
+
+def test_the_three_branches_are_one_module(backbone_dir):
+    model = _model(backbone_dir).set_unfreeze("all").eval()  # eval: batch norm uses fixed statistics
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == sum(p.numel() for p in model.backbone.parameters()) + \
+        sum(p.numel() for p in model.head.parameters()) + 1  # + log_tau: no per-branch copies
+    torch.manual_seed(1)
+    x = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    w = model.head[0].weight
+
+    def head_grad(live):
+        """d loss / d w with only the branches in ``live`` carrying gradient."""
+        model.zero_grad()
+        e = [y if i in live else y.detach() for i, y in enumerate(model(*x))]
+        loss, _, _ = rs.batch_loss(model, *e)
+        loss.backward()
+        return w.grad.clone()
+
+    full, parts = head_grad({0, 1, 2}), [head_grad({i}) for i in range(3)]
+    assert all(g.abs().sum() > 0 for g in parts)  # gradient flows from each branch
+    assert torch.allclose(full, sum(parts), atol=1e-6)  # and they add up in the one shared weight
+
+
+def test_set_unfreeze_marks_the_right_parameters(backbone_dir):
+    model = _model(backbone_dir)
+    trainable = lambda m: {n for n, p in m.backbone.named_parameters() if p.requires_grad}  # noqa: E731
+    assert trainable(model.set_unfreeze("none")) == set()
+    layer4 = trainable(model.set_unfreeze("layer4"))
+    assert layer4 and all(n.startswith("encoder.stages.3.") for n in layer4)
+    assert trainable(model.set_unfreeze("all")) == {n for n, _ in model.backbone.named_parameters()}
+    assert all(p.requires_grad for p in model.head.parameters()) and not model.log_tau.requires_grad
+
+
+def _backbone_state(path):
+    clf, _ = load_resnet(path)
+    return {k: v.clone() for k, v in clf.resnet.state_dict().items()}
+
+
+def test_frozen_backbone_is_unchanged_and_training_lowers_the_loss(run_dir, backbone_dir, triplets):
+    P = _params(["siamese.resnet_unfreeze=none", "siamese.resnet_epochs=6", "siamese.patience=6"])
+    result = rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="triplet", progress=False)
+    h = result.history
+    assert list(h.columns[:5]) == ["epoch", "split", "loss", "acc_random", "acc_hard"]
+    train = h[h["split"] == "train"]["loss"].to_numpy()
+    assert train[-1] < 0.8 * train[0] and result.metrics["cached_features"]
+    assert result.model_dir == P.run.root / "siamese" / "resnet-triplet"
+    model = rs.load_resnet_siamese(P.run.root, "triplet")
+    before = _backbone_state(backbone_dir)
+    after = model.backbone.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    val = triplets[triplets["split"] == "val"]
+    s_pos = model.similarity(list(val["anchor_path"]), list(val["positive_path"]))
+    s_neg = model.similarity(list(val["anchor_path"]), list(val["negative_path"]))
+    assert s_pos.shape == (len(val),) and losses.triplet_accuracy(s_pos, s_neg) >= 0.9
+
+
+def test_layer4_unfreeze_changes_only_layer4(run_dir, backbone_dir, triplets):
+    P = _params(["siamese.resnet_unfreeze=layer4", "siamese.resnet_epochs=2"])
+    rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="triplet", progress=False)
+    before, after = _backbone_state(backbone_dir), rs.load_resnet_siamese(P.run.root, "triplet").backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("encoder.stages.3.") for k in changed)  # batch-norm stats included
+    assert any(k.endswith("running_mean") for k in changed)  # layer 4 did train (its statistics moved)
+
+
+def test_regression_variant_scores_in_unit_interval(run_dir, backbone_dir, triplets):
+    P = _params(["siamese.resnet_epochs=6", "siamese.patience=6"])
+    result = rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
+    train = result.history[result.history["split"] == "train"]["loss"].to_numpy()
+    assert train[-1] < train[0]
+    model = rs.load_resnet_siamese(result.model_dir, "regression")
+    torch.manual_seed(0)
+    imgs = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (30, 50, 3), dtype=np.uint8)) for i in range(6)]
+    s = model.similarity(imgs[:3], imgs[3:])
+    assert s.shape == (3,) and ((s >= 0) & (s <= 1)).all()
+    val = triplets[triplets["split"] == "val"]
+    s_pos = model.similarity(list(val["anchor_path"]), list(val["positive_path"]))
+    s_neg = model.similarity(list(val["anchor_path"]), list(val["negative_path"]))
+    assert (s_pos.mean() > s_neg.mean()).item()
+
+
+def test_regression_targets_come_from_columns(backbone_dir):
+    model = _model(backbone_dir, "regression")
+    e = [torch.nn.functional.normalize(torch.randn(5, 8), dim=-1) for _ in range(3)]
+    part = pd.DataFrame({"target": [0.3] * 5})
+    t_pos, t_neg = rs._targets(part)
+    assert t_pos.tolist() == pytest.approx([0.3] * 5) and t_neg.tolist() == [0.0] * 5
+    loss, s_pos, _ = rs.batch_loss(model, *e, t_pos, t_neg, regression_loss="mse")
+    expect = torch.cat([(s_pos - 0.3) ** 2, torch.sigmoid(model.pair_logit(e[0], e[2])) ** 2]).mean()
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_loaded_model_matches_the_trained_one(run_dir, backbone_dir, triplets):
+    P = _params(["siamese.resnet_epochs=1"])
+    result = rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, progress=False)
+    a = rs.load_resnet_siamese(P.run.root, "triplet")
+    b = rs.load_resnet_siamese(result.model_dir)
+    imgs = list(triplets["anchor_path"][:3]), list(triplets["negative_path"][:3])
+    assert torch.equal(a.similarity(*imgs), b.similarity(*imgs))
+    assert torch.allclose(a.similarity(imgs[0], imgs[0]), torch.ones(3), atol=1e-5)  # cosine with itself
+
+
+def test_missing_split_is_an_error(run_dir, backbone_dir, triplets):
+    with pytest.raises(ValueError, match="val"):
+        rs.train_resnet_siamese(_params(), triplets[triplets["split"] == "train"], backbone_dir=backbone_dir)
