@@ -10,6 +10,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests run two at a time (pytest -n 2) on a 2-core machine: two torch threads per process
+# oversubscribe the cores and make small training loops many times slower. Kernels started by
+# nbval inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Notebooks run by nbval (and anything else that does not ask for the fixture below) write into a
 # temporary run directory of this process (each xdist worker has its own), never into runs/.
 os.environ["ARTSIM_RUN_DIR"] = tempfile.mkdtemp(prefix="artsim-test-run-")
