@@ -47,7 +47,8 @@ def size_distributions(df: pd.DataFrame, target: int | None = None):
     return fig
 
 
-def _thumb(path: str, size: int) -> Image.Image:
+def thumbnail(path: str, size: int) -> Image.Image:
+    """An RGB thumbnail no larger than ``size`` (EXIF orientation applied)."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -67,7 +68,7 @@ def image_grid(image_paths: Sequence[str], labels: Sequence[str] = (), ncols: in
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, path) in enumerate(zip(axes.flat, image_paths)):
-        ax.imshow(_thumb(path, thumb))
+        ax.imshow(thumbnail(path, thumb))
         if i < len(labels):
             ax.set_title(textwrap.fill(str(labels[i]), 24), fontsize=7)
     if title:
@@ -81,7 +82,7 @@ def before_after(pairs: Sequence[tuple[str, str]], labels: Sequence[str] = (), t
     fig, axes = plt.subplots(2, len(pairs), figsize=(2.4 * len(pairs), 5), squeeze=False)
     for j, (src, dst) in enumerate(pairs):
         for i, p in enumerate((src, dst)):
-            axes[i, j].imshow(_thumb(p, thumb))
+            axes[i, j].imshow(thumbnail(p, thumb))
             axes[i, j].axis("off")
         if j < len(labels):
             axes[0, j].set_title(textwrap.fill(str(labels[j]), 24), fontsize=7)
