@@ -1,6 +1,7 @@
 """The ``artsim`` command: run the study, one stage, the report, or show the params.
 
     artsim run --profile smoke [--set preprocess.size=96] [-n] [--until 02] [-- SNAKEMAKE ARGS]
+    artsim run --profile full --cluster slurm [-n] [--dag dag.png]
     artsim stage notebooks/01-eda.ipynb --profile smoke [-p num_shards 4]
     artsim report --profile smoke
     artsim params --profile smoke --set seed=7
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from . import config, paths, runner
+from . import cluster, config, paths, runner
 
 EXIT_PARAMS = 2
 RERUN_TRIGGERS = ("mtime", "params", "input", "code")
@@ -52,18 +54,29 @@ def snakemake_command(args, P: config.Params) -> list[str]:
     """The ``python -m snakemake`` command line for ``artsim run``."""
     cmd = [sys.executable, "-m", "snakemake"]
     if args.until:
-        cmd.append(runner.rule_name(resolve_stage(args.until)))
+        cmd.append(until_target(args.until, P))
     cmd += ["--snakefile", str(snakefile()), "--directory", str(paths.project_root()),
             "--cores", str(args.cores), "--rerun-triggers", *RERUN_TRIGGERS]
     if args.dry_run:
         cmd.append("--dry-run")
     if args.forceall:
         cmd.append("--forceall")
+    if getattr(args, "dag", None):
+        cmd += ["--dag", cluster.dag_format(args.dag)]
+    if getattr(args, "cluster", None):
+        cmd += cluster.snakemake_args(args.cluster)
     cmd += list(args.snakemake_args)
     cmd += ["--config", f"profile={profile_ref(args.profile)}",
             f"overrides={json.dumps(list(args.overrides))}",
             f"params_file={P.run.params_file}", f"notebooks_dir={runner.notebooks_dir()}"]
     return cmd
+
+
+def until_target(stage: str, P: config.Params) -> str:
+    """The stage's executed notebook, as a Snakemake target: a sharded stage's last job is
+    its merge job, so a file names the stage whichever rule makes it."""
+    nb = resolve_stage(stage)
+    return os.path.relpath(runner.reports_dir(P.profile) / f"{nb.stem}.ipynb", paths.project_root())
 
 
 def resolve_stage(stage: str) -> Path:
@@ -82,10 +95,22 @@ def cmd_run(args) -> int:
     P = _load(args)
     cmd = snakemake_command(args, P)  # resolves --until before anything is written
     paths.write_if_changed(P.run.params_file, P.to_yaml())
+    if getattr(args, "dag", None):
+        return _write_dag(cmd, Path(args.dag).resolve())
     rc = subprocess.run(cmd, cwd=paths.project_root()).returncode
     if not args.dry_run and (rc != 0 or args.until):
         _index_anyway(P)  # Snakemake's report rule did not run: show failed/'not run' stages
     return rc
+
+
+def _write_dag(cmd: list[str], target: Path) -> int:
+    """Run ``snakemake --dag`` (nothing is executed) and write or draw the graph."""
+    proc = subprocess.run(cmd, cwd=paths.project_root(), stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        return proc.returncode
+    _, message = cluster.write_dag(proc.stdout, target)
+    print(f"artsim: {message}", file=sys.stderr)
+    return 0
 
 
 def _index_anyway(P: config.Params) -> None:
@@ -172,6 +197,12 @@ def _add_run(sub, parent) -> None:
     p.add_argument("--cores", default="1", help="cores for Snakemake (default 1; 'all')")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage (02, 02-preprocessing)")
     p.add_argument("--forceall", action="store_true", help="re-run every stage")
+    p.add_argument("--cluster", metavar="PROFILE",
+                   help="submit the jobs through a workflow profile: a name under "
+                        "workflow/profiles/ (slurm) or a folder; see docs/cluster.md")
+    p.add_argument("--dag", metavar="FILE",
+                   help="write the job graph instead of running (.dot, .mmd; .png/.svg/.pdf "
+                        "need graphviz)")
 
 
 def _add_stage(sub, parent) -> None:

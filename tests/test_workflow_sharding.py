@@ -1,0 +1,247 @@
+"""Sharded stages in the workflow: shardable notebooks are found by their parameters, fan out
+into shard jobs and one merge job, give the artifacts of an unsharded run, and a rerun after a
+failed shard runs only that shard (and what follows). The helpers here build throwaway
+projects of sharded notebooks; test_slurm.py runs the same study through a real SLURM."""
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from artsim_lib import cluster, config, shards
+from test_workflow import artsim, make_project, write_notebook
+
+SHARDED = ("03-captioning", "05-generation")  # the toy study: two sharded stages in a row
+SHARD_PARAMETERS = "num_shards = 1  # shard jobs\nshard_index = 0  # this job's shard; -1: merge only\n"
+
+# A sharded stage following the contract: its shard's items not done yet, in batches, each item
+# seeded by its id; once every shard is done (or as the merge job) the merged table. Stage 05
+# reads stage 03's table, so the stages depend on each other as the real ones do.
+TOY_BODY = '''
+import random
+import pandas as pd
+from artsim_lib import paths, shards
+{source}
+root = P.run.sub("toy", "{stage}")
+if shard_index != -1:
+    store = shards.ShardStore(root, num_shards, shard_index)
+    mine = shards.select_shard(items, num_shards, shard_index)
+    todo = mine[~mine["id"].isin(store.done())]
+    for chunk in shards.batches(todo.to_dict("records"), 3):
+        store.append([{{"id": r["id"], "seconds": random.random(),
+                        "value": r["value"] + random.Random(shards.item_seed(P.seed, r["id"], "{stage}")).random()}}
+                      for r in chunk])
+done = set().union(*(shards.ShardStore(root, num_shards, k).done() for k in range(num_shards)))
+if shard_index == -1 and not done >= set(items["id"]):
+    raise RuntimeError(f"merge: {{len(set(items['id']) - done)}} items have no result yet")
+if done >= set(items["id"]):
+    merged = shards.merge(root)
+    paths.write_parquet(merged, P.run.root / "toy" / "{stage}.parquet", meta={{"seed": P.seed}})
+    print(f"merged {{len(merged)}} items")
+'''
+FIRST_ITEMS = 'items = pd.DataFrame({{"id": [f"item-{{i:02d}}" for i in range({n})], "value": 0.0}})'
+NEXT_ITEMS = 'items = pd.read_parquet(P.run.root / "toy" / "{previous}.parquet")[["id", "value"]]'
+
+# Put after the parameters cell of every shardable notebook (toy or real): shard 1 of stage NN
+# fails while the file fail-NN.1 exists in the project, so removing it changes no notebook.
+FAIL_HOOK = '''import os as _os, pathlib as _pathlib
+if shard_index == 1 and (_pathlib.Path(_os.environ["ARTSIM_ROOT"]) / "fail-{number}.1").exists():
+    raise RuntimeError("shard 1 of {number} fails on purpose (the test's marker file)")'''
+
+
+TIMING = re.compile(r"^(seconds|wall_s|.*_per_s|.*_seconds)$")  # columns that vary run to run
+
+
+# -- helpers (shared with test_slurm.py) ---------------------------------------------------
+def write_toy_notebooks(directory, stages=SHARDED, num_items=12):
+    """The toy study's sharded notebooks in ``directory``; returns it."""
+    directory = Path(directory)
+    previous = None
+    for stage in stages:
+        source = (FIRST_ITEMS.format(n=num_items) if previous is None
+                  else NEXT_ITEMS.format(previous=previous))
+        write_notebook(directory / f"{stage}.ipynb", stage,
+                       TOY_BODY.format(source=source, stage=stage), parameters=SHARD_PARAMETERS)
+        previous = stage
+    return directory
+
+
+def add_fail_hook(notebook):
+    """Insert :data:`FAIL_HOOK` after the parameters cell of a shardable notebook."""
+    nb = nbformat.read(notebook, as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    hook = nbformat.v4.new_code_cell(FAIL_HOOK.format(number=cluster.stage_number(notebook)))
+    nb.cells.insert(at + 1, hook)
+    nbformat.write(nb, notebook)
+
+
+def make_study(root, notebooks):
+    """A project at ``root`` running copies of ``notebooks`` (a folder), the fail hook added
+    to each shardable one."""
+    root = make_project(root, stages=())
+    (root / "notebooks").mkdir(exist_ok=True)
+    for nb in sorted(Path(notebooks).glob("[0-9][0-9]-*.ipynb")):
+        copy = Path(shutil.copy(nb, root / "notebooks" / nb.name))
+        if cluster.is_shardable(copy):
+            add_fail_hook(copy)
+    return root
+
+
+def shard_sets(stage_shards):
+    """``--set`` arguments giving ``{"03": 2, ...}`` shard jobs."""
+    return [a for number, n in stage_shards.items() for a in ("--set", f"workflow.shards.{number}={n}")]
+
+
+def artifact_hashes(run_dir):
+    """Every result of a run, by content: merged parquet tables (content_hash without timing
+    columns, paths relative to the run) and images (bytes); per-shard parts and the rest are
+    left out."""
+    run_dir = Path(run_dir)
+    out = {}
+    for f in sorted(run_dir.rglob("*")):
+        rel = f.relative_to(run_dir)
+        if not f.is_file() or any(p.startswith("shard-") for p in rel.parts):
+            continue
+        if f.suffix == ".parquet":
+            df = pd.read_parquet(f)
+            for c in [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]:
+                df[c] = df[c].map(lambda v: v.replace(f"{run_dir}/", "<run>/") if isinstance(v, str) else v)
+            out[str(rel)] = shards.content_hash(df, ignore=[c for c in df.columns if TIMING.match(c)])
+        elif f.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            out[str(rel)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def output(proc):
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def toy_study(tmp_path):
+    """A throwaway project with the toy study (03 and 05, sharded)."""
+    return make_study(tmp_path / "proj", write_toy_notebooks(tmp_path / "toy-notebooks"))
+
+
+# -- shardable notebooks -------------------------------------------------------------------
+def test_shardable_notebooks_found_by_their_parameters(tmp_path):
+    plain = write_notebook(tmp_path / "01-a.ipynb", "01-a", parameters="batch = 4  # x\n")
+    sharded = write_notebook(tmp_path / "03-c.ipynb", "03-c", parameters=SHARD_PARAMETERS)
+    mention = write_notebook(tmp_path / "04-d.ipynb", "04-d", "num_shards = 3")  # not a parameter
+    assert cluster.parameter_names(plain) == {"profile", "overrides", "batch"}
+    assert [cluster.is_shardable(nb) for nb in (plain, sharded, mention)] == [False, True, False]
+    plan, warnings = cluster.shard_plan([plain, sharded, mention], {"01": 2, "03": 3, "04": 1, "09": 2})
+    assert plan == {"03-c": 3}
+    assert any("01-a.ipynb has no num_shards" in w for w in warnings)
+    assert any("no stage 09" in w for w in warnings) and not any("04" in w for w in warnings)
+
+
+def test_shards_param_validation():
+    P = config.load_params("smoke", ["workflow.shards.05=3"])
+    assert P.workflow.shards == {"05": 3}
+    assert config.validate({"workflow": {"shards": {3: 2}}}).workflow.shards == {"03": 2}  # YAML's 03
+    for bad, message in (({"3": 2}, "two-digit"), ({"05": 0}, "at least 1")):
+        with pytest.raises(config.ParamsError, match=message):
+            config.validate({"workflow": {"shards": bad}})
+
+
+def test_stage_params_leave_out_the_workflow_section():
+    one = config.load_params("smoke")
+    two = config.load_params("smoke", ["workflow.shards.03=4"])
+    assert cluster.stage_params_yaml(one) == cluster.stage_params_yaml(two)
+    assert one.to_yaml() != two.to_yaml()
+    assert cluster.stage_params_yaml(config.load_params("smoke", ["seed=9"])) != cluster.stage_params_yaml(one)
+
+
+# -- the plan ------------------------------------------------------------------------------
+def job_counts(text):
+    """``{rule: count}`` from Snakemake's 'Job stats' table."""
+    table = text[text.index("Job stats:"):].split("total", 1)[0].splitlines()[3:]
+    return {line.split()[0]: int(line.split()[1]) for line in table if line.strip()}
+
+
+def test_fan_out_and_merge_plan(toy_study):
+    write_notebook(toy_study / "notebooks" / "01-eda.ipynb", "01-eda")  # a light stage
+    text = output(artsim(toy_study, "run", "-n", *shard_sets({"03": 3, "05": 2}), "--", "--printshellcmds"))
+    assert job_counts(text) == {
+        "stage_01_eda": 1, "stage_03_captioning_shard": 3, "stage_03_captioning_merge": 1,
+        "stage_05_generation_shard": 2, "stage_05_generation_merge": 1, "report": 1, "all": 1}
+    for k in range(3):
+        assert f"reports/smoke/shards/03-captioning.{k}-of-3.ipynb" in text
+        assert f"-p num_shards 3 -p shard_index {k} " in text
+    merge = text[text.index("rule stage_03_captioning_merge:"):].split("Shell command")[1]
+    assert "-p shard_index -1" in merge.splitlines()[0]
+    block = text[text.index("rule stage_05_generation_shard:"):].split("output:")[0]
+    assert "reports/smoke/03-captioning.ipynb" in block  # the shards wait for 03's merge
+
+    # one shard: the usual single job, no shard or merge rules
+    text = output(artsim(toy_study, "run", "-n"))
+    assert set(job_counts(text)) == {"stage_01_eda", "stage_03_captioning", "stage_05_generation",
+                                     "report", "all"}
+
+
+def test_until_a_sharded_stage_targets_its_merge(toy_study):
+    text = output(artsim(toy_study, "run", "-n", "--until", "03", *shard_sets({"03": 2})))
+    assert set(job_counts(text)) == {"stage_03_captioning_shard", "stage_03_captioning_merge"}
+
+
+def test_dag_written_as_dot(toy_study, tmp_path):
+    out = tmp_path / "graph" / "dag.dot"
+    out.parent.mkdir()
+    proc = artsim(toy_study, "run", "--dag", str(out), *shard_sets({"03": 2}))
+    dot = out.read_text()
+    assert dot.lstrip().startswith("digraph") and "stage_03_captioning_shard" in dot
+    assert str(out) in proc.stderr
+    assert not (toy_study / "reports").exists()  # nothing ran
+    with pytest.raises(config.ParamsError, match="--dag dag.txt"):
+        cluster.dag_format("dag.txt")
+
+
+def test_dag_picture_without_graphviz(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster.shutil, "which", lambda name: None)
+    path, message = cluster.write_dag("digraph { a -> b }", tmp_path / "dag.png")
+    assert path == tmp_path / "dag.dot" and path.read_text() == "digraph { a -> b }"
+    assert not (tmp_path / "dag.png").exists()
+    assert f"dot -Tpng {path} -o {tmp_path / 'dag.png'}" in message
+
+
+# -- running it ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sharded_run_fails_on_a_shard_reruns_only_it_and_equals_unsharded(toy_study, tmp_path):
+    root, reports = toy_study, toy_study / "reports" / "smoke"
+    artsim(root, "run", "--cores", "2")  # the reference: one job per stage
+    reference = artifact_hashes(root / "runs" / "smoke")
+    assert set(reference) == {"toy/03-captioning.parquet", "toy/05-generation.parquet"}
+    shutil.rmtree(root / "runs")
+    shutil.rmtree(root / "reports")
+
+    sets = shard_sets({"03": 2, "05": 2})
+    (root / "fail-03.1").touch()
+    proc = artsim(root, "run", "--cores", "2", *sets, check=False)
+    assert proc.returncode != 0
+    log = reports / "logs" / "03-captioning.1-of-2.log"
+    failed = reports / "logs" / "03-captioning.1-of-2" / "03-captioning.failed.ipynb"
+    assert "shard 1 of 03 fails on purpose" in log.read_text()
+    assert "shard 1 of 03 fails on purpose" in failed.read_text()
+    assert str(log.relative_to(root)) in proc.stdout + proc.stderr
+    assert (reports / "shards" / "03-captioning.0-of-2.ipynb").is_file()  # the other shard finished
+    assert not (reports / "03-captioning.ipynb").exists()
+    kept = reports / "shards" / "03-captioning.0-of-2.ipynb"
+    before = kept.stat().st_mtime_ns
+
+    (root / "fail-03.1").unlink()
+    proc = artsim(root, "run", "--cores", "2", *sets)
+    ran = {line.split()[1].rstrip(":") for line in output(proc).splitlines()
+           if line.startswith(("rule ", "localrule "))}
+    assert ran == {"stage_03_captioning_shard", "stage_03_captioning_merge", "stage_05_generation_shard",
+                   "stage_05_generation_merge", "report", "all"}
+    assert kept.stat().st_mtime_ns == before  # shard 0 did not run again
+    assert not failed.parent.exists()  # the success cleared the failure
+    assert artifact_hashes(root / "runs" / "smoke") == reference
+
+    # the shard count is scheduling only: changing it re-runs the sharded stages, nothing else
+    text = output(artsim(root, "run", "-n", *shard_sets({"03": 2, "05": 3})))
+    assert set(job_counts(text)) == {"stage_05_generation_shard", "stage_05_generation_merge",
+                                     "report", "all"}
