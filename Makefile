@@ -12,7 +12,7 @@ TORCH   ?= torch==2.13.0
 # pip's notices about unused local indexes are noise here; real errors still fail the step.
 QUIET   := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install study dry-run report test test-fast data models clean clean-runs
+.PHONY: help install study dry-run report test test-fast test-slurm bench slurm-up slurm-down clean clean-runs
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,19 @@ test: install ## run every test, notebooks included (offline)
 
 test-fast: install ## the unit tests only (no notebooks, no workflow runs)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests -m "not slow"
+
+test-slurm: install ## the cluster tests against a real single-node SLURM (root; see slurm-up)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_slurm.py tests/test_workflow_sharding.py
+
+bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput)
+	$(PY) benchmarks/bench_descriptors.py
+	$(PY) benchmarks/bench_siamese.py
+
+slurm-up: ## start a single-node SLURM on this machine (root; installs Debian's packages if missing)
+	scripts/slurm/start-slurm.sh --install
+
+slurm-down: ## stop what slurm-up started
+	scripts/slurm/stop-slurm.sh
 
 clean-runs: ## delete runs/ and reports/*/ (all generated data and executed notebooks)
 	rm -rf runs reports/*/

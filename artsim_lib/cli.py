@@ -217,6 +217,13 @@ def _add_stage(sub, parent) -> None:
     p.add_argument("--no-html", action="store_true", help="skip the HTML export")
 
 
+# Subcommands with their own argument parser in artsim_lib.compare (see `artsim compare -h`).
+DELEGATED = {
+    "compare": ("similarity of two images: A B [--measure NAME] [--run DIR]", "compare_main"),
+    "matrix": ("similarity matrix of a folder of images: DIR -> heatmap PNG + CSV", "matrix_main"),
+}
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     """The parser and the handler of each subcommand (add ``compare``/``matrix`` here)."""
     parser = argparse.ArgumentParser(
@@ -229,6 +236,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     sub.add_parser("report", parents=[parent], help="write reports/<profile>/index.html")
     p = sub.add_parser("params", parents=[parent], help="print the resolved params (YAML)")
     p.add_argument("-o", "--output", help="write to this file (only if changed)")
+    for name, (text, _) in DELEGATED.items():  # listed here, parsed by their own parsers
+        sub.add_parser(name, help=text, add_help=False)
     handlers = {"run": cmd_run, "stage": cmd_stage, "report": cmd_report, "params": cmd_params}
     return parser, handlers
 
@@ -240,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, passthrough = argv[:i], argv[i + 1:]
+    if argv and argv[0] in DELEGATED:
+        from . import compare
+
+        return getattr(compare, DELEGATED[argv[0]][1])(argv[1:])
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if passthrough and args.command != "run":

@@ -124,3 +124,21 @@ def test_stage_injects_parameters(project):
     meta = json.loads(out.read_text())["metadata"]
     assert meta["artsim"]["wall_s"] > 0 and meta["papermill"]["output_path"] == str(out)
     assert (project / "runs" / "smoke" / "stages" / "03-shard.json").is_file()
+
+
+def test_compare_is_an_artsim_subcommand(tmp_path, capsys):
+    from PIL import Image
+
+    from artsim_lib import cli
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(a)
+    Image.new("RGB", (48, 48), (30, 30, 200)).save(b)
+    assert cli.main(["compare", str(a), str(a)]) == 0
+    same = capsys.readouterr().out
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    differ = capsys.readouterr().out
+    value = lambda out: float(next(l.split()[-1] for l in out.splitlines() if l.startswith("[0,1]")))
+    assert value(same) == pytest.approx(1.0) and value(differ) < value(same)
+    assert cli.main(["compare", str(a), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
