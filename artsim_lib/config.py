@@ -233,6 +233,27 @@ class SiameseParams(_Section):
     resnet_regression_loss: Literal["bce", "mse"] = "bce"  # the regression variant's loss on the score
 
 
+class EvaluationParams(_Section):
+    # Stage 09 scores every measure (compare.load_measure names) on the test split only.
+    measures: list[str] = Field(default_factory=lambda: [
+        "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "resnet",
+        "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression"], min_length=1)
+    reference: str = "descriptor"  # MSE/MAE are measured against this measure's [0, 1] similarity
+    n_boot: int = Field(1000, ge=0)  # bootstrap draws of whole test originals (0: no intervals)
+    ci: float = Field(0.95, gt=0, lt=1)  # confidence level of the intervals
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)  # R@k
+    near_duplicate_phash: int = Field(8, ge=0, le=64)  # retrieval 'dedup': other originals this close are left out
+    retrieval_originals: int | None = Field(None, ge=2)  # a seeded sample of test originals as the gallery (None: all)
+    batch_size: int = Field(32, ge=1)  # images per forward pass of the network measures
+    workers: int = Field(2, ge=1)  # processes for the descriptor measures' pair scores
+
+    @model_validator(mode="after")
+    def _reference_is_measured(self) -> "EvaluationParams":
+        if self.reference not in self.measures:
+            raise ValueError(f"reference {self.reference!r} must be one of the measures")
+        return self
+
+
 class WorkflowParams(_Section):
     # Stage number ("03") -> how many parallel shard jobs run it, then one merge job; absent or 1:
     # one job. Only stages whose notebook has a num_shards parameter shard (03, 05, 08).
@@ -277,6 +298,7 @@ class Params(_Section):
     descriptors: DescriptorParams = DescriptorParams()
     finetune: FinetuneParams = FinetuneParams()
     siamese: SiameseParams = SiameseParams()
+    evaluation: EvaluationParams = EvaluationParams()
     workflow: WorkflowParams = WorkflowParams()
 
     # -- derived values -------------------------------------------------------

@@ -377,3 +377,23 @@ def plot_augmentations(images: Sequence, size: int, n: int = 5, seed: int = 0):
                 ax.set_title("input" if c == 0 else f"augmented {c}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def register_measures() -> None:
+    """Register with :mod:`artsim_lib.compare` the cosine of pooled ResNet features before fine-tuning
+    ('resnet': the run's ``models.resnet`` at ``finetune.image_size``) and after it ('resnet_finetuned')."""
+    from . import compare
+    from .evaluation_scoring import run_model_ref, run_params, unavailable_as_such
+
+    def load(name: str, run_dir, ref, resize: bool):
+        P = run_params(run_dir)
+        model, processor = models.load_resnet(ref(P), models.pick_device(P.device), torch.float32)
+        processor = sized_processor(processor, P.finetune.image_size) if resize else processor
+        return compare.EmbeddingMeasure(name, lambda imgs: resnet_embed(model, processor, list(imgs)),
+                                        P.evaluation.batch_size, pass_sources=True)
+
+    compare.register_measure("resnet", unavailable_as_such(
+        lambda d: load("resnet", d, lambda P: run_model_ref(P, d, "resnet"), True)), replace=True)
+    compare.register_measure("resnet_finetuned", unavailable_as_such(lambda d: load(
+        "resnet_finetuned", d, lambda P: str(compare.require_dir(_best_dir(d), "resnet_finetuned", "07")), False)),
+        replace=True)

@@ -1,7 +1,11 @@
-"""The index page of a run: reports/<profile>/index.html, one self-contained file.
+"""The study's front page: reports/<profile>/index.html, one self-contained file that opens offline.
 
-It lists every stage (links, wall time, status, key figure), the provenance and the
-resolved params. Stages that have not run are shown as such.
+From top to bottom: on synthetic or tiny-model runs a banner saying the numbers test the pipeline,
+not the science; what was done (one line per stage, its status and links to the executed notebook's
+HTML and .ipynb); the headline table of stage 09 (from ``evaluation/metrics.json``); the key figure
+of each stage (the image of a cell tagged ``key-figure``, else the notebook's first image); the
+provenance (profile, seed, commit, package versions, wall time per stage) and the resolved params.
+Stages that have not run are shown as such.
 """
 from __future__ import annotations
 
@@ -14,8 +18,20 @@ from typing import Sequence
 
 from . import config, paths, runner
 
-SMOKE_BANNER = ("data are synthetic and models tiny and untrained: "
-                "the numbers test the pipeline, not the science")
+SMOKE_BANNER = ("data are synthetic and models are tiny and untrained, so the numbers test the "
+                "pipeline, not the science")
+STAGE_DESCRIPTIONS = {  # stage number -> what it does, in one line
+    "01": "Exploratory analysis of the raw collection: styles, artists, sizes, colour modes, defects.",
+    "02": "Preprocessing: missing labels and phash duplicates dropped, EXIF, RGB, square resize, stratified split.",
+    "03": "Captions of every original with BLIP-2 (sharded, resumable).",
+    "04": "A moderate and a radical prompt per original from its caption, within CLIP's 77 tokens.",
+    "05": "Derivatives: SDXL-Refiner img2img at two strengths (or graded augmentations); triplets per split.",
+    "06": "Handcrafted descriptors (colour, texture, edges, shape, SSIM) and the weighted descriptor similarity.",
+    "07": "ResNet-50 fine-tuned to classify style; the best epoch kept by validation loss.",
+    "08": "Siamese networks on frozen CLIP and on the fine-tuned ResNet-50, trained on the triplets.",
+    "09": "Evaluation of every measure on the held-out test split, with bootstrap confidence intervals.",
+}
+HEADLINE_LOWER_IS_BETTER = {"MSE", "MAE", "median rank", "Spearman strength"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
@@ -32,6 +48,8 @@ pre{background:#f7f7f7;border:1px solid #ddd;padding:.8rem;overflow:auto;font-si
 figure{display:inline-block;margin:.5rem 1rem .5rem 0;vertical-align:top}
 figure img{max-width:22rem;max-height:18rem;border:1px solid #ddd}
 figcaption{font-size:.85rem;color:#555}
+table.headline td{font-size:.8rem;white-space:nowrap}td.best{font-weight:700;background:#eef7ee}
+tr.chance td{color:#666;font-style:italic}.note{color:#555;font-size:.9rem}
 """
 
 
@@ -55,15 +73,23 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def first_png(ipynb: Path) -> str | None:
-    """The first ``image/png`` output of an executed notebook (base64), or None."""
+def first_png(ipynb: Path, tag: str | None = None) -> str | None:
+    """The first ``image/png`` output of an executed notebook (base64), or None; with ``tag``,
+    only outputs of cells carrying that tag count."""
     nb = _read_json(ipynb)
     for cell in nb.get("cells", []):
+        if tag is not None and tag not in cell.get("metadata", {}).get("tags", []):
+            continue
         for out in cell.get("outputs", []):
             png = out.get("data", {}).get("image/png")
             if png:
                 return ("".join(png) if isinstance(png, list) else png).replace("\n", "")
     return None
+
+
+def key_png(ipynb: Path) -> str | None:
+    """A stage's key figure: the image of a cell tagged ``key-figure``, else the first image."""
+    return first_png(ipynb, "key-figure") or first_png(ipynb)
 
 
 def first_error(ipynb: Path) -> str | None:
@@ -104,7 +130,7 @@ def stage_info(name: str, source: Path | None, rdir: Path, P: config.Params) -> 
     info.links["notebook"] = done.name
     info.wall_s, info.summary = record.get("wall_s"), record.get("summary") or {}
     info.notebook_s = _notebook_wall(done)
-    info.figure = first_png(done)
+    info.figure = key_png(done)
     return info
 
 
@@ -131,27 +157,85 @@ def _summary(summary: dict, limit: int = 6) -> str:
     return escape(", ".join(items) + (" ..." if len(summary) > limit else ""))
 
 
+def describe(stage: str) -> str:
+    """The one-line description of a stage (``09-evaluation`` -> its line), or ''."""
+    return STAGE_DESCRIPTIONS.get(stage.split("-", 1)[0], "")
+
+
 def stages_table(stages: list[StageInfo]) -> str:
+    """What was done: one row per stage with its outputs, description, status and summary."""
     rows = []
     for s in stages:
         links = " · ".join(f'<a href="{escape(href)}">{escape(label)}</a>'
                            for label, href in s.links.items()) or "—"
         css = s.status.replace(" ", "-")
-        rows.append(f"<tr><td>{escape(s.name)}</td><td>{links}</td>"
-                    f'<td class="num">{_fmt_s(s.wall_s)}</td>'
-                    f'<td class="num">{_fmt_s(s.notebook_s)}</td>'
+        rows.append(f"<tr><td>{escape(s.name)}</td><td>{links}</td><td>{escape(describe(s.name))}</td>"
                     f'<td class="{css}">{escape(s.status)}</td><td>{_summary(s.summary)}</td></tr>')
-    head = ("<tr><th>stage</th><th>outputs</th><th>stage wall (s)</th><th>notebook wall (s)</th>"
-            "<th>status</th><th>summary</th></tr>")
+    head = "<tr><th>stage</th><th>outputs</th><th>what it does</th><th>status</th><th>summary</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _best(rows: list[dict], column: str) -> set[str]:
+    """The measures with the best value of ``column`` (lowest where lower is better)."""
+    values = {r["measure"]: (r.get("cells") or {}).get(column) or {} for r in rows}
+    values = {m: c["value"] for m, c in values.items() if isinstance(c.get("value"), (int, float))}
+    if len(values) < 2:
+        return set()
+    best = (min if column in HEADLINE_LOWER_IS_BETTER else max)(values.values())
+    return {m for m, v in values.items() if v == best}
+
+
+def headline_html(doc: dict | None, link: str | None = None) -> str:
+    """The headline table of ``evaluation/metrics.json`` (best value per column in bold), or a note."""
+    if not doc or "headline" not in doc:
+        return ('<p class="note">Stage 09 (evaluation) has not run yet for this profile: there are no '
+                "results to show. Run <code>artsim run</code> to the end.</p>")
+    head, ts = doc["headline"], doc.get("test_set", {})
+    cols, rows = head.get("columns", []), head.get("rows", [])
+    best = {c: _best(rows, c) for c in cols}
+    th = "".join(f"<th>{escape(c)}</th>" for c in ["measure", "what it is", *cols])
+    body = []
+    for r in rows:
+        cells = "".join(f'<td class="num{" best" if r["measure"] in best[c] else ""}">'
+                        f'{escape(str(r.get("text", {}).get(c, "—")))}</td>' for c in cols)
+        body.append(f"<tr><td>{escape(r['measure'])}</td><td>{escape(r.get('description', ''))}</td>{cells}</tr>")
+    chance = "".join(f'<td class="num">{escape(str(head.get("chance", {}).get(c, "—")))}</td>' for c in cols)
+    body.append(f'<tr class="chance"><td>chance</td><td>a constant measure</td>{chance}</tr>')
+    params = doc.get("params", {})
+    split = escape(str(doc.get("split", "test")))
+    lines = [f"Held-out <b>{split}</b> split only: {ts.get('originals', '?')} originals, "
+             f"{ts.get('derivatives', '?')} derivatives, {ts.get('triplets', '?')} triplets; each derivative queries "
+             f"{ts.get('gallery', '?')} originals. Cells: value [95% interval], a bootstrap of "
+             f"{params.get('n_boot', '?')} draws resampling whole originals. MSE/MAE against "
+             f"<code>{escape(str(doc.get('reference')))}</code> (the reference); Spearman: negative is right. "
+             "Best per column in bold."]
+    skipped = doc.get("skipped") or []
+    if skipped:
+        lines.append("Skipped (stage not run): " + "; ".join(
+            f"<code>{escape(k['measure'])}</code> ({escape(str(k.get('reason', '')))})" for k in skipped))
+    if link:
+        lines.append(f'Details, figures and every metric: <a href="{escape(link)}">the evaluation notebook</a>.')
+    notes = "".join(f'<p class="note">{line}</p>' for line in lines)
+    return f'{notes}<div style="overflow-x:auto"><table class="headline"><tr>{th}</tr>{"".join(body)}</table></div>'
+
+
 def figures(stages: list[StageInfo]) -> str:
+    """The key figure of each stage, captioned with the stage and what it does."""
     figs = [f'<figure><img alt="key figure of {escape(s.name)}" '
             f'src="data:image/png;base64,{s.figure}">'
-            f'<figcaption>{escape(s.name)}</figcaption></figure>'
+            f'<figcaption><b>{escape(s.name)}</b> · {escape(describe(s.name))}</figcaption></figure>'
             for s in stages if s.figure]
     return "".join(figs) or "<p>No figures yet.</p>"
+
+
+def walltime_html(stages: list[StageInfo]) -> str:
+    """Wall time per stage: the stage's own record and the whole notebook run."""
+    rows = "".join(f'<tr><td>{escape(s.name)}</td><td class="num">{_fmt_s(s.wall_s)}</td>'
+                   f'<td class="num">{_fmt_s(s.notebook_s)}</td></tr>' for s in stages)
+    total = sum(s.notebook_s or 0 for s in stages)
+    return (f"<h3>Wall time per stage</h3><table><tr><th>stage</th><th>stage wall (s)</th>"
+            f"<th>notebook wall (s)</th></tr>{rows}<tr><th>all</th><td></td>"
+            f'<td class="num">{_fmt_s(total)}</td></tr></table>')
 
 
 def provenance_html(prov: dict) -> str:
@@ -171,23 +255,37 @@ def is_synthetic(P: config.Params) -> bool:
     return P.profile == "smoke" or P.data.source == "synthart" or P.models.build_tiny
 
 
-def render(P: config.Params, stages: list[StageInfo], prov: dict, params_text: str) -> str:
+def _evaluation_link(stages: list[StageInfo]) -> str | None:
+    for s in stages:
+        if s.name.startswith("09") and s.links:
+            return s.links.get("HTML") or next(iter(s.links.values()))
+    return None
+
+
+def render(P: config.Params, stages: list[StageInfo], prov: dict, params_text: str,
+           evaluation: dict | None = None) -> str:
     """The whole index page as one string."""
     title = f"artsim — {P.profile}"
-    banner = f'<p class="banner">{escape(SMOKE_BANNER)}</p>' if is_synthetic(P) else ""
+    banner = (f'<p class="banner">The {escape(P.profile)} profile: {escape(SMOKE_BANNER)}.</p>'
+              if is_synthetic(P) else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{CSS}</style></head><body>
 <h1>{escape(title)}</h1>
-<p>How similar are AI-generated derivatives of paintings to their originals?</p>
 {banner}
-<h2 id="stages">Stages</h2>
+<p>How similar are AI-generated derivatives of paintings to their WikiArt originals? Originals are captioned,
+turned into moderate and radical prompts and re-generated with SDXL-Refiner img2img; handcrafted descriptors,
+CLIP and ResNet-50 features and siamese networks then measure how much of each painting survived.</p>
+<h2 id="stages">What was done</h2>
 {stages_table(stages)}
+<h2 id="results">Results: every measure on the test split</h2>
+{headline_html(evaluation, _evaluation_link(stages))}
 <h2 id="figures">Key figures</h2>
 {figures(stages)}
 <h2 id="provenance">Provenance</h2>
 {provenance_html(prov)}
+{walltime_html(stages)}
 <h2 id="params">Resolved params</h2>
 <pre>{escape(params_text)}</pre>
 </body></html>
@@ -202,5 +300,6 @@ def build_index(profile_or_params: str | os.PathLike | config.Params,
     params_file = P.run.params_file
     params_text = (params_file.read_text(encoding="utf-8") if params_file.exists()
                    else f"# {params_file} not written yet; resolved now:\n{P.to_yaml()}")
-    page = render(P, collect_stages(P, notebooks), _read_json(P.run.provenance_file), params_text)
+    evaluation = _read_json(P.run.root / "evaluation" / "metrics.json") or None
+    page = render(P, collect_stages(P, notebooks), _read_json(P.run.provenance_file), params_text, evaluation)
     return paths.atomic_write_text(runner.reports_dir(P.profile) / "index.html", page)

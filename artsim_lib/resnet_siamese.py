@@ -352,3 +352,22 @@ def load_resnet_siamese(run_dir, variant: Literal["triplet", "regression"] = "tr
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     model.processor = AutoImageProcessor.from_pretrained(d)
     return models.freeze(model.to(models.pick_device(device)))
+
+
+def register_measures() -> None:
+    """Register with :mod:`artsim_lib.compare` the ResNet siamese of stage 08: 'resnet_siamese' (triplet
+    variant, cosine of the projections) and 'resnet_regression' (the pair head's score in [0, 1])."""
+    from . import compare
+    from .evaluation_scoring import PairHeadMeasure, run_params, unavailable_as_such
+
+    def load(variant: str, run_dir):
+        P = run_params(run_dir)
+        model = load_resnet_siamese(run_dir, variant, P.device)
+        embed = lambda imgs: model.embed_images(list(imgs), P.evaluation.batch_size)  # noqa: E731  [N, out_dim]
+        if variant == "triplet":
+            return compare.EmbeddingMeasure("resnet_siamese", embed, P.evaluation.batch_size, pass_sources=True)
+        dev = next(model.parameters()).device
+        return PairHeadMeasure("resnet_regression", embed, lambda ea, eb: model.score(ea.to(dev), eb.to(dev)))
+
+    for name, variant in (("resnet_siamese", "triplet"), ("resnet_regression", "regression")):
+        compare.register_measure(name, unavailable_as_such(lambda d, v=variant: load(v, d)), replace=True)

@@ -1,0 +1,387 @@
+"""Stage 09 through its own functions on small studies built by hand: perfect, constant, random and
+tied measures against hand-computed values, the test split and nothing else, skipped measures, files."""
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from artsim_lib import compare, config, evaluation, evaluation_scoring, metrics
+from artsim_lib.measures import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureUnavailableError
+from artsim_lib.triplets import build_triplets
+
+FAMILIES = ("photometric", "geometric")
+STRENGTHS = (0.25, 1.0)
+
+
+def study(n_test=6, n_other=4, styles=2, seed=0):
+    """Manifest, pairs and triplets frames: ``n_test`` test originals and ``n_other`` each in train and val,
+    with one derivative per (family, strength). Paths are names only: these measures never open a file."""
+    rng = np.random.default_rng(seed)
+    rows = [{"id": f"{split}-{i:02d}", "path": f"/img/{split}-{i:02d}.png", "style": f"S{i % styles}",
+             "artist": f"A{i % (styles + 1)}", "phash": f"{int(rng.integers(1 << 62)):016x}", "split": split}
+            for split, n in (("test", n_test), ("train", n_other), ("val", n_other)) for i in range(n)]
+    manifest = pd.DataFrame(rows)
+    pairs = pd.DataFrame([{"pair_id": f"{o.id}:{f}:{s}", "original_id": o.id, "family": f, "strength": s,
+                           "level": "moderate" if s <= 0.5 else "radical", "path": f"/img/{o.id}-{f}-{s}.png",
+                           "prompt": None, "nan_flag": False, "black_flag": False, "backend": "augment",
+                           "split": o.split, "style": o.style, "artist": o.artist}
+                          for o in manifest.itertuples() for f in FAMILIES for s in STRENGTHS])
+    return manifest, pairs, build_triplets(pairs, manifest, seed=seed).triplets
+
+
+def params(n_boot=50, **kw):
+    return config.EvaluationParams(n_boot=n_boot, measures=["m"], reference="m", **kw)
+
+
+def evaluate(es, measures, cfg=None):
+    cfg = cfg or config.EvaluationParams(n_boot=50, measures=list(measures), reference=list(measures)[0])
+    return evaluation.evaluate_set(es, measures, cfg, seed=0)
+
+
+def value(result, measure, metric, subset):
+    row = result.metrics.set_index(["measure", "metric", "subset"]).loc[(measure, metric, subset)]
+    return row["value"]
+
+
+def original_of(es):
+    """image path -> the id of its original (itself for an original)."""
+    out = dict(zip(es.originals["path"], es.originals["id"]))
+    out.update(zip(es.derivatives["path"], es.derivatives["original_id"]))
+    return out
+
+
+def one_hot_oracle(es):
+    """Every image embeds as the one-hot vector of its original: derivative == its original exactly."""
+    ids = {o: i for i, o in enumerate(es.originals["id"])}
+    orig = original_of(es)
+    return EmbeddingMeasure("oracle", lambda imgs: np.eye(len(ids))[[ids[orig[p]] for p in imgs]],
+                            pass_sources=True)
+
+
+def random_measure(dim=64):
+    def embed(imgs):
+        return np.stack([np.random.default_rng(int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)).normal(size=dim)
+                         for p in imgs])
+    return EmbeddingMeasure("random", embed, pass_sources=True)
+
+
+class Table(Measure):
+    """Scores looked up in a symmetric table (default 0.1); records every image it was asked to describe."""
+
+    def __init__(self, table=None, default=0.1, name="table"):
+        self.table, self.default, self.name, self.seen = table or {}, default, name, []
+
+    def features(self, images):
+        self.seen += list(images)
+        return list(images)
+
+    def raw_from_features(self, fa, fb):
+        return self.table.get(frozenset((fa, fb)), self.default)
+
+
+# -- perfect, constant, random ---------------------------------------------------------------------------
+def test_perfect_measure_scores_one_everywhere():
+    es = evaluation.test_set(*study())
+    r = evaluate(es, {"oracle": one_hot_oracle(es)})
+    for metric, subset in [("triplet_acc", "random"), ("triplet_acc", "same_style"), ("triplet_acc", "same_artist"),
+                           ("R@1", "all"), ("R@1", "dedup"), ("mAP", "all"), ("auc", "hard"), ("auc", "random")]:
+        row = r.metrics.set_index(["metric", "subset"]).loc[(metric, subset)]
+        assert (row["value"], row["lo"], row["hi"]) == (1, 1, 1), (metric, subset)
+    assert value(r, "oracle", "median_rank", "all") == 1
+
+
+def test_constant_measure_scores_exactly_chance():
+    es = evaluation.test_set(*study(n_test=8))
+    n = len(es.gallery)
+    r = evaluate(es, {"const": EmbeddingMeasure("const", lambda imgs: np.ones((len(imgs), 3)), pass_sources=True)})
+    assert value(r, "const", "R@1", "all") == pytest.approx(1 / n)
+    assert value(r, "const", "R@5", "all") == pytest.approx(5 / n)
+    assert value(r, "const", "median_rank", "all") == pytest.approx((n + 1) / 2)
+    assert value(r, "const", "mAP", "all") == pytest.approx(np.mean(1 / np.arange(1, n + 1)))
+    for kind in ("random", "same_style", "same_artist"):
+        assert value(r, "const", "triplet_acc", kind) == 0.5
+    assert value(r, "const", "auc", "hard") == 0.5
+    assert value(r, "const", "moderate_above_radical", "all") == 0.5
+    assert np.isnan(value(r, "const", "spearman_strength", "all"))
+    chance = r.chance()
+    assert chance["R@1"] == pytest.approx(1 / n) and chance["mAP"] == pytest.approx(value(r, "const", "mAP", "all"))
+
+
+def test_random_measure_is_near_chance():
+    es = evaluation.test_set(*study(n_test=30, styles=5))
+    r = evaluate(es, {"random": random_measure()})
+    assert abs(value(r, "random", "R@1", "all") - 1 / 30) < 0.06
+    assert abs(value(r, "random", "triplet_acc", "random") - 0.5) < 0.12
+    assert abs(value(r, "random", "auc", "hard") - 0.5) < 0.12
+    lo, hi = r.metrics.set_index(["metric", "subset"]).loc[("triplet_acc", "random"), ["lo", "hi"]]
+    assert lo < 0.5 + 0.12 and hi > 0.5 - 0.12 and lo < hi
+
+
+# -- ties and hand-computed values ----------------------------------------------------------------------
+def hand_study():
+    """Three test originals A, B (same style) and C, one derivative each, explicit triplets."""
+    manifest = pd.DataFrame({"id": ["A", "B", "C"], "path": ["A", "B", "C"], "style": ["s1", "s1", "s2"],
+                             "artist": ["a", "b", "c"], "phash": ["00000000", "ffffffff", "0000ffff"], "split": "test"})
+    pairs = pd.DataFrame({"pair_id": ["A'", "B'", "C'"], "original_id": ["A", "B", "C"], "path": ["A'", "B'", "C'"],
+                          "level": ["moderate", "radical", "moderate"], "family": "photometric",
+                          "strength": [0.25, 1.0, 0.5], "prompt": None, "nan_flag": False, "black_flag": False,
+                          "backend": "augment", "split": "test", "style": ["s1", "s1", "s2"],
+                          "artist": ["a", "b", "c"]})
+    trip = pd.DataFrame({"triplet_id": ["t1", "t2", "t3"], "anchor_id": ["A", "B", "C"],
+                         "positive_id": ["A'", "B'", "C'"],
+                         "negative_id": ["B", "A", "A"], "negative_kind": ["same_style", "same_style", "random"],
+                         "level": ["moderate", "radical", "moderate"], "family": "photometric",
+                         "strength": [0.25, 1.0, 0.5], "backend": "augment", "split": "test",
+                         "style": ["s1", "s1", "s2"], "artist": ["a", "b", "c"]})
+    table = {frozenset(k): v for k, v in [(("A", "A'"), 0.9), (("B", "A'"), 0.9), (("C", "A'"), 0.1),
+                                          (("A", "B'"), 0.8), (("B", "B'"), 0.5), (("C", "B'"), 0.2),
+                                          (("C", "C'"), 0.7), (("A", "B"), 0.9), (("A", "C"), 0.3)]}
+    return evaluation.test_set(manifest, pairs, trip), table
+
+
+def test_ties_and_every_metric_by_hand():
+    es, table = hand_study()
+    cfg = config.EvaluationParams(n_boot=0, measures=["table", "half"], reference="half", ks=[1, 2])
+    r = evaluation.evaluate_set(es, {"table": Table(table), "half": Table(default=0.5, name="half")}, cfg)
+    # A' ties with B (rank 1.5), B' loses to A (rank 2), C' first (rank 1)
+    assert value(r, "table", "R@1", "all") == pytest.approx((0.5 + 0 + 1) / 3)
+    assert value(r, "table", "R@2", "all") == pytest.approx(1)
+    assert value(r, "table", "mAP", "all") == pytest.approx(((1 + 1 / 2) / 2 + 1 / 2 + 1) / 3)
+    assert value(r, "table", "median_rank", "all") == 1.5
+    # same-style triplets: 0.9 vs s(A, B) = 0.9 is a tie (half), 0.5 vs 0.9 is wrong; random: 0.7 > 0.3
+    assert value(r, "table", "triplet_acc", "same_style") == pytest.approx(0.25)
+    assert value(r, "table", "triplet_acc", "random") == 1
+    # verification: positives .9 .5 .7 against hard negatives s(B, A') = .9 and s(A, B') = .8
+    assert value(r, "table", "auc", "hard") == pytest.approx(1.5 / 6)
+    # MSE / MAE against a constant 0.5 over the 12 scored pairs: 9 (original, derivative) + 3 (original, original)
+    scored = [0.9, 0.9, 0.1, 0.8, 0.5, 0.2, 0.1, 0.1, 0.7, 0.9, 0.9, 0.3]
+    assert value(r, "table", "mse", "all") == pytest.approx(np.mean((np.array(scored) - 0.5) ** 2))
+    assert value(r, "table", "mae", "all") == pytest.approx(np.mean(np.abs(np.array(scored) - 0.5)))
+    assert value(r, "table", "mse", "positive") == pytest.approx((0.4 ** 2 + 0 + 0.2 ** 2) / 3)
+    ref = r.metrics[(r.metrics["measure"] == "half") & (r.metrics["metric"] == "mse")]
+    assert ref["value"].isna().all() and (ref["note"] == "reference").all()  # not a meaningless 0
+    assert r.headline().loc["half", "MSE"] == "reference"
+    # ordering: strength .25 -> .9, .5 -> .7, 1.0 -> .5
+    assert value(r, "table", "spearman_strength", "all") == pytest.approx(-1)
+
+
+def test_ordering_metrics_by_hand():
+    es = evaluation.test_set(*study(n_test=4))
+    weaker = {p: 1 - s / 2 for p, s in zip(es.derivatives["path"], es.derivatives["strength"])}
+    owner = dict(zip(es.derivatives["path"], es.originals.set_index("id").loc[es.derivatives["original_id"], "path"]))
+
+    class Fading(Table):
+        def raw_from_features(self, fa, fb):  # own original: 1 - strength/2; anything else 0
+            return weaker[fb] if owner.get(fb) == fa else 0.0
+
+    r = evaluate(es, {"fading": Fading()})
+    assert value(r, "fading", "spearman_strength", "all") == pytest.approx(-1)
+    assert value(r, "fading", "moderate_above_radical", "all") == 1
+    for fam in FAMILIES:
+        assert value(r, "fading", "monotonicity_spearman", fam) == pytest.approx(-1)
+        assert value(r, "fading", "falling_steps", fam) == 1
+
+
+def test_near_duplicates_are_left_out_of_dedup_retrieval():
+    es, table = hand_study()
+    es.near_dup[:] = evaluation_scoring.hamming(["0000", "0001", "ffff"]) <= 1  # A and B near-copies
+    r = evaluation.evaluate_set(es, {"table": Table(table)}, config.EvaluationParams(
+        n_boot=0, measures=["table"], reference="table", ks=[1]))
+    assert value(r, "table", "R@1", "all") == pytest.approx(0.5)
+    assert value(r, "table", "R@1", "dedup") == pytest.approx(1)  # without each other, A' and B' find their own
+
+
+def test_hamming_by_hand():
+    d = evaluation_scoring.hamming(["00", "01", "ff", "f0"])
+    assert d.tolist() == [[0, 1, 8, 4], [1, 0, 7, 5], [8, 7, 0, 4], [4, 5, 4, 0]]
+
+
+# -- only the test split; features once -----------------------------------------------------------------------
+def test_only_test_images_are_scored_and_each_described_once():
+    manifest, pairs, trip = study()
+    es = evaluation.test_set(manifest, pairs, trip)
+    rec = Table()
+    evaluate(es, {"rec": rec})
+    test_ids = set(manifest.loc[manifest["split"] == "test", "id"])
+    allowed = (set(manifest.loc[manifest["split"] == "test", "path"])
+               | set(pairs.loc[pairs["original_id"].isin(test_ids), "path"]))
+    assert set(rec.seen) == allowed  # every test image, nothing from train or val
+    assert len(rec.seen) == len(set(rec.seen))  # each image's features once
+
+
+def test_a_triplet_reaching_outside_test_is_an_error():
+    manifest, pairs, trip = study()
+    bad = trip.copy()
+    i = bad.index[bad["split"] == "test"][0]
+    bad.loc[i, "negative_id"] = manifest.loc[manifest["split"] == "train", "id"].iloc[0]
+    with pytest.raises(ValueError, match="outside the test split"):
+        evaluation.test_set(manifest, pairs, bad)
+
+
+def test_flagged_derivatives_are_left_out():
+    manifest, pairs, trip = study()
+    pairs.loc[0, "black_flag"] = True
+    es = evaluation.test_set(manifest, pairs, trip)
+    assert pairs.loc[0, "pair_id"] not in set(es.derivatives["pair_id"])
+    assert pairs.loc[0, "pair_id"] not in set(es.triplets["positive_id"])
+
+
+def test_retrieval_gallery_sample_is_seeded_and_consistent():
+    manifest, pairs, trip = study(n_test=10)
+    cfg = config.EvaluationParams(retrieval_originals=4)
+    a, b = (evaluation.test_set(manifest, pairs, trip, cfg, seed=3) for _ in range(2))
+    assert len(a.gallery) == 4 and np.array_equal(a.gallery, b.gallery)
+    owners = a.derivatives["orig"].to_numpy()[a.queries]
+    assert np.array_equal(a.gallery[a.truth], owners)  # each query's answer is its own original
+
+
+# -- the pieces ---------------------------------------------------------------------------------------------
+def test_grouped_interval_matches_metrics_bootstrap_exactly():
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"g": rng.integers(0, 7, 60), "x": rng.normal(size=60)})
+    x = df["x"].to_numpy()
+    mine = evaluation.grouped_ci(lambda r: x[r].mean(), df["g"], 200, 0.9, seed=5)
+    ref = metrics.bootstrap_ci(lambda d: d["x"].mean(), df, groups="g", n=200, alpha=0.1, seed=5)
+    assert mine == pytest.approx(ref, abs=1e-12)
+
+
+def test_rank_correlation_is_spearman():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 40), rng.normal(size=40)
+    assert evaluation.rank_correlation(x, y) == pytest.approx(metrics.spearman(x, y), abs=1e-12)
+    assert np.isnan(evaluation.rank_correlation([1, 1, 1], [1, 2, 3]))
+
+
+def test_pair_head_measure_scores_in_batches_as_one_by_one():
+    import torch
+
+    emb = {f"i{k}": np.random.default_rng(k).normal(size=4) for k in range(5)}
+    m = evaluation.PairHeadMeasure("ph", lambda imgs: np.stack([emb[i] for i in imgs]),
+                                   lambda a, b: torch.sigmoid((a * b).sum(-1)), chunk=3)
+    f = m.features(list(emb))
+    a, b = np.array([0, 1, 2, 3, 4, 0]), np.array([1, 2, 3, 4, 0, 0])
+    batch = m.raw_pairs(np.stack(f)[a], np.stack(f)[b])
+    assert batch == pytest.approx([m.raw_from_features(f[i], f[j]) for i, j in zip(a, b)], abs=1e-6)
+    assert ((batch > 0) & (batch < 1)).all()
+
+
+@pytest.fixture(scope="module")
+def image_study(tmp_path_factory):
+    """Three test originals as real 40x40 images, a noisy and a shifted derivative of each."""
+    d = tmp_path_factory.mktemp("eval-images")
+    rng = np.random.default_rng(0)
+    manifest, pairs, _ = study(n_test=3, n_other=0)
+    for p in list(manifest["path"]):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / p.split("/")[-1])
+    for row in pairs.itertuples():
+        src = np.asarray(Image.open(d / f"{row.original_id}.png"), np.int16)
+        noisy = src + rng.integers(-30, 30, src.shape)
+        out = np.roll(src, int(row.strength * 8), 1) if row.family == "geometric" else noisy
+        Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)).save(d / row.path.split("/")[-1])
+    manifest["path"] = [str(d / p.split("/")[-1]) for p in manifest["path"]]
+    pairs["path"] = [str(d / p.split("/")[-1]) for p in pairs["path"]]
+    return evaluation.test_set(manifest, pairs, build_triplets(pairs, manifest).triplets)
+
+
+def test_shared_descriptor_pass_equals_each_measure_alone(image_study, monkeypatch):
+    cfg = config.DescriptorParams(size=32, thumb_size=16, hog_cell=8, workers=1)
+    group = {f: DescriptorMeasure(f, cfg, f) for f in ("colour", "ssim", "shape")}
+    group["descriptor"] = DescriptorMeasure("descriptor", cfg)
+    sc = evaluation_scoring.score_all(image_study, group)
+    imgs = image_study.images
+    for k in (0, len(sc.pairs) // 2, len(sc.pairs) - 1):
+        a, b = sc.pairs[k]
+        for name, m in group.items():
+            raw, s01 = m.scores(imgs[a], imgs[b])
+            assert sc.raw[name][k] == pytest.approx(raw, abs=1e-9) and sc.s01[name][k] == pytest.approx(s01, abs=1e-9)
+    monkeypatch.setattr(evaluation_scoring, "PARALLEL_MIN_PAIRS", 1)  # worker processes: the same numbers
+    par = evaluation_scoring.score_all(image_study, group, workers=2)
+    for name in group:
+        assert np.allclose(par.raw[name], sc.raw[name])
+
+
+# -- a run: skipped measures, registered loaders, files -----------------------------------------------------------
+def test_unavailable_measures_are_skipped_and_listed(run_dir):
+    loaded, skipped = evaluation.load_measures(["descriptor", "descriptor_fitted", "clip", "clip_siamese", "resnet",
+                                                "resnet_finetuned", "resnet_siamese", "resnet_regression"], run_dir)
+    assert list(loaded) == ["descriptor"]
+    assert list(skipped["measure"]) == ["descriptor_fitted", "clip", "clip_siamese", "resnet", "resnet_finetuned",
+                                        "resnet_siamese", "resnet_regression"]
+    assert skipped["reason"].str.len().gt(10).all()
+    with pytest.raises(MeasureUnavailableError):
+        compare.load_measure("resnet_finetuned", run_dir)
+
+
+def test_resnet_measures_from_a_run(run_dir, image_study):
+    import torch
+
+    from artsim_lib import finetune, models, resnet_siamese
+
+    P = config.load_params("smoke", ["evaluation.batch_size=2"])
+    P.run.root.mkdir(parents=True, exist_ok=True)
+    P.run.params_file.write_text(P.to_yaml())
+    with pytest.raises(MeasureUnavailableError, match="resnet"):
+        compare.load_measure("resnet", run_dir)  # the tiny checkpoint is not built yet
+    models.ensure_tiny_checkpoints(P, ["resnet"])
+    imgs = image_study.images[:3]
+    before = compare.load_measure("resnet", run_dir)
+    emb = before.embed(imgs + imgs[:1])  # [4, D]
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1) and emb[0] @ emb[3] == pytest.approx(1)
+    clf, proc = models.load_resnet(P.model_ref("resnet"))
+    finetune.save_checkpoint(clf, proc, P.run.root / "finetune" / "best", {"complete": True})
+    after = compare.load_measure("resnet_finetuned", run_dir)
+    assert np.allclose(after.embed(imgs), finetune.resnet_embed(clf, proc, imgs).numpy(), atol=1e-5)
+    for variant, name in (("regression", "resnet_regression"), ("triplet", "resnet_siamese")):
+        torch.manual_seed(0)
+        model = resnet_siamese.ResNetSiamese(clf.resnet, [8], 4, 0.0, variant)
+        model.processor = proc
+        resnet_siamese.save_resnet_siamese(model, P.run.root / "siamese" / f"resnet-{variant}", {
+            "variant": variant, "hidden": [8], "out_dim": 4, "dropout": 0.0, "tau": 0.07, "learn_tau": False})
+        m = compare.load_measure(name, run_dir)
+        direct = model.eval().similarity(imgs, imgs[::-1]).numpy()
+        fa, fb = m.features(imgs), m.features(imgs[::-1])
+        assert [m.raw_from_features(a, b) for a, b in zip(fa, fb)] == pytest.approx(direct, abs=1e-5)
+
+
+def test_outputs_have_the_promised_columns(run_dir):
+    P = config.load_params("smoke", ["evaluation.n_boot=20"])
+    es, table = hand_study()
+    r = evaluation.evaluate_set(es, {"descriptor": Table(default=0.5, name="d"), "table": Table(table)},
+                                P.evaluation.model_copy(update={"measures": ["descriptor", "table"]}), P.seed,
+                                skipped=pd.DataFrame({"measure": ["clip"], "reason": ["no model"]}))
+    files = evaluation.write_outputs(r, P)
+    long = pd.read_parquet(files["metrics"])
+    assert {"measure", "metric", "value", "lo", "hi", "n", "subset"} <= set(long.columns)
+    assert set(long["measure"]) == {"descriptor", "table"}
+    per_style = pd.read_parquet(files["per_style"])
+    assert {"measure", "style", "triplet_acc", "R@1"} <= set(per_style.columns)
+    assert set(per_style["style"]) == {"s1", "s2"}
+    doc = json.loads(files["json"].read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+    assert doc["skipped"] == [{"measure": "clip", "reason": "no model"}]
+    assert [row["measure"] for row in doc["headline"]["rows"]] == ["descriptor", "table"]
+    assert doc["headline"]["rows"][0]["text"]["MSE"] == "reference"
+    assert doc["provenance"]["seed"] == P.seed and "git_commit" in doc["provenance"] and doc["provenance"]["packages"]
+    assert doc["params"]["n_boot"] == 20 and doc["test_set"]["originals"] == 3
+
+
+def test_figures_draw_and_show_the_worst_retrievals():
+    import matplotlib.pyplot as plt
+
+    from artsim_lib import evaluation_plots as eplots
+
+    es, table = hand_study()
+    cfg = config.EvaluationParams(n_boot=10, measures=["table", "half"], reference="half", ks=[1, 2])
+    r = evaluation.evaluate_set(es, {"table": Table(table), "half": Table(default=0.5, name="half")}, cfg)
+    cases = eplots.retrieval_cases(r, "table", n_worst=1)
+    assert list(cases["rank"]) == [1, 2]  # a success (C'), then the worst query (B', beaten by A)
+    assert es.derivatives["pair_id"].iloc[es.queries[cases["q"].iloc[1]]] == "B'"
+    groups = eplots.pair_groups(r, "table")
+    assert sorted(set(groups["group"])) == ["moderate", "negative: random", "negative: same_style", "radical"]
+    figs = [eplots.forest(r), eplots.score_distributions(r), eplots.similarity_heatmaps(r, ["table"], 2),
+            eplots.retrieval_examples(r, "table", 1, top=2), eplots.example_pairs(r, ["A'", "B'"]),
+            eplots.style_bars(r), eplots.strength_curves(r)]  # images that do not exist show as red tiles
+    assert all(isinstance(f, plt.Figure) for f in figs)
+    plt.close("all")
