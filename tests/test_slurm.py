@@ -27,8 +27,11 @@ GPU_RULES = {"stage_03_captioning", "stage_03_captioning_shard", "stage_05_gener
 
 @pytest.fixture
 def study_notebooks(tmp_path):
-    """The notebooks the SLURM test runs: the toy study (03 and 05, sharded). Once the real
-    03/05/08 notebooks exist, `return REPO / "notebooks"` runs the real smoke study instead."""
+    """The notebooks the SLURM test runs: by default a toy study with the real sharding
+    contract (03 and 05 sharded; ~2.5 min); with ARTSIM_SLURM_REAL_STUDY=1 the real smoke
+    study, 03/05/08 sharded (~7 min: `make test-slurm-study`)."""
+    if os.environ.get("ARTSIM_SLURM_REAL_STUDY") == "1":
+        return REPO / "notebooks"
     return write_toy_notebooks(tmp_path / "toy-notebooks")
 
 
