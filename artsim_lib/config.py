@@ -73,17 +73,24 @@ class Params(_Section):
     def run(self) -> paths.RunDir:
         return paths.RunDir(self.run_path)
 
-    def path(self, value: str) -> Path:
-        """Resolve a path-valued parameter: ``{run_dir}`` and ``{profile}`` are expanded,
-        relative paths are taken from the project root."""
-        return paths.resolve(value.format(run_dir=self.run_path, profile=self.profile))
+    def path(self, value: str, run_dir: str | os.PathLike | None = None) -> Path:
+        """Resolve a path-valued parameter: ``{run_dir}`` (``run_dir`` when given, else this run's)
+        and ``{profile}`` are expanded, relative paths are taken from the project root."""
+        base = Path(run_dir).resolve() if run_dir is not None else self.run_path
+        return paths.resolve(value.format(run_dir=base, profile=self.profile))
 
-    def model_ref(self, name: str) -> str:
-        """A model field as ``from_pretrained`` wants it: a hub id stays as it is, a path is resolved."""
-        value = getattr(self.models, name)
-        if "{" in value or value.startswith((".", "/", "~")) or Path(value).exists():
-            return str(self.path(value))
-        return value
+    def is_path(self, value: str) -> bool:
+        """Whether a model/dataset parameter names a local folder rather than a hub id."""
+        return "{" in value or value.startswith((".", "/", "~")) or self.path(value).exists()
+
+    def ref(self, value: str, run_dir: str | os.PathLike | None = None) -> str:
+        """A model or dataset reference as ``from_pretrained`` wants it: a hub id stays as it is,
+        a path is resolved (see :meth:`path`)."""
+        return str(self.path(value, run_dir)) if self.is_path(value) else value
+
+    def model_ref(self, name: str, run_dir: str | os.PathLike | None = None) -> str:
+        """``models.<name>`` as ``from_pretrained`` wants it (see :meth:`ref`)."""
+        return self.ref(getattr(self.models, name), run_dir)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -385,10 +385,7 @@ def run_encoder(run_dir: str | Path):
     if not f.exists():
         raise FileNotFoundError(f"{f}: not a run directory (no resolved params)")
     P = config.validate(yaml.safe_load(f.read_text(encoding="utf-8")), str(f))
-    ref = P.models.clip
-    if "{" in ref or ref.startswith((".", "/", "~")) or Path(ref).exists():
-        ref = str(paths.resolve(ref.format(run_dir=Path(run_dir).resolve(), profile=P.profile)))
-    return P, open_encoder(ref, P.device, P.dtype)
+    return P, open_encoder(P.model_ref("clip", run_dir), P.device, P.dtype)
 
 
 def load_clip_measure(run_dir: str | Path) -> ClipMeasure:

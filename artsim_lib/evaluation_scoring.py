@@ -40,10 +40,7 @@ def run_params(run_dir) -> config.Params:
 
 def run_model_ref(P: config.Params, run_dir, name: str) -> str:
     """``P.model_ref(name)`` with ``{run_dir}`` read as ``run_dir`` (not ``$ARTSIM_RUN_DIR``)."""
-    value = getattr(P.models, name)
-    if "{" in value or value.startswith((".", "/", "~")) or Path(value).exists():
-        return str(paths.resolve(value.format(run_dir=Path(run_dir).resolve(), profile=P.profile)))
-    return value
+    return P.model_ref(name, run_dir)
 
 
 def unavailable_as_such(loader):

@@ -84,7 +84,7 @@ def text_model_ref(P, value: str, kind: str) -> str:
     """``prompting.llm`` / ``prompting.summarizer`` as ``from_pretrained`` wants it. A path is
     resolved (and a tiny random model built there when ``models.build_tiny``); a hub id must be
     in the local cache."""
-    if "{" in value or value.startswith((".", "/", "~")) or P.path(value).exists():
+    if P.is_path(value):
         path = P.path(value)
         if P.models.build_tiny:
             tiny_lm.ensure(kind, path)

@@ -23,14 +23,6 @@ def _source_key(P) -> str:
     return json.dumps(P.data.model_dump(mode="json"), sort_keys=True)
 
 
-def _hf_ref(P) -> str:
-    """``data.hf_dataset`` as a hub id, or resolved like other paths when it names a folder."""
-    value = P.data.hf_dataset
-    if "{" in value or value.startswith((".", "/", "~")) or P.path(value).exists():
-        return str(P.path(value))
-    return value
-
-
 def read_manifest(path) -> pd.DataFrame:
     """A manifest parquet as the loaders return it (``styles`` cells back to lists)."""
     df = pd.read_parquet(path)
@@ -73,7 +65,7 @@ def load_manifest(P) -> pd.DataFrame:
     if _cached(P, target, stamp):
         return read_manifest(target)
     if source == "huggan":
-        df = load_huggan(_hf_ref(P), P.data.hf_split, image_dir=P.run.sub("raw", "huggan"))
+        df = load_huggan(P.ref(P.data.hf_dataset), P.data.hf_split, image_dir=P.run.sub("raw", "huggan"))
     else:
         df = load_kaggle(root)
     if P.data.limit is not None:
