@@ -11,6 +11,8 @@
 * **Budget**: tokens are counted with the refiner's own ``tokenizer_2``; no prompt exceeds
   ``max_tokens`` and over-long ones are brought near ``target_tokens``
   (:mod:`artsim_lib.prompt_compress`, or the ``summarize`` model with truncation as fallback).
+  That is the real CLIP tokenizer in every profile (the tiny refiner carries the real 49,408-token
+  vocabulary, :mod:`artsim_lib.models.bpe`), so the smoke profile's counts are the full study's.
 
 Output: ``prompting/prompts.parquet`` (see :data:`COLUMNS`), via :func:`require_prompts`.
 """
@@ -27,6 +29,10 @@ from . import data, paths, shards
 from .captioning import caption_meta, require_captions
 from .prompt_compress import Compressed, compress_many, load_clip_tokenizer, split_clauses, token_counter
 from .prompt_grammar import LEVELS, clean_caption, render, template_prompt
+
+# The seed study's own figures for its prompts, in CLIP tokens (start/end included): the mean
+# before compression, the mean after it, and CLIP's limit. Notebook 04 draws them beside ours.
+SEED_FIGURES = {"mean_before": 89, "mean_after": 55, "limit": 77}
 
 COLUMNS = ["prompt_id", "id", "level", "family", "prompt", "prompt_raw", "tokens_raw", "tokens", "compressed",
            "backend", "compression", "llm_fallback", "summary_fallback"]
@@ -47,8 +53,12 @@ def prompt_meta(P) -> dict:
     if P.prompting.compressor != "summarize":
         for k in [k for k in cfg if k.startswith("summarizer")]:
             cfg.pop(k)
+    from .models import tiny
+
+    # A tiny refiner's vocabulary changes with its version (version 2: the real CLIP vocabulary).
+    tok_version = tiny.TINY_VERSION if P.models.build_tiny else None
     return {"stage": "prompting", "captions": caption_meta(P), "seed": P.seed, "tokenizer": P.models.sdxl_refiner,
-            "prompting": cfg}
+            "tokenizer_tiny_version": tok_version, "prompting": cfg}
 
 
 def assign_levels(ids, levels: str = "both", radical_share: float = 0.5, seed: int = 0) -> pd.DataFrame:
@@ -185,25 +195,39 @@ def require_prompts(P) -> pd.DataFrame:
     return run_prompting(P).prompts
 
 
-def figure_token_lengths(prompts: pd.DataFrame, target: int, limit: int):
-    """Histograms of prompt lengths in tokens, before and after compression, per level."""
+def figure_token_lengths(prompts: pd.DataFrame, target: int, limit: int, reference: dict | None = None):
+    """Histograms of prompt lengths in CLIP tokens, before and after compression, per level.
+    ``reference`` (e.g. :data:`SEED_FIGURES`) adds the seed study's means as dotted lines."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
-    top = int(max(prompts["tokens_raw"].max(), limit)) + 2
+    top = int(max(prompts["tokens_raw"].max(), limit, (reference or {}).get("mean_before", 0))) + 2
     bins = np.arange(0, top + 4, 4)
-    for ax, col, title in ((axes[0], "tokens_raw", "Before compression"), (axes[1], "tokens", "After compression")):
+    for ax, col, title, ref_key in ((axes[0], "tokens_raw", "Before compression", "mean_before"),
+                                    (axes[1], "tokens", "After compression", "mean_after")):
         for level, color in (("moderate", "#4C72B0"), ("radical", "#C44E52")):
             vals = prompts.loc[prompts["level"] == level, col]
             if len(vals):
                 ax.hist(vals, bins=bins, alpha=0.6, color=color, label=f"{level} (mean {vals.mean():.1f})")
         ax.axvline(limit, color="k", ls="-", lw=1.2, label=f"limit {limit}")
         ax.axvline(target, color="k", ls="--", lw=1.2, label=f"target {target}")
+        if reference and ref_key in reference:
+            ax.axvline(reference[ref_key], color="#55A868", ls=":", lw=2,
+                       label=f"seed study's mean {reference[ref_key]}")
         ax.set(title=f"{title}: mean {prompts[col].mean():.1f} tokens", xlabel="CLIP tokens (start/end included)",
                ylabel="prompts")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def token_figures_vs_seed(prompts: pd.DataFrame, reference: dict = SEED_FIGURES) -> pd.DataFrame:
+    """This run's mean lengths before/after compression and its longest prompt, beside the seed
+    study's figures (all in CLIP tokens, start/end included)."""
+    rows = [("mean before compression", prompts["tokens_raw"].mean(), reference["mean_before"]),
+            ("mean after compression", prompts["tokens"].mean(), reference["mean_after"]),
+            ("longest after compression", prompts["tokens"].max(), reference["limit"])]
+    return pd.DataFrame(rows, columns=["figure", "this run", "seed study"]).set_index("figure").round(1)
 
 
 def figure_family_counts(prompts: pd.DataFrame):

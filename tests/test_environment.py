@@ -42,3 +42,15 @@ def test_environment_yml_takes_cuda_torch_on_python_311_and_installs_this_checko
 def test_no_torchvision_anywhere():
     deps, conda, pip = _specs()
     assert not any("torchvision" in d for d in deps + conda + pip)
+
+
+def test_make_install_adds_open_clip_without_its_dependencies():
+    # open-clip-torch's dependencies would pull torchvision and a CUDA torch: only its merges file is used.
+    from artsim_lib.models import bpe
+
+    makefile = (ROOT / "Makefile").read_text()
+    pinned = re.search(r"^OPEN_CLIP\s*:=\s*(\S+)", makefile, re.M).group(1)
+    assert '--no-deps "$(OPEN_CLIP)"' in makefile
+    assert bpe.INSTALL_HINT == f"pip install --no-deps {pinned}"
+    deps, _, pip = _specs()
+    assert not any(_name(d) == "open-clip-torch" for d in deps + pip)

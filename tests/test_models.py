@@ -1,4 +1,4 @@
-"""Tiny checkpoints, offline loaders and the corpus-trained tokenizers (artsim_lib.models)."""
+"""Tiny checkpoints, offline loaders and the tokenizers (artsim_lib.models): real CLIP, corpus-trained OPT."""
 import json
 import subprocess
 import sys
@@ -103,14 +103,15 @@ def test_train_bpe_picks_most_frequent_pair_and_breaks_ties_lexicographically():
     assert bpe.train_bpe(words, num_merges=1) == [("a", "b")]
 
 
-def test_clip_tokenizer_counts_are_word_level():
+def test_clip_tokenizer_is_the_real_clip_vocabulary():
     tok = bpe.clip_tokenizer()
-    assert len(SENTENCE_20.split()) == 20
+    assert len(tok) == bpe.CLIP_VOCAB_SIZE == 49408
+    assert (tok.bos_token_id, tok.eos_token_id) == (49406, 49407)  # as in openai/clip-vit-base-patch32
     ids = tok(SENTENCE_20)["input_ids"]
-    assert 20 <= len(ids) <= 35, tok.convert_ids_to_tokens(ids)
+    # 20 words, 'mends' is 'm' + 'ends</w>' in CLIP's merges: 21 tokens + the two specials
+    assert len(ids) == 23, tok.convert_ids_to_tokens(ids)
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert tok.decode(ids, skip_special_tokens=True) == SENTENCE_20.lower()
-    # common words are single tokens
     assert tok.tokenize("painting landscape portrait") == ["painting</w>", "landscape</w>", "portrait</w>"]
 
 
@@ -118,7 +119,7 @@ def test_clip_tokenizer_unknown_words_fall_back_to_bytes():
     tok = bpe.clip_tokenizer()
     ids = tok("Zxqwv ñandú 😀")["input_ids"]
     inner = ids[1:-1]
-    assert len(inner) >= 6 and tok.unk_token_id not in inner  # unk == <|endoftext|> for CLIP
+    assert len(inner) >= 6 and tok.unk_token_id not in inner, tok.convert_ids_to_tokens(ids)  # unk == <|endoftext|> for CLIP
     assert tok.decode(ids, skip_special_tokens=True) == "zxqwv ñandú 😀"
 
 

@@ -257,3 +257,23 @@ def test_require_prompts_runs_once_and_rebuilds_when_params_change(models_dir, r
     monkeypatch.setattr(prompting, "build_prompts", real)
     shorter = prompting.require_prompts(_params(models_dir, *small, "prompting.target_tokens=40"))
     assert shorter["tokens"].mean() < first["tokens"].mean() - 8
+
+
+def test_the_budget_counts_real_clip_tokens_on_every_prompt(prompts, tokenizer):
+    # The checkpoint's tokenizer_2 is the real CLIP tokenizer, and a second one built straight from
+    # open-clip-torch's merges file counts every prompt of the run exactly as the budget did.
+    from artsim_lib.models import bpe
+
+    assert len(tokenizer) == 49408 and tokenizer.get_vocab() == bpe.clip_vocab_merges()[0]
+    real = bpe.clip_tokenizer()
+    for col, n_col in (("prompt", "tokens"), ("prompt_raw", "tokens_raw")):
+        counts = [len(ids) for ids in real(list(prompts[col]), verbose=False)["input_ids"]]
+        assert counts == list(prompts[n_col]), col
+    assert prompts["tokens"].max() <= 77
+
+
+def test_token_figures_sit_beside_the_seed_studys(prompts):
+    table = prompting.token_figures_vs_seed(prompts)
+    assert list(table["seed study"]) == [89, 55, 77]
+    assert table.loc["mean after compression", "this run"] == round(prompts["tokens"].mean(), 1)
+    assert table.loc["longest after compression", "this run"] <= 77

@@ -1,34 +1,42 @@
 """Offline byte-level BPE tokenizers for the tiny checkpoints.
 
-The real CLIP and OPT tokenizers cannot be downloaded here, and a pure byte-level
-vocabulary (one token per character) would make every prompt far longer than with the
-real ones. So we train BPE merges on a small embedded corpus of English and art words
+**CLIP** (the tiny CLIP and both tiny SDXL tokenizers) uses the *real* CLIP vocabulary:
+the BPE merges of OpenAI's CLIP tokenizer ship in the ``open-clip-torch`` wheel as
+``open_clip/bpe_simple_vocab_16e6.txt.gz`` (installed with ``--no-deps``; the package is
+never imported, the file is found through ``importlib.metadata``). The 49,408-token
+vocabulary follows from them deterministically -- 256 byte symbols, the same with ``</w>``,
+one token per merge of the first 48,894 merges, then ``<|startoftext|>`` and
+``<|endoftext|>`` -- exactly the vocabulary of ``openai/clip-vit-base-patch32`` and of
+SDXL's ``tokenizer``/``tokenizer_2``. So every token count of the smoke profile is the
+full study's.
+
+**OPT** (the tiny BLIP-2 and the tiny LMs) has no offline source of its real merges, so we
+train BPE merges on a small embedded corpus of English and art words
 (``tokenizer_corpus.txt``) with a deterministic pure-Python trainer (the ``tokenizers``
-trainer breaks ties differently from one process to the next), and write them in the
-formats ``CLIPTokenizer`` and ``GPT2Tokenizer`` load. Every byte stays in the base
+trainer breaks ties differently from one process to the next). Every byte stays in the base
 alphabet, so unknown words still tokenise, character by character.
 """
 from __future__ import annotations
 
 import functools
+import gzip
 import heapq
+import importlib.metadata
 import json
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from tokenizers import Regex, normalizers, pre_tokenizers
+from tokenizers import pre_tokenizers
 
 CORPUS_FILE = Path(__file__).with_name("tokenizer_corpus.txt")
 EOW = "</w>"  # CLIP's end-of-word suffix
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+CLIP_VOCAB_SIZE = 49408  # 256 bytes + 256 bytes</w> + 48,894 merges + 2 specials
+CLIP_MERGES_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"  # inside the open-clip-torch wheel
+CLIP_MERGES_DIST = "open_clip_torch"
+INSTALL_HINT = "pip install --no-deps open-clip-torch==3.3.0"  # what `make install` runs
 OPT_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as in facebook/opt-*
-# CLIPTokenizer's own normaliser and pre-tokenizer split (transformers 5), so that the
-# merges are learnt on exactly the pieces the tokenizer will see.
-_CLIP_SPLIT = (
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-)
-
 Merge = tuple[str, str]
 
 
@@ -119,19 +127,6 @@ def train_bpe(word_counts: dict[tuple[str, ...], int], num_merges: int, min_coun
     return merges
 
 
-def _clip_words(corpus: list[tuple[str, int]]) -> Counter:
-    norm = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    split = pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True)
-    pre = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    words: Counter = Counter()
-    for line, weight in corpus:
-        for piece, _ in pre.pre_tokenize_str(norm.normalize_str(line)):
-            words[tuple(piece[:-1]) + (piece[-1] + EOW,)] += weight
-    return words
-
-
 def _opt_words(corpus: list[tuple[str, int]]) -> Counter:
     pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
     words: Counter = Counter()
@@ -141,15 +136,41 @@ def _opt_words(corpus: list[tuple[str, int]]) -> Counter:
     return words
 
 
+class ClipMergesNotFoundError(FileNotFoundError):
+    """The real CLIP merges file is missing (open-clip-torch not installed)."""
+
+
+def clip_merges_path() -> Path:
+    """Where the installed ``open-clip-torch`` wheel keeps CLIP's BPE merges (not importing it)."""
+    try:
+        dist = importlib.metadata.distribution(CLIP_MERGES_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise ClipMergesNotFoundError(
+            f"the real CLIP tokenizer needs {CLIP_MERGES_FILE} from the open-clip-torch wheel, which is not "
+            f"installed: run `{INSTALL_HINT}` (make install does)") from None
+    for f in dist.files or ():
+        if str(f).replace("\\", "/").endswith(CLIP_MERGES_FILE):
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ClipMergesNotFoundError(f"open-clip-torch is installed but {CLIP_MERGES_FILE} is missing from it: "
+                                  f"reinstall it with `{INSTALL_HINT} --force-reinstall`")
+
+
 @functools.lru_cache(maxsize=None)
-def clip_vocab_merges(num_merges: int = 4000) -> tuple[dict[str, int], list[Merge]]:
-    """CLIP-format vocab and merges: 256 bytes, 256 bytes + ``</w>``, merges, then
-    ``<|startoftext|>`` and ``<|endoftext|>`` last, in the order openai/clip uses."""
-    merges = train_bpe(_clip_words(read_corpus()), num_merges)
+def clip_vocab_merges() -> tuple[dict[str, int], list[Merge]]:
+    """The real CLIP vocab and merges, in openai/clip's order: 256 bytes, 256 bytes + ``</w>``,
+    one token per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` (49,408 tokens)."""
+    lines = gzip.decompress(clip_merges_path().read_bytes()).decode("utf-8").split("\n")
+    n_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2
+    merges = [tuple(line.split()) for line in lines[1:n_merges + 1]]  # line 0 is the version header
+    if len(merges) != n_merges or any(len(m) != 2 for m in merges):
+        raise ValueError(f"{clip_merges_path()}: expected {n_merges} merges of two symbols after the header")
     chars = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for token in chars + [c + EOW for c in chars] + [a + b for a, b in merges] + [CLIP_BOS, CLIP_EOS]:
-        vocab.setdefault(token, len(vocab))
+    tokens = chars + [c + EOW for c in chars] + ["".join(m) for m in merges] + [CLIP_BOS, CLIP_EOS]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE:
+        raise ValueError(f"{clip_merges_path()}: the vocabulary has {len(vocab)} tokens, not {CLIP_VOCAB_SIZE}")
     return vocab, merges
 
 
@@ -172,7 +193,7 @@ def write_vocab_files(directory: str | Path, vocab: dict[str, int], merges: list
 
 
 def clip_tokenizer(pad_token: str = CLIP_EOS, max_length: int = 77):
-    """A fresh ``CLIPTokenizer`` over the corpus-trained vocab (77 tokens like CLIP)."""
+    """A fresh ``CLIPTokenizer`` over the real CLIP vocab (77 tokens like CLIP)."""
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_merges()

@@ -3,16 +3,18 @@
 Each is the real architecture with small dimensions, saved with ``save_pretrained``
 (safetensors), so the smoke profile loads it with the very ``from_pretrained`` call the
 full profile uses with a hub id. Outputs are meaningless; shapes, dtypes, processors,
-tokenizers and the pipeline plumbing are the real ones.
+tokenizers and the pipeline plumbing are the real ones. The CLIP tokenizers (the tiny CLIP's
+and the refiner's ``tokenizer_2``) are the real CLIP tokenizer (:mod:`.bpe`), so their text
+encoders keep CLIP's 49,408-token embedding table (width 32): every token count is real.
 
-===============  ======================================  ==============================
+===============  ======================================  ========================================
 kind             real checkpoint                         tiny version
-===============  ======================================  ==============================
-clip             openai/clip-vit-base-patch32            64² input, patch 16, embed 32
+===============  ======================================  ========================================
+clip             openai/clip-vit-base-patch32            64² input, patch 16, embed 32, real vocab
 blip2            Salesforce/blip2-opt-2.7b               32² input, 8 query tokens
-sdxl_refiner     stabilityai/stable-diffusion-xl-ref...  latent /8, text embed 32
+sdxl_refiner     stabilityai/stable-diffusion-xl-ref...  latent /8, text embed 32, real vocab
 resnet           microsoft/resnet-50                     32² input, pooled 64, 10 labels
-===============  ======================================  ==============================
+===============  ======================================  ========================================
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .. import paths
 from . import bpe
 
 KINDS = ("clip", "blip2", "sdxl_refiner", "resnet")
-TINY_VERSION = 1  # bump when a tiny architecture changes: existing tiny dirs are rebuilt
+TINY_VERSION = 2  # 2: the real CLIP vocabulary (49,408 tokens). Bump when a tiny architecture changes: existing tiny dirs are rebuilt
 MARKER = "artsim_tiny.json"  # written into every tiny checkpoint directory
 
 # OpenAI CLIP's normalisation (also BLIP-2's) and ImageNet's (ResNet-50's).
