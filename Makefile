@@ -9,6 +9,9 @@ STAMP   := $(VENV)/.installed
 PROFILE ?= smoke
 # The CPU wheel on a CPU machine; a plain `torch` from PyPI would be a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
+# The real CLIP tokenizer's BPE merges ship in this wheel; --no-deps because its dependencies would
+# pull torchvision and a CUDA torch (artsim reads the file, never imports open_clip).
+OPEN_CLIP := open-clip-torch==3.3.0
 # pip's notices about unused local indexes are noise here; real errors still fail the step.
 QUIET   := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
@@ -24,7 +27,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)" $(QUIET)
 	$(PY) -m pip install -q -e ".[dev]" $(QUIET)
+	$(PY) -m pip install -q --no-deps "$(OPEN_CLIP)" $(QUIET)
 	$(PY) -c "import torch, transformers, diffusers, snakemake; print('torch', torch.__version__)"
+	$(PY) -c "from artsim_lib.models import bpe, backbones; bpe.clip_merges_path(); backbones.effnet_lite0_weights_path(); print('real CLIP tokenizer and EfficientNet-Lite0 weights: ok')"
 	touch $(STAMP)
 
 study: install ## run the whole study on PROFILE (default smoke) -> reports/PROFILE/index.html

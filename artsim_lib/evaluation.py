@@ -208,7 +208,12 @@ MEASURE_INFO = {
     "descriptor_fitted": "descriptor similarity, weights fitted on train", "clip": "raw CLIP cosine",
     "resnet": "ResNet-50 cosine before fine-tuning", "resnet_finetuned": "ResNet-50 cosine after fine-tuning",
     "clip_siamese": "CLIP siamese head", "resnet_siamese": "ResNet-50 siamese (triplet)",
-    "resnet_regression": "ResNet-50 siamese (regression score)"}
+    "resnet_regression": "ResNet-50 siamese (regression score)",
+    # issue 11: the pretrained EfficientNet-Lite0 and what stages 07/08 train on it (the smoke profile)
+    "effnet_lite0": "EfficientNet-Lite0 (ImageNet) cosine, no training",
+    "effnet_lite0_finetuned": "EfficientNet-Lite0 cosine after fine-tuning",
+    "effnet_lite0_siamese": "EfficientNet-Lite0 siamese (triplet)",
+    "effnet_lite0_regression": "EfficientNet-Lite0 siamese (regression score)"}
 
 
 @dataclass
@@ -324,6 +329,7 @@ def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
 
 def write_outputs(result: EvalResult, P) -> dict:
     """Write the evaluation files (atomically); returns their paths by name."""
+    from .measures import measure_weights
     from .provenance import provenance
 
     out, meta = P.run.sub("evaluation"), evaluation_meta(P)
@@ -336,7 +342,8 @@ def write_outputs(result: EvalResult, P) -> dict:
     values, text = result.headline(text=False), result.headline(text=True)
     cells = result.metrics.set_index(["measure", "metric", "subset"])
     headline = {"columns": [lab for _, _, lab in result.columns()], "rows": [
-        {"measure": name, "description": MEASURE_INFO.get(name, ""), "text": text.loc[name].to_dict(),
+        {"measure": name, "weights": measure_weights(name, P),  # issue 11: real-pretrained / tiny-random / trained-here
+         "description": f"{MEASURE_INFO.get(name, '')} [{measure_weights(name, P)}]", "text": text.loc[name].to_dict(),
          "cells": {lab: (cells.loc[(name, m, s)][["value", "lo", "hi", "n", "note"]].to_dict()
                          if (name, m, s) in cells.index else None) for m, s, lab in result.columns()}}
         for name in values.index if name != "chance"], "chance": text.loc["chance"].to_dict()}

@@ -122,9 +122,11 @@ def require_inputs(P) -> pd.DataFrame:
         step("06 descriptor features + fitted weights",
              lambda: paths.is_current(run / "descriptors" / "pair_similarity.parquet", dsim.stage_meta(P, trip)),
              lambda: dsim.require_pair_similarity(P))
-    if names & {"resnet_finetuned", "resnet_siamese", "resnet_regression"}:
+    cnn_trained = {resnet_siamese.measure_name(k, v) for k in models.BACKBONE_KINDS for v in resnet_siamese.VARIANTS}
+    cnn_trained |= {f"{k}_finetuned" for k in models.BACKBONE_KINDS}  # issue 11: one name per backbone
+    if names & cnn_trained:
         info = finetune.finetuned_info(run) or {}
-        step("07 fine-tuned ResNet", lambda: info.get("complete") and info.get("key") == finetune.finetune_key(P),
+        step(f"07 fine-tuned {P.finetune.backbone}", lambda: info.get("complete") and info.get("key") == finetune.finetune_key(P),
              lambda: finetune.require_finetuned(P))
     if "clip_siamese" in names:
         def train_clip():
@@ -132,10 +134,11 @@ def require_inputs(P) -> pd.DataFrame:
             siamese.train_clip_siamese(P, trip, ext.table, P.siamese.train_splits[0], ext.key, manifest)
         head = f"clip-head-{siamese.split_name(P.siamese.train_splits[0])}/head.safetensors"
         step("08 CLIP siamese head", (run / "siamese" / head).exists, train_clip)
-    for name, variant in (("resnet_siamese", "triplet"), ("resnet_regression", "regression")):
-        if name in names:
-            saved = run / "siamese" / f"resnet-{variant}" / resnet_siamese.CONFIG_FILE
-            step(f"08 ResNet siamese ({variant})", saved.exists,
+    kind = P.finetune.backbone  # stage 08's CNN siamese trains on stage 07's backbone
+    for variant in resnet_siamese.VARIANTS:
+        if resnet_siamese.measure_name(kind, variant) in names:
+            saved = resnet_siamese.siamese_dir(run, kind, variant) / resnet_siamese.CONFIG_FILE
+            step(f"08 {kind} siamese ({variant})", saved.exists,
                  lambda v=variant: resnet_siamese.train_resnet_siamese(P, trip, variant=v, progress=False))
     return pd.DataFrame(log, columns=["input", "status", "seconds"])
 

@@ -1,10 +1,13 @@
-"""Stage 07: fine-tune ResNet-50 to classify the paintings (by style, genre or artist).
+"""Stage 07: fine-tune an ImageNet CNN to classify the paintings (by style, genre or artist).
 
-The ImageNet head is replaced by one for the study's classes; the whole network trains with
-AdamW, a warm-up + cosine (or linear) schedule, inverse-frequency class weights, light
-augmentation and early stopping on the validation loss. The best epoch is saved with
-``save_pretrained`` (with its image processor and a JSON of the params that made it) under
-``<run>/finetune/best/``; the test split is scored only once, with that checkpoint::
+The CNN is ``finetune.backbone`` (:mod:`artsim_lib.models.backbones`): ResNet-50 in the full
+study, the real pretrained EfficientNet-Lite0 in the smoke profile, both through one interface
+(``(model, preprocess)``, features ``[B, D]``). A fresh linear head for the study's classes goes
+on top; the whole network trains with AdamW, a warm-up + cosine (or linear) schedule,
+inverse-frequency class weights, light augmentation and early stopping on the validation loss.
+The best epoch is saved (weights as safetensors, the backbone's spec, its image processor and a
+JSON of the params that made it) under ``<run>/finetune/best/``; the test split is scored only
+once, with that checkpoint::
 
     result = finetune(P)                          # history, metrics, best_dir
     model, processor = load_finetuned(P.run.root)
@@ -28,6 +31,33 @@ from . import models, paths, training
 from .image_batches import Augment, ImageTransform, make_loader, open_rgb, pixel_batch, sized_processor
 
 INFO_FILE = "finetune_params.json"  # beside the weights in best/: the params and classes
+WEIGHTS_FILE, SPEC_FILE = "classifier.safetensors", "backbone.json"  # a CNNClassifier checkpoint
+
+
+class CNNClassifier(torch.nn.Module):
+    """A :class:`~artsim_lib.models.backbones.Backbone` + a linear head over its pooled features.
+    ``forward(pixel_values)`` returns an output with ``.logits`` ``[B, K]``, like transformers'."""
+
+    def __init__(self, backbone, classes: Sequence[str], seed: int = 0):
+        super().__init__()
+        self.backbone, self.classes = backbone, list(classes)
+        self.classifier = _seeded_linear(backbone.dim, len(classes), seed)
+
+    def forward(self, pixel_values: torch.Tensor):
+        from transformers.modeling_outputs import ImageClassifierOutput
+
+        return ImageClassifierOutput(logits=self.classifier(self.backbone(pixel_values)))  # [B, K]
+
+
+def _seeded_linear(d_in: int, d_out: int, seed: int) -> torch.nn.Linear:
+    """torch's Linear init, drawn from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(d_in, d_out)
+    with torch.no_grad():
+        bound = 1.0 / d_in ** 0.5
+        head.weight.uniform_(-bound, bound, generator=gen)
+        head.bias.uniform_(-bound, bound, generator=gen)
+    return head
 
 
 @dataclass
@@ -81,12 +111,7 @@ def replace_head(model, classes: Sequence[str], seed: int = 0):
     """Swap the classifier for a freshly initialised ``Linear(D, len(classes))`` and set
     ``num_labels``/``id2label``/``label2id``, so ``save_pretrained`` round-trips it."""
     old = model.classifier[-1]
-    gen = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(old.in_features, len(classes))
-    with torch.no_grad():  # torch's Linear init, but from a seeded generator
-        bound = 1.0 / old.in_features ** 0.5
-        head.weight.uniform_(-bound, bound, generator=gen)
-        head.bias.uniform_(-bound, bound, generator=gen)
+    head = _seeded_linear(old.in_features, len(classes), seed)
     model.classifier[-1] = head.to(old.weight.device, old.weight.dtype)
     model.num_labels = model.config.num_labels = len(classes)
     model.config.id2label = {i: c for i, c in enumerate(classes)}
@@ -169,12 +194,33 @@ def _run_epoch(model, loader, setup: training.Setup, weight: torch.Tensor, optim
 
 
 def save_checkpoint(model, processor, target: Path, info: dict) -> Path:
-    """``save_pretrained`` model + processor and ``info`` as JSON into ``target``, atomically."""
+    """Model + processor and ``info`` as JSON into ``target``, atomically: a :class:`CNNClassifier`
+    as safetensors + its backbone spec, a transformers model with ``save_pretrained``."""
+    from safetensors.torch import save_file
+
     with training.quiet_hf_progress(), paths.atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
+        if isinstance(model, CNNClassifier):
+            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE))
+            spec = {**models.backbone_spec(model.backbone), "classes": model.classes}
+            (tmp / SPEC_FILE).write_text(json.dumps(spec), encoding="utf-8")
+        else:
+            model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
     return target
+
+
+def load_classifier(directory, device="cpu"):
+    """``(CNNClassifier, image processor)`` saved by :func:`save_checkpoint`, frozen, in eval mode."""
+    from safetensors.torch import load_file
+    from transformers import AutoImageProcessor
+
+    d = Path(directory)
+    spec = json.loads((d / SPEC_FILE).read_text(encoding="utf-8"))
+    model = CNNClassifier(models.backbone_from_spec(spec), spec["classes"])
+    model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+    return models.freeze(model.to(models.pick_device(device))), AutoImageProcessor.from_pretrained(d)
 
 
 def _loaders(df, tf_train, tf_eval, cfg, P, epoch):
@@ -197,11 +243,10 @@ def finetune(P, manifest: pd.DataFrame | None = None, progress: bool = True) -> 
     cfg, out_dir = P.finetune, P.run.sub("finetune")
     manifest = require_manifest(P) if manifest is None else manifest
     df, classes = label_frame(manifest, cfg.label)
-    models.ensure_tiny_checkpoints(P, ["resnet"])
     setup = training.setup(P.device, P.dtype, cfg.mixed_precision)
     torch.manual_seed(P.seed)
-    model, processor = models.load_resnet(P.model_ref("resnet"), setup.device, torch.float32)
-    replace_head(model, classes, seed=P.seed)
+    backbone, processor = _pretrained_backbone(P, setup.device)
+    model = CNNClassifier(backbone, classes, seed=P.seed).to(setup.device)
     training.set_trainable(model, True)
     processor = sized_processor(processor, cfg.image_size)
     tf_eval = ImageTransform(processor, cfg.image_size)
@@ -215,7 +260,8 @@ def finetune(P, manifest: pd.DataFrame | None = None, progress: bool = True) -> 
     sched = training.warmup_schedule(opt, cfg.epochs * per_epoch, cfg.warmup_ratio, cfg.schedule)
     stopper, history = training.EarlyStopping(cfg.patience), training.History()
     best_dir, key = out_dir / "best", finetune_key(P)
-    info = {"key": key, "label": cfg.label, "classes": classes, "image_size": cfg.image_size, "complete": False}
+    info = {"key": key, "label": cfg.label, "classes": classes, "image_size": cfg.image_size, "complete": False,
+            "backbone": cfg.backbone, "backbone_label": backbone.label}
     has_val = bool((df["split"] == "val").any())
     bar = tqdm(total=cfg.epochs * per_epoch, desc="fine-tune", disable=not progress)
     torch.manual_seed(P.seed)
@@ -235,18 +281,24 @@ def finetune(P, manifest: pd.DataFrame | None = None, progress: bool = True) -> 
     return _finish(P, df, classes, history.frame(), stopper, epoch, best_dir, weight, setup, loaders, key)
 
 
+def _pretrained_backbone(P, device):
+    """Stage 07's starting point: ``finetune.backbone``, pretrained, with its processor."""
+    kind = P.finetune.backbone
+    if kind == "resnet":
+        models.ensure_tiny_checkpoints(P, ["resnet"])
+        return models.load_backbone("resnet", P.model_ref("resnet"), device)
+    return models.load_backbone(kind, None, device)
+
+
 def _finish(P, df, classes, hist, stopper, last_epoch, best_dir, weight, setup, loaders, key) -> FinetuneResult:
     """Score the best checkpoint on val and test; write history.parquet, metrics.json, mark complete."""
-    from transformers import ResNetForImageClassification
-
-    with training.quiet_hf_progress():
-        model = ResNetForImageClassification.from_pretrained(best_dir).to(setup.device)
+    model, _ = load_classifier(best_dir, setup.device)
     scored = {s: _run_epoch(model, loaders[s], setup, weight) for s in ("val", "test")}
     test = scored["test"]
     if test["n"] == 0:
         raise ValueError("finetune: the test split holds no painting of a class seen in train")
     metrics = {
-        "label": P.finetune.label, "classes": classes, "num_labels": len(classes),
+        "label": P.finetune.label, "classes": classes, "num_labels": len(classes), "backbone": P.finetune.backbone,
         "best_epoch": stopper.best_epoch, "epochs_run": last_epoch,
         "stopped_early": last_epoch < P.finetune.epochs, "best_val_loss": stopper.best,
         "test": split_metrics(test["logits"], test["targets"], classes),
@@ -292,19 +344,36 @@ def require_finetuned(P) -> Path:
 
 
 def load_finetuned(run_dir, device="cpu", dtype=torch.float32):
-    """``(ResNetForImageClassification, image processor)`` of stage 07, frozen, in eval mode.
-    ``run_dir`` is a run directory (its ``finetune/best``) or the checkpoint directory itself."""
+    """``(CNNClassifier, image processor)`` of stage 07, frozen, in eval mode (a checkpoint saved
+    with ``save_pretrained`` loads as ResNetForImageClassification). ``run_dir`` is a run
+    directory (its ``finetune/best``) or the checkpoint directory itself."""
     d = _best_dir(run_dir)
     if not (d / INFO_FILE).exists():
         raise FileNotFoundError(f"{d}: no fine-tuned checkpoint (run stage 07, notebooks/07-finetune.ipynb)")
+    if (d / SPEC_FILE).exists():
+        model, processor = load_classifier(d, device)
+        return model.to(dtype), processor
     return models.load_resnet(str(d), device, dtype)
+
+
+def finetuned_backbone(run_dir) -> str | None:
+    """The backbone kind stage 07 trained in ``run_dir`` (``resnet`` for a transformers checkpoint), or None."""
+    info = finetuned_info(run_dir)
+    return None if info is None else info.get("backbone", "resnet")
 
 
 @torch.no_grad()
 def resnet_features(model, pixels: torch.Tensor) -> torch.Tensor:
-    """Pooled features of a ResNetForImageClassification or ResNetModel. # [B, D]"""
+    """Pooled features of a CNNClassifier, a Backbone, a ResNetForImageClassification or a ResNetModel. # [B, D]"""
+    if isinstance(model, CNNClassifier):
+        return model.backbone(pixels)
+    if isinstance(model, models.Backbone):
+        return model(pixels)
     backbone = getattr(model, "resnet", model)
     return backbone(pixel_values=pixels).pooler_output.flatten(1)
+
+
+cnn_features = resnet_features  # the name for any backbone
 
 
 @torch.no_grad()
@@ -381,7 +450,9 @@ def plot_augmentations(images: Sequence, size: int, n: int = 5, seed: int = 0):
 
 def register_measures() -> None:
     """Register with :mod:`artsim_lib.compare` the cosine of pooled ResNet features before fine-tuning
-    ('resnet': the run's ``models.resnet`` at ``finetune.image_size``) and after it ('resnet_finetuned')."""
+    ('resnet': the run's ``models.resnet`` at ``finetune.image_size``) and after it: '<backbone>_finetuned'
+    for each backbone ('resnet_finetuned', 'effnet_lite0_finetuned'); each reads stage 07's checkpoint
+    only when stage 07 trained that backbone, so a measure's name always says what it ran on."""
     from . import compare
     from .evaluation_scoring import run_model_ref, run_params, unavailable_as_such
 
@@ -392,8 +463,21 @@ def register_measures() -> None:
         return compare.EmbeddingMeasure(name, lambda imgs: resnet_embed(model, processor, list(imgs)),
                                         P.evaluation.batch_size, pass_sources=True)
 
+    def load_finetuned_measure(kind: str, run_dir):
+        name = f"{kind}_finetuned"
+        P = run_params(run_dir)
+        best = compare.require_dir(_best_dir(run_dir), name, "07")
+        trained = finetuned_backbone(run_dir)
+        if trained != kind:
+            raise compare.MeasureUnavailableError(
+                f"measure {name!r}: stage 07 of {run_dir} fine-tuned {trained!r}, not {kind!r} "
+                f"(use {trained}_finetuned, or set finetune.backbone={kind})")
+        model, processor = load_finetuned(best, models.pick_device(P.device))
+        return compare.EmbeddingMeasure(name, lambda imgs: resnet_embed(model, processor, list(imgs)),
+                                        P.evaluation.batch_size, pass_sources=True)
+
     compare.register_measure("resnet", unavailable_as_such(
         lambda d: load("resnet", d, lambda P: run_model_ref(P, d, "resnet"), True)), replace=True)
-    compare.register_measure("resnet_finetuned", unavailable_as_such(lambda d: load(
-        "resnet_finetuned", d, lambda P: str(compare.require_dir(_best_dir(d), "resnet_finetuned", "07")), False)),
-        replace=True)
+    for kind in models.BACKBONE_KINDS:
+        compare.register_measure(f"{kind}_finetuned", unavailable_as_such(
+            lambda d, k=kind: load_finetuned_measure(k, d)), replace=True)

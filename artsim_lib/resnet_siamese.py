@@ -1,4 +1,10 @@
-"""The ResNet-50 siamese network (stage 08): stage 07's fine-tuned backbone + a projection head.
+"""The CNN siamese network (stage 08): stage 07's fine-tuned backbone + a projection head.
+
+The backbone is any :class:`~artsim_lib.models.backbones.Backbone` (features ``[B, D]``):
+ResNet-50 in the full study, EfficientNet-Lite0 in the smoke profile (``finetune.backbone``).
+Models are saved under ``<run>/siamese/<backbone>-<variant>/`` (``resnet-triplet``,
+``effnet_lite0-regression``, ...) and their measures are named after the backbone
+(``resnet_siamese``, ``effnet_lite0_regression``, ...).
 
 One module embeds the anchor, the positive and the negative (shared weights), and is trained
 with the study's InfoNCE triplet loss (``variant='triplet'``; similarity = cosine of the
@@ -36,9 +42,19 @@ from .training import TrainResult
 
 VARIANTS = ("triplet", "regression")
 HARD_KINDS = ("same_style", "same_artist")
-UNFREEZE_PREFIXES = {"none": (), "layer4": ("encoder.stages.3.",), "all": ("",)}  # ResNetModel names
+UNFREEZE_LEVELS = ("none", "layer4", "all")  # layer4: the backbone's last stage (Backbone.unfreeze_prefixes)
 CONFIG_FILE, WEIGHTS_FILE, BACKBONE_CONFIG = "siamese_config.json", "siamese.safetensors", "backbone_config.json"
-__all__ = ["ResNetSiamese", "TrainResult", "load_resnet_siamese", "train_resnet_siamese"]
+__all__ = ["CNNSiamese", "ResNetSiamese", "TrainResult", "load_resnet_siamese", "siamese_dir", "train_resnet_siamese"]
+
+
+def siamese_dir(run_root, kind: str, variant: str) -> Path:
+    """``<run>/siamese/<backbone kind>-<variant>``."""
+    return Path(run_root) / "siamese" / f"{kind}-{variant}"
+
+
+def measure_name(kind: str, variant: str) -> str:
+    """``resnet_siamese``, ``resnet_regression``, ``effnet_lite0_siamese``, ..."""
+    return f"{kind}_{'siamese' if variant == 'triplet' else 'regression'}"
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0) -> nn.Sequential:
@@ -52,7 +68,8 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0) 
 
 
 class ResNetSiamese(nn.Module):
-    """Backbone (a transformers ``ResNetModel``) + projection head, one set of weights for every branch."""
+    """Backbone (a :class:`~artsim_lib.models.backbones.Backbone`; a transformers ``ResNetModel`` is
+    wrapped) + projection head, one set of weights for every branch."""
 
     def __init__(self, backbone: nn.Module, hidden: Sequence[int] = (512,), out_dim: int = 256,
                  dropout: float = 0.1, variant: str = "triplet", tau: float = 0.07, learn_tau: bool = False):
@@ -60,8 +77,8 @@ class ResNetSiamese(nn.Module):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant = variant
-        self.backbone = backbone
-        feat_dim = backbone.config.hidden_sizes[-1]  # 2048 for ResNet-50
+        self.backbone = models.wrap_backbone(backbone)
+        feat_dim = self.backbone.dim  # 2048 for ResNet-50, 1280 for EfficientNet-Lite0
         self.head = mlp(feat_dim, hidden, out_dim, dropout)
         # The pair head sees [|a-b|, a*b] of the two projections. # [B, 2*out_dim] -> [B, 1]
         self.pair_head = mlp(2 * out_dim, list(hidden[-1:]) or [out_dim], 1, dropout) \
@@ -76,7 +93,7 @@ class ResNetSiamese(nn.Module):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features. # [B, 3, S, S] -> [B, D]"""
-        return self.backbone(pixel_values=pixels).pooler_output.flatten(1)
+        return self.backbone(pixels)
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         """L2-normalised projection of backbone features. # [B, D] -> [B, out_dim]"""
@@ -127,7 +144,7 @@ class ResNetSiamese(nn.Module):
     def set_unfreeze(self, unfreeze: str) -> "ResNetSiamese":
         """``requires_grad`` on the head always, on the backbone per ``unfreeze`` (none|layer4|all)."""
         training.set_trainable(self, True)
-        training.set_trainable(self.backbone, UNFREEZE_PREFIXES[unfreeze])
+        training.set_trainable(self.backbone, self.backbone.unfreeze_prefixes(unfreeze))
         self.log_tau.requires_grad_(self.learn_tau)
         return self
 
@@ -139,7 +156,8 @@ class ResNetSiamese(nn.Module):
             self.backbone.eval()
         elif unfreeze == "layer4":
             self.backbone.eval()
-            self.backbone.encoder.stages[-1].train()
+            for module in self.backbone.last_stage():
+                module.train()
         return self
 
 
@@ -251,11 +269,19 @@ def _sources(model, images, tf, setup, cfg, P):
 
 
 def build_model(P, backbone_dir, variant: str, setup) -> ResNetSiamese:
-    """A fresh siamese on stage 07's backbone (seeded head), trainable parts set per ``resnet_unfreeze``."""
+    """A fresh siamese on stage 07's backbone (seeded head), trainable parts set per ``resnet_unfreeze``.
+    ``backbone_dir``: stage 07's checkpoint, or a transformers ResNet checkpoint directory."""
+    from .finetune import SPEC_FILE, load_classifier
+
     cfg = P.siamese
-    clf, processor = models.load_resnet(str(backbone_dir), setup.device, torch.float32)
+    if (Path(backbone_dir) / SPEC_FILE).exists():
+        clf, processor = load_classifier(backbone_dir, setup.device)
+        backbone = clf.backbone
+    else:
+        clf, processor = models.load_resnet(str(backbone_dir), setup.device, torch.float32)
+        backbone = clf.resnet
     torch.manual_seed(P.seed)
-    model = ResNetSiamese(clf.resnet, cfg.hidden, cfg.out_dim, cfg.dropout, variant, cfg.tau, cfg.learn_tau)
+    model = ResNetSiamese(backbone, cfg.hidden, cfg.out_dim, cfg.dropout, variant, cfg.tau, cfg.learn_tau)
     model.processor = processor
     return model.to(setup.device).set_unfreeze(cfg.resnet_unfreeze)
 
@@ -264,7 +290,7 @@ def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: 
                          val_split: str = "val", progress: bool = True) -> TrainResult:
     """Train the ResNet siamese on the ``train`` rows of ``triplets`` (the triplets artifact's
     columns), early-stopping on the ``val_split`` rows' loss; save the best epoch to
-    ``<run>/siamese/resnet-<variant>/``. ``backbone_dir``: a ResNet checkpoint (default: stage 07's
+    ``<run>/siamese/<backbone>-<variant>/``. ``backbone_dir``: a CNN checkpoint (default: stage 07's
     best, fine-tuned first when missing)."""
     from .finetune import require_finetuned
 
@@ -287,10 +313,12 @@ def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: 
     steps = cfg.resnet_epochs * training.num_batches(n_train, cfg.batch_size)
     sched = training.warmup_schedule(opt, steps, cfg.resnet_warmup_ratio, "cosine")
     stopper, history = training.EarlyStopping(cfg.patience), training.History()
-    out_dir = P.run.sub("siamese") / f"resnet-{variant}"
+    P.run.sub("siamese")
+    out_dir = siamese_dir(P.run.root, model.backbone.kind, variant)
     t0 = time.perf_counter()
     torch.manual_seed(P.seed)  # dropout draws do not depend on what ran before
-    for epoch in tqdm(range(1, cfg.resnet_epochs + 1), desc=f"resnet siamese ({variant})", disable=not progress):
+    desc = f"{model.backbone.kind} siamese ({variant})"
+    for epoch in tqdm(range(1, cfg.resnet_epochs + 1), desc=desc, disable=not progress):
         tr = _run_epoch(model, data["train"], setup, cfg, opt, sched, seed=training.epoch_seed(P.seed, epoch))
         with torch.no_grad():
             va = _run_epoch(model, data["val"], setup, cfg)
@@ -306,13 +334,14 @@ def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: 
     paths.write_parquet(hist, out_dir / "history.parquet", meta={"variant": variant, "siamese": cfg.model_dump()})
     best = hist[(hist["epoch"] == stopper.best_epoch) & (hist["split"] == "val")].iloc[0].to_dict()
     metrics = {"best_val": best, "seconds": time.perf_counter() - t0, "train_triplets": n_train,
+               "backbone": model.backbone.kind, "backbone_label": model.backbone.label,
                "val_triplets": len(parts[val_split]), "images": len(images), "cached_features": cached}
     return TrainResult(hist, stopper.best_epoch, out_dir, variant, metrics)
 
 
 def _info(P, variant, backbone_dir, epoch, val, val_split) -> dict:
     cfg = P.siamese
-    return {"variant": variant, "hidden": list(cfg.hidden), "out_dim": cfg.out_dim, "dropout": cfg.dropout,
+    return {"variant": variant, "backbone": P.finetune.backbone, "hidden": list(cfg.hidden), "out_dim": cfg.out_dim, "dropout": cfg.dropout,
             "tau": cfg.tau, "learn_tau": cfg.learn_tau, "unfreeze": cfg.resnet_unfreeze,
             "backbone_dir": str(backbone_dir), "epoch": epoch, "val": val, "val_split": val_split,
             "siamese_params": cfg.model_dump(mode="json"), "seed": P.seed}
@@ -322,31 +351,32 @@ def _info(P, variant, backbone_dir, epoch, val, val_split) -> dict:
 
 
 def save_resnet_siamese(model: ResNetSiamese, target: Path, info: dict) -> Path:
-    """Weights (safetensors), the backbone's ResNetConfig, the image processor and ``info``, atomically."""
+    """Weights (safetensors), the backbone's spec, the image processor and ``info``, atomically."""
     from safetensors.torch import save_file
 
     with paths.atomic_dir(target) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
-        (tmp / BACKBONE_CONFIG).write_text(model.backbone.config.to_json_string(), encoding="utf-8")
+        (tmp / BACKBONE_CONFIG).write_text(json.dumps(models.backbone_spec(model.backbone)), encoding="utf-8")
+        info = {**info, "backbone": model.backbone.kind}
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
         model.processor.save_pretrained(tmp)
     return target
 
 
 def load_resnet_siamese(run_dir, variant: Literal["triplet", "regression"] = "triplet",
-                        device: str = "cpu") -> ResNetSiamese:
-    """The best saved siamese of ``variant``, frozen, in eval mode, with its image processor.
-    ``run_dir`` is a run directory (its ``siamese/resnet-<variant>``) or the model directory."""
+                        device: str = "cpu", kind: str = "resnet") -> ResNetSiamese:
+    """The best saved siamese of ``variant`` on backbone ``kind``, frozen, in eval mode, with its image
+    processor. ``run_dir`` is a run directory (its ``siamese/<kind>-<variant>``) or the model directory."""
     from safetensors.torch import load_file
-    from transformers import AutoImageProcessor, ResNetConfig, ResNetModel
+    from transformers import AutoImageProcessor
 
     d = Path(run_dir)
-    d = d if (d / CONFIG_FILE).exists() else d / "siamese" / f"resnet-{variant}"
+    d = d if (d / CONFIG_FILE).exists() else siamese_dir(d, kind, variant)
     if not (d / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{d}: no ResNet siamese saved (train it with train_resnet_siamese)")
+        raise FileNotFoundError(f"{d}: no {kind} siamese saved (train it with train_resnet_siamese)")
     info = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
-    backbone = ResNetModel(ResNetConfig.from_json_file(d / BACKBONE_CONFIG))
+    backbone = models.backbone_from_spec(json.loads((d / BACKBONE_CONFIG).read_text(encoding="utf-8")))
     model = ResNetSiamese(backbone, info["hidden"], info["out_dim"], info["dropout"], info["variant"],
                           info["tau"], info["learn_tau"])
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
@@ -355,19 +385,27 @@ def load_resnet_siamese(run_dir, variant: Literal["triplet", "regression"] = "tr
 
 
 def register_measures() -> None:
-    """Register with :mod:`artsim_lib.compare` the ResNet siamese of stage 08: 'resnet_siamese' (triplet
-    variant, cosine of the projections) and 'resnet_regression' (the pair head's score in [0, 1])."""
+    """Register with :mod:`artsim_lib.compare` the CNN siamese of stage 08 for each backbone:
+    '<kind>_siamese' (triplet variant, cosine of the projections) and '<kind>_regression' (the pair
+    head's score in [0, 1]), e.g. 'resnet_siamese', 'effnet_lite0_regression'."""
     from . import compare
     from .evaluation_scoring import PairHeadMeasure, run_params, unavailable_as_such
 
-    def load(variant: str, run_dir):
+    def load(kind: str, variant: str, run_dir):
         P = run_params(run_dir)
-        model = load_resnet_siamese(run_dir, variant, P.device)
+        name = measure_name(kind, variant)
+        compare.require_dir(siamese_dir(run_dir, kind, variant), name, "08")
+        model = load_resnet_siamese(run_dir, variant, P.device, kind)
         embed = lambda imgs: model.embed_images(list(imgs), P.evaluation.batch_size)  # noqa: E731  [N, out_dim]
         if variant == "triplet":
-            return compare.EmbeddingMeasure("resnet_siamese", embed, P.evaluation.batch_size, pass_sources=True)
+            return compare.EmbeddingMeasure(name, embed, P.evaluation.batch_size, pass_sources=True)
         dev = next(model.parameters()).device
-        return PairHeadMeasure("resnet_regression", embed, lambda ea, eb: model.score(ea.to(dev), eb.to(dev)))
+        return PairHeadMeasure(name, embed, lambda ea, eb: model.score(ea.to(dev), eb.to(dev)))
 
-    for name, variant in (("resnet_siamese", "triplet"), ("resnet_regression", "regression")):
-        compare.register_measure(name, unavailable_as_such(lambda d, v=variant: load(v, d)), replace=True)
+    for kind in models.BACKBONE_KINDS:
+        for variant in VARIANTS:
+            compare.register_measure(measure_name(kind, variant), unavailable_as_such(
+                lambda d, k=kind, v=variant: load(k, v, d)), replace=True)
+
+
+CNNSiamese = ResNetSiamese  # the name for any backbone

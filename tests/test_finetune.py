@@ -128,6 +128,19 @@ def test_a_few_steps_reduce_the_training_loss(tmp_path, tiny_resnet):
     assert after < 0.7 * first
 
 
+def test_cnn_classifier_round_trip_predicts_the_same_logits(tmp_path):
+    from artsim_lib.models import load_backbone
+
+    backbone, proc = load_backbone("effnet_lite0", image_size=32)
+    model = finetune.CNNClassifier(backbone, ["a", "b", "c"], seed=3).eval()
+    target = finetune.save_checkpoint(model, proc, tmp_path / "best", {"classes": ["a", "b", "c"]})
+    again, proc2 = finetune.load_classifier(target)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values=x).logits, again(pixel_values=x).logits, atol=1e-6)
+    assert again.classes == ["a", "b", "c"] and proc2.crop_size == proc.crop_size
+
+
 def test_checkpoint_round_trip_predicts_the_same_logits(tmp_path, tiny_resnet):
     from transformers import ResNetForImageClassification
 
@@ -141,8 +154,9 @@ def test_checkpoint_round_trip_predicts_the_same_logits(tmp_path, tiny_resnet):
     assert again.config.id2label[3] == "d" and json.loads((target / finetune.INFO_FILE).read_text())["classes"]
 
 
-def test_finetune_end_to_end(run_dir):
-    P = _params()
+@pytest.mark.parametrize("backbone", ["effnet_lite0", "resnet"])
+def test_finetune_end_to_end(run_dir, backbone):
+    P = _params([f"finetune.backbone={backbone}"])
     m = tiny_manifest(run_dir / "images")
     result = finetune.finetune(P, manifest=m, progress=False)
     hist = pd.read_parquet(P.run.root / "finetune" / "history.parquet")
@@ -154,9 +168,11 @@ def test_finetune_end_to_end(run_dir):
     val = hist[hist["split"] == "val"]
     assert metrics["best_epoch"] == int(val.loc[val["loss"].idxmin(), "epoch"])
     model, proc = finetune.load_finetuned(P.run.root)
-    assert model.config.num_labels == 3 and not model.training
+    assert isinstance(model, finetune.CNNClassifier) and model.backbone.kind == backbone
+    assert model.classes == result.classes and len(model.classes) == 3 and not model.training
+    assert metrics["backbone"] == backbone == finetune.finetuned_backbone(P.run.root)
     emb = finetune.resnet_embed(model, proc, list(m["path"][:5]), batch_size=2)
-    assert emb.shape == (5, model.config.hidden_sizes[-1])
+    assert emb.shape == (5, {"resnet": 64, "effnet_lite0": 1280}[backbone])
     assert torch.allclose(emb.norm(dim=1), torch.ones(5), atol=1e-5)
     # The test split was scored with the saved checkpoint: re-scoring it gives the same top-1.
     test = m[m["split"] == "test"]
@@ -166,9 +182,9 @@ def test_finetune_end_to_end(run_dir):
     labels = torch.tensor([result.classes.index(s) for s in test["style"]])
     assert finetune.topk_accuracy(logits, labels, 1) == pytest.approx(metrics["test"]["top1"])
     # require_finetuned reuses the complete checkpoint made with the same params.
-    stamp = (result.best_dir / "model.safetensors").stat().st_mtime_ns
+    stamp = (result.best_dir / finetune.WEIGHTS_FILE).stat().st_mtime_ns
     assert finetune.require_finetuned(P) == result.best_dir
-    assert (result.best_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (result.best_dir / finetune.WEIGHTS_FILE).stat().st_mtime_ns == stamp
 
 
 def test_finetune_stops_early_on_a_scripted_val_loss(run_dir, monkeypatch):

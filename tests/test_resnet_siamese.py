@@ -86,14 +86,14 @@ def test_set_unfreeze_marks_the_right_parameters(backbone_dir):
     trainable = lambda m: {n for n, p in m.backbone.named_parameters() if p.requires_grad}  # noqa: E731
     assert trainable(model.set_unfreeze("none")) == set()
     layer4 = trainable(model.set_unfreeze("layer4"))
-    assert layer4 and all(n.startswith("encoder.stages.3.") for n in layer4)
+    assert layer4 and all(n.startswith("net.encoder.stages.3.") for n in layer4)
     assert trainable(model.set_unfreeze("all")) == {n for n, _ in model.backbone.named_parameters()}
     assert all(p.requires_grad for p in model.head.parameters()) and not model.log_tau.requires_grad
 
 
 def _backbone_state(path):
     clf, _ = load_resnet(path)
-    return {k: v.clone() for k, v in clf.resnet.state_dict().items()}
+    return {f"net.{k}": v.clone() for k, v in clf.resnet.state_dict().items()}  # as wrapped by ResNetBackbone
 
 
 def test_frozen_backbone_is_unchanged_and_training_lowers_the_loss(run_dir, backbone_dir, triplets):
@@ -119,7 +119,7 @@ def test_layer4_unfreeze_changes_only_layer4(run_dir, backbone_dir, triplets):
     rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="triplet", progress=False)
     before, after = _backbone_state(backbone_dir), rs.load_resnet_siamese(P.run.root, "triplet").backbone.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("encoder.stages.3.") for k in changed)  # batch-norm stats included
+    assert changed and all(k.startswith("net.encoder.stages.3.") for k in changed)  # batch-norm stats included
     assert any(k.endswith("running_mean") for k in changed)  # layer 4 did train (its statistics moved)
 
 

