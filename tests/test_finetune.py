@@ -181,6 +181,15 @@ def test_finetune_end_to_end(run_dir, backbone):
         logits = model(pixel_values=torch.stack([tf(p) for p in test["path"]])).logits
     labels = torch.tensor([result.classes.index(s) for s in test["style"]])
     assert finetune.topk_accuracy(logits, labels, 1) == pytest.approx(metrics["test"]["top1"])
+    # The measure is named after the backbone it fine-tuned; the other backbone's name is unavailable.
+    from artsim_lib import compare
+
+    P.run.params_file.write_text(P.to_yaml())
+    measure = compare.load_measure(f"{backbone}_finetuned", P.run.root)
+    assert np.allclose(measure.embed(list(m["path"][:5])), emb.numpy(), atol=1e-5)
+    other = {"resnet": "effnet_lite0", "effnet_lite0": "resnet"}[backbone]
+    with pytest.raises(compare.MeasureUnavailableError, match=f"fine-tuned '{backbone}'"):
+        compare.load_measure(f"{other}_finetuned", P.run.root)
     # require_finetuned reuses the complete checkpoint made with the same params.
     stamp = (result.best_dir / finetune.WEIGHTS_FILE).stat().st_mtime_ns
     assert finetune.require_finetuned(P) == result.best_dir

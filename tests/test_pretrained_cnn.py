@@ -97,3 +97,18 @@ def test_compare_measure_needs_no_run(tmp_path, paintings, capsys):
     m = compare.load_measure("effnet_lite0", tmp_path / "none")
     assert out["measure"].strip() == "effnet_lite0"
     assert float(out["raw"]) == pytest.approx(m.similarity(a, b), abs=1e-5) and float(out["raw"]) > 0.8
+
+
+def test_every_evaluation_row_says_what_its_weights_are():
+    from artsim_lib import config
+    from artsim_lib.measures import measure_weights
+
+    smoke, full = config.load_params("smoke"), config.load_params("full")
+    w = {n: measure_weights(n, smoke) for n in smoke.evaluation.measures}
+    assert w["effnet_lite0"] == "real-pretrained" and w["clip"] == "tiny-random" and w["descriptor"] == "handcrafted"
+    assert w["effnet_lite0_siamese"] == "trained-here on real-pretrained EfficientNet-Lite0"
+    assert w["clip_siamese"] == "trained-here on tiny-random CLIP"
+    assert not any(n.startswith("resnet") for n in smoke.evaluation.measures)  # smoke trains no ResNet
+    assert measure_weights("resnet_finetuned", full) == "trained-here on real-pretrained ResNet"
+    assert measure_weights("clip", full) == "real-pretrained"
+    assert "unknown" not in {measure_weights(n, p) for p in (smoke, full) for n in p.evaluation.measures}

@@ -163,3 +163,42 @@ def test_loaded_model_matches_the_trained_one(run_dir, backbone_dir, triplets):
 def test_missing_split_is_an_error(run_dir, backbone_dir, triplets):
     with pytest.raises(ValueError, match="val"):
         rs.train_resnet_siamese(_params(), triplets[triplets["split"] == "train"], backbone_dir=backbone_dir)
+
+
+# -- the same siamese on stage 07's EfficientNet-Lite0 (the smoke profile's backbone) ---------------------
+
+
+@pytest.fixture(scope="module")
+def effnet_dir(tmp_path_factory):
+    """A stage-07-style checkpoint: the pretrained EfficientNet-Lite0 + a 4-class head, 32² input."""
+    from artsim_lib import finetune
+    from artsim_lib.models import load_backbone
+
+    backbone, proc = load_backbone("effnet_lite0", image_size=32)
+    model = finetune.CNNClassifier(backbone, ["a", "b", "c", "d"], seed=0)
+    target = tmp_path_factory.mktemp("ft") / "best"
+    return finetune.save_checkpoint(model, proc, target, {"backbone": "effnet_lite0", "complete": True})
+
+
+def test_effnet_siamese_trains_its_last_stage_and_is_named_after_it(run_dir, effnet_dir, triplets):
+    from artsim_lib import compare
+    from artsim_lib.models import load_backbone
+
+    P = _params(["finetune.backbone=effnet_lite0", "siamese.resnet_unfreeze=layer4", "siamese.resnet_epochs=1",
+                 "evaluation.batch_size=4"])
+    result = rs.train_resnet_siamese(P, triplets, backbone_dir=effnet_dir, variant="triplet", progress=False)
+    assert result.model_dir == P.run.root / "siamese" / "effnet_lite0-triplet"
+    assert result.metrics["backbone"] == "effnet_lite0"
+    model = rs.load_resnet_siamese(P.run.root, "triplet", kind="effnet_lite0")
+    before = load_backbone("effnet_lite0")[0].state_dict()  # what stage 07 saved: the pretrained weights
+    after = model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    last = model.backbone.unfreeze_prefixes("layer4")
+    assert changed and all(k.startswith(last) for k in changed)  # only the last block and the head conv
+    P.run.params_file.write_text(P.to_yaml())
+    m = compare.load_measure("effnet_lite0_siamese", P.run.root)
+    imgs = list(triplets["anchor_path"][:3])
+    assert [m.raw_from_features(a, b) for a, b in zip(m.features(imgs), m.features(imgs))] == \
+        pytest.approx([1.0] * 3, abs=1e-5)
+    with pytest.raises(compare.MeasureUnavailableError, match="resnet_siamese"):
+        compare.load_measure("resnet_siamese", P.run.root)  # this run has no ResNet siamese
