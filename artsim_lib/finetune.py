@@ -3,7 +3,7 @@
 The CNN is ``finetune.backbone`` (:mod:`artsim_lib.models.backbones`): ResNet-50 in the full
 study, the real pretrained EfficientNet-Lite0 in the smoke profile, both through one interface
 (``(model, preprocess)``, features ``[B, D]``). A fresh linear head for the study's classes goes
-on top; the whole network trains with AdamW, a warm-up + cosine (or linear) schedule,
+on top; the whole network (or, with ``finetune.unfreeze: layer4``, its last stage) trains with AdamW, a warm-up + cosine (or linear) schedule,
 inverse-frequency class weights, light augmentation and early stopping on the validation loss.
 The best epoch is saved (weights as safetensors, the backbone's spec, its image processor and a
 JSON of the params that made it) under ``<run>/finetune/best/``; the test split is scored only
@@ -38,10 +38,27 @@ class CNNClassifier(torch.nn.Module):
     """A :class:`~artsim_lib.models.backbones.Backbone` + a linear head over its pooled features.
     ``forward(pixel_values)`` returns an output with ``.logits`` ``[B, K]``, like transformers'."""
 
-    def __init__(self, backbone, classes: Sequence[str], seed: int = 0):
+    def __init__(self, backbone, classes: Sequence[str], seed: int = 0, unfreeze: str = "all"):
         super().__init__()
-        self.backbone, self.classes = backbone, list(classes)
+        self.backbone, self.classes, self.unfreeze = backbone, list(classes), unfreeze
         self.classifier = _seeded_linear(backbone.dim, len(classes), seed)
+
+    def set_unfreeze(self, unfreeze: str) -> "CNNClassifier":
+        """``requires_grad`` on the head, and on the backbone per ``unfreeze`` (all | layer4)."""
+        self.unfreeze = unfreeze
+        training.set_trainable(self, True)
+        training.set_trainable(self.backbone, self.backbone.unfreeze_prefixes(unfreeze))
+        return self
+
+    def train(self, mode: bool = True) -> "CNNClassifier":
+        """Train mode for the head and the trained part of the backbone; a frozen part stays in eval
+        mode, so its batch-norm statistics do not move."""
+        super().train(mode)
+        if mode and self.unfreeze != "all":
+            self.backbone.eval()
+            for module in self.backbone.last_stage():
+                module.train()
+        return self
 
     def forward(self, pixel_values: torch.Tensor):
         from transformers.modeling_outputs import ImageClassifierOutput
@@ -246,8 +263,7 @@ def finetune(P, manifest: pd.DataFrame | None = None, progress: bool = True) -> 
     setup = training.setup(P.device, P.dtype, cfg.mixed_precision)
     torch.manual_seed(P.seed)
     backbone, processor = _pretrained_backbone(P, setup.device)
-    model = CNNClassifier(backbone, classes, seed=P.seed).to(setup.device)
-    training.set_trainable(model, True)
+    model = CNNClassifier(backbone, classes, seed=P.seed).to(setup.device).set_unfreeze(cfg.unfreeze)
     processor = sized_processor(processor, cfg.image_size)
     tf_eval = ImageTransform(processor, cfg.image_size)
     tf_train = ImageTransform(processor, cfg.image_size, Augment() if cfg.augment else None)
@@ -261,7 +277,7 @@ def finetune(P, manifest: pd.DataFrame | None = None, progress: bool = True) -> 
     stopper, history = training.EarlyStopping(cfg.patience), training.History()
     best_dir, key = out_dir / "best", finetune_key(P)
     info = {"key": key, "label": cfg.label, "classes": classes, "image_size": cfg.image_size, "complete": False,
-            "backbone": cfg.backbone, "backbone_label": backbone.label}
+            "backbone": cfg.backbone, "backbone_label": backbone.label, "unfreeze": cfg.unfreeze}
     has_val = bool((df["split"] == "val").any())
     bar = tqdm(total=cfg.epochs * per_epoch, desc="fine-tune", disable=not progress)
     torch.manual_seed(P.seed)

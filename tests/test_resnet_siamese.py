@@ -202,3 +202,19 @@ def test_effnet_siamese_trains_its_last_stage_and_is_named_after_it(run_dir, eff
         pytest.approx([1.0] * 3, abs=1e-5)
     with pytest.raises(compare.MeasureUnavailableError, match="resnet_siamese"):
         compare.load_measure("resnet_siamese", P.run.root)  # this run has no ResNet siamese
+
+
+def test_the_second_variant_reuses_the_frozen_features(run_dir, backbone_dir, triplets, monkeypatch):
+    calls = []
+    real = rs._backbone_features
+    monkeypatch.setattr(rs, "_backbone_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rs._FEATURES.clear()
+    P = _params(["siamese.resnet_unfreeze=none", "siamese.resnet_epochs=1"])
+    first = rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
+    again = rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
+    rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="triplet", progress=False)
+    assert len(calls) == 1  # one extraction for three trainings on the same frozen backbone and images
+    assert first.history["loss"].tolist() == again.history["loss"].tolist()  # the cache changes nothing
+    rs._FEATURES.clear()
+    fresh = rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
+    assert len(calls) == 2 and fresh.history["loss"].tolist() == pytest.approx(first.history["loss"].tolist())
