@@ -259,6 +259,7 @@ def run_captioning(P, num_shards: int = 1, shard_index: int = 0) -> CaptionRun:
                      for r in have.itertuples())
         copied = len(have)
         captioned = _run_blip2(P, mine[mine["backend"].eq("blip2")], store)
+        record("made", stage="captioning", items=captioned)
     else:
         shards.check_shard(num_shards, 0)
     seconds = time.perf_counter() - t0

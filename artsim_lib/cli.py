@@ -152,6 +152,10 @@ def cmd_stage(args) -> int:
     out = Path(args.out) if args.out else runner.reports_dir(P.profile) / f"{nb.stem}.ipynb"
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
     _setup_logging(args.log)
+    if args.log:  # the kernel inherits it: model loads and computed items per job
+        from . import worklog
+
+        worklog.start(args.log)
     extra = {name: _parse_value(value) for name, value in args.parameters}
     try:
         res = runner.execute(nb, out, profile_ref(args.profile), args.overrides, extra,

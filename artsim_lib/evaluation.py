@@ -299,8 +299,10 @@ def evaluate_set(es: EvalSet, measures: dict[str, Measure], cfg=None, seed: int 
 
 # -- stage 09 on a run -------------------------------------------------------------------------------------
 def evaluation_meta(P) -> dict:
-    """What the evaluation files depend on: the evaluation params and the seed."""
-    return paths.json_roundtrip({"evaluation": P.evaluation.model_dump(mode="json"), "seed": P.seed})
+    """What the evaluation files depend on: the evaluation params (not batch size or workers,
+    which only schedule the work) and the seed."""
+    cfg = P.evaluation.model_dump(mode="json", exclude={"batch_size", "workers"})
+    return paths.json_roundtrip({"evaluation": cfg, "seed": P.seed})
 
 
 def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:

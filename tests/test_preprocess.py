@@ -152,6 +152,19 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
     saved = pd.read_parquet(P.run.manifest)
     assert set(saved["split"]) <= {"train", "val", "test"} and saved["path"].map(os.path.exists).all()
     assert (P.run.root / "preprocess" / "skipped.csv").exists()
+    # each written image's fingerprint is in the manifest, computed from the bytes it wrote
+    from artsim_lib import paths
+
+    assert list(saved["sha256"]) == [paths.file_sha256(p) for p in saved["path"]]
+    again = pp.preprocess(P, raw)  # images reused: the fingerprints of the files on disk
+    assert list(again.manifest["sha256"]) == list(res.manifest["sha256"])
+
+
+def test_the_manifest_key_leaves_out_how_the_work_was_scheduled():
+    one = config.load_params("smoke", ["preprocess.workers=1"])
+    eight = config.load_params("smoke", ["preprocess.workers=8"])
+    assert pp.manifest_key(one) == pp.manifest_key(eight)
+    assert pp.manifest_key(one) != pp.manifest_key(config.load_params("smoke", ["preprocess.size=96"]))
 
 
 def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run_dir):

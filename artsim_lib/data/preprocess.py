@@ -8,6 +8,7 @@ Unreadable, corrupt or oversized images are skipped with their reason; the run g
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -109,9 +110,10 @@ def fit(img: Image.Image, size: int, mode: str, pad_color=(0, 0, 0)) -> Image.Im
 
 def process_image(src: str, dst: str, size: int, mode: str, pad_color, max_pixels: int) -> dict:
     """Normalise one image to ``dst``. Never raises for a bad image: returns its reason."""
-    out = {"src": src, "status": "ok", "reason": "", "orig_mode": None}
+    out = {"src": src, "status": "ok", "reason": "", "orig_mode": None, "sha256": None}
     if os.path.exists(dst):
         out["status"] = "cached"
+        out["sha256"] = paths.file_sha256(dst)  # written by an earlier run: read once, here
         return out
     try:
         with Image.open(src) as img:
@@ -127,8 +129,10 @@ def process_image(src: str, dst: str, size: int, mode: str, pad_color, max_pixel
         return {**out, "status": "skipped", "reason": f"oversized: {err}"}
     except (OSError, SyntaxError, ValueError) as err:
         return {**out, "status": "skipped", "reason": f"unreadable: {type(err).__name__}: {err}"}
-    with paths.atomic_path(dst) as tmp:
-        result.save(tmp, format="PNG" if dst.endswith(".png") else "JPEG", quality=95)
+    buf = io.BytesIO()
+    result.save(buf, format="PNG" if dst.endswith(".png") else "JPEG", quality=95)
+    # The content fingerprint later stages key their caches by, computed from the bytes written.
+    out["sha256"] = paths.write_bytes_fingerprinted(dst, buf.getvalue())
     return out
 
 
@@ -184,6 +188,7 @@ def normalise_images(df: pd.DataFrame, out_dir: Path, size: int, mode: str = "le
     kept["src_path"] = kept["path"]
     kept["path"] = [d for d, good in zip(dsts, ok) if good]
     kept["orig_mode"] = status.loc[ok, "orig_mode"]
+    kept["sha256"] = status.loc[ok, "sha256"]
     skipped = df.loc[~ok, ["id", "filename"]].copy()
     skipped["reason"] = status.loc[~ok, "reason"]
     return kept, skipped.reset_index(drop=True)
@@ -238,5 +243,6 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
 
 def manifest_key(P) -> dict:
     """What the split manifest depends on: a manifest made from other params is stale."""
+    # workers only schedule the work: not part of the key (provenance records them)
     return {"seed": P.seed, "data": P.data.model_dump(mode="json"),
-            "preprocess": P.preprocess.model_dump(mode="json")}
+            "preprocess": P.preprocess.model_dump(mode="json", exclude={"workers"})}
