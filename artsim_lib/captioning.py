@@ -29,6 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import data, paths, shards
+from .worklog import record
 
 COLUMNS = ["id", "caption", "backend", "model", "seconds"]
 SALT = "caption"  # item_seed salt: a sampled caption's seed

@@ -253,7 +253,7 @@ def score_pairs(pairs: pd.DataFrame, features: Mapping[str, Mapping], weights: M
 
 def triplet_scores(pairs: pd.DataFrame, measure: str) -> pd.DataFrame:
     """One row per triplet: ``s_pos`` and ``s_neg`` of ``measure`` and the triplet's columns."""
-    wide = pairs.pivot(index="triplet_id", columns="role", values=measure)
+    wide = pairs.pivot(index="triplet_id", columns="role", values=measure).reindex(columns=["positive", "negative"])
     meta = pairs[pairs["role"] == "positive"].set_index("triplet_id")[["anchor_id", "split", "level",
                                                                         "negative_kind"]]
     return meta.join(wide.rename(columns={"positive": "s_pos", "negative": "s_neg"}))

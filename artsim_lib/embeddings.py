@@ -395,6 +395,8 @@ class ClipMeasure:
             out[i] = self._cache[hashes[i]]
         for sl, emb in encode(self.encoder, [items[i] for i in todo], self.batch_size):
             out[todo[sl]] = emb
+        if todo:
+            record("made", stage="clip_measure", items=len(todo), model=self.encoder.key)
         return out
 
     @torch.no_grad()

@@ -26,6 +26,8 @@ class DataParams(_Section):
     hf_dataset: str = "huggan/wikiart"
     hf_split: str = "train"
     limit: int | None = Field(None, ge=1, description="use only the first N rows (None: all)")
+    # A seeded sample of N rows spread over the styles (`artsim run --pilot N` sets it).
+    sample: int | None = Field(None, ge=1)
     synthart: SynthArtParams = SynthArtParams()
 
 

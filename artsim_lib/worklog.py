@@ -27,7 +27,7 @@ def record(event: str, **fields) -> None:
 
 def start(log_file: str | os.PathLike) -> Path:
     """Point ``$ARTSIM_WORK_LOG`` at ``<log_file>.work.jsonl``, emptied; returns its path."""
-    target = Path(f"{log_file}.work.jsonl")
+    target = Path(f"{log_file}.work.jsonl").resolve()  # the kernel runs in notebooks/
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("", encoding="utf-8")
     os.environ[ENV] = str(target)

@@ -160,6 +160,18 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
     assert list(again.manifest["sha256"]) == list(res.manifest["sha256"])
 
 
+def test_a_pilot_over_many_styles_still_gets_val_and_test():
+    """24 paintings over 27 styles: per-style rounding alone puts all of them in train."""
+    df = pd.DataFrame({"style": [f"s{i:02d}" for i in range(24)]})
+    split = pp.stratified_split(df, {"train": 0.8, "val": 0.1, "test": 0.1}, "style", seed=0)
+    assert split.value_counts().to_dict() == {"train": 20, "val": 2, "test": 2}
+    assert split.equals(pp.stratified_split(df, {"train": 0.8, "val": 0.1, "test": 0.1}, "style", seed=0))
+    # groups large enough for their own shares are left as per-group rounding made them
+    big = pd.DataFrame({"style": [f"s{i % 4}" for i in range(80)]})
+    counts = pp.stratified_split(big, {"train": 0.7, "val": 0.15, "test": 0.15}, "style", seed=0).value_counts()
+    assert counts.to_dict() == {"train": 56, "val": 12, "test": 12}  # 4 x (14, 3, 3)
+
+
 def test_the_manifest_key_leaves_out_how_the_work_was_scheduled():
     one = config.load_params("smoke", ["preprocess.workers=1"])
     eight = config.load_params("smoke", ["preprocess.workers=8"])

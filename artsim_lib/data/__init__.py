@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from .. import paths
@@ -70,8 +71,27 @@ def load_manifest(P) -> pd.DataFrame:
         df = load_kaggle(root)
     if P.data.limit is not None:
         df = df.head(P.data.limit).reset_index(drop=True)
+    if P.data.sample is not None:
+        df = spread_sample(df, P.data.sample, P.seed)
     _write(df, target, _source_key(P))
     return df
+
+
+def spread_sample(df: pd.DataFrame, n: int, seed: int, by: str = "style") -> pd.DataFrame:
+    """A seeded sample of ``n`` rows spread over the values of ``by``: one of each style in turn
+    (a seeded order within each), so a pilot of 24 WikiArt paintings holds many styles rather
+    than the first folder's. Rows keep their original order."""
+    if n >= len(df):
+        return df.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    key = df[by].astype("string").fillna("") if by in df else pd.Series("", index=df.index)
+    queues = [list(rng.permutation(idx)) for _, idx in sorted(df.groupby(key).indices.items())]
+    picked: list[int] = []
+    while len(picked) < n:
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(int(q.pop()))
+    return df.iloc[sorted(picked)].reset_index(drop=True)
 
 
 def require_manifest(P) -> pd.DataFrame:

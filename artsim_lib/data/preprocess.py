@@ -215,6 +215,29 @@ def stratified_split(df: pd.DataFrame, fractions: dict[str, float], by: str | No
             counts[0] += 1
         order = rng.permutation(grp.index.to_numpy())
         split.loc[order] = np.repeat(names, counts)
+    keys = df[by].fillna("<none>") if by else pd.Series(0, index=df.index)
+    return _fill_starved_splits(split, keys, fractions, rng)
+
+
+def _fill_starved_splits(split: pd.Series, keys: pd.Series, fractions: dict[str, float],
+                         rng: np.random.Generator) -> pd.Series:
+    """Per-group rounding starves val and test when most groups are tiny (a pilot of 24 paintings
+    over 27 styles puts every one in train). A split under half its overall share (rounded down,
+    at least 1) gets rows moved from train until it has that share: from the groups with the most
+    training rows first, a seeded pick among them. Larger data never meets this."""
+    names = list(fractions)
+    for name in names[1:]:
+        if fractions[name] <= 0:
+            continue
+        want = max(1, int(np.floor(fractions[name] * len(split))))
+        if (split == name).sum() * 2 >= want:
+            continue
+        while (split == name).sum() < want:
+            train = split.index[split == names[0]]
+            if len(train) <= 1:
+                break
+            per_group = keys[train].map(keys[train].value_counts()).to_numpy()
+            split[rng.choice(train[per_group == per_group.max()])] = name
     return split
 
 
