@@ -48,9 +48,10 @@ test-slurm: install ## the cluster tests against a real single-node SLURM (root;
 test-slurm-study: install ## the real smoke study through SLURM, 03/05/08 sharded, vs a local run (~7 min)
 	ARTSIM_SLURM_REAL_STUDY=1 HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_slurm.py -k matches_local
 
-bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput)
+bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput, issue 9's speed fixes)
 	$(PY) benchmarks/bench_descriptors.py
 	$(PY) benchmarks/bench_siamese.py
+	$(PY) benchmarks/bench_speed.py
 
 slurm-up: ## start a single-node SLURM on this machine (root; installs Debian's packages if missing)
 	scripts/slurm/start-slurm.sh --install

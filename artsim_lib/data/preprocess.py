@@ -84,8 +84,8 @@ def find_duplicates_naive(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFra
     return pd.DataFrame(rows, columns=["id", "duplicate_of", "phash", "distance"])
 
 
-_BLOCK = 1024   # hashes searched together
-_CHUNK = 4096   # kept hashes compared with a block at once: [4096, 1024] temporaries, ~32 MB
+_BLOCK = 512    # hashes searched together
+_CHUNK = 2048   # kept hashes compared with a block at once: [2048, 512] temporaries, ~8 MB
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
