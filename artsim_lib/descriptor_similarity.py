@@ -380,11 +380,12 @@ def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
     of at most :data:`PART_IMAGES` images), the per-pair similarities, weights fitted on the
     train split; writes ``descriptors/pair_similarity.parquet`` and
     ``descriptors/fitted_weights.json`` under the run directory."""
-    from . import paths
+    from . import paths, workers
 
     cfg, out_dir = P.descriptors, P.run.sub("descriptors")
     table = pair_rows(triplets)
-    streamed = stream_pair_scores(unique_pairs(table), cfg, out_dir / "cache", cfg.workers, progress=progress)
+    n_workers = workers.worker_count(cfg.workers)  # never more processes than the allocation has CPUs
+    streamed = stream_pair_scores(unique_pairs(table), cfg, out_dir / "cache", n_workers, progress=progress)
     t1 = time.perf_counter()
     pairs = _with_scores(table, streamed.scored, cfg.weights)
     train = pairs[pairs["split"] == "train"]

@@ -20,6 +20,7 @@ from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
 from .. import paths
+from ..workers import worker_count
 
 # A truncated file must fail loudly here, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -325,7 +326,8 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     kept = kept[~kept["id"].isin(dups["id"])]
     image_dir = P.run.sub("preprocess", image_params_key(cfg.size, cfg.resize_mode, cfg.pad_color, cfg.image_format))
     kept, skipped = normalise_images(kept, image_dir, cfg.size, cfg.resize_mode, cfg.pad_color,
-                                     cfg.image_format, cfg.max_pixels, cfg.workers)
+                                     cfg.image_format, cfg.max_pixels,
+                                     worker_count(cfg.workers))  # never more than the allocation
     fractions = {"train": cfg.split.train, "val": cfg.split.val, "test": cfg.split.test}
     by = None if cfg.split.stratify == "none" else cfg.split.stratify
     kept["split"] = stratified_split(kept, fractions, by, P.seed)
