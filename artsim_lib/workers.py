@@ -7,6 +7,10 @@ by the cgroup). Starting more workers than that only makes them fight over the s
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+_END = object()  # the end of an iterator, for next(it, _END)
 
 
 def available_cpus() -> int:
@@ -34,9 +38,6 @@ def prefetch_map(fn, items, workers: int, ahead: int | None = None):
     as a GPU loop never waits on CPU work that could have been done meanwhile. ``workers=0``
     computes inline. An exception from ``fn`` is raised when its item's turn comes, so every
     earlier item has been yielded; leaving the loop early cancels what has not started."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     if workers <= 0:
         for item in items:
             yield item, fn(item)
@@ -59,5 +60,3 @@ def prefetch_map(fn, items, workers: int, ahead: int | None = None):
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
-
-_END = object()

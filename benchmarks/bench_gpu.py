@@ -248,9 +248,12 @@ class Bench:
             row = {"section": section, "label": label, "batch": batch, "seconds": min(times),
                    "s_per_image": min(times) / batch, "peak_gb": self.peak_gb(), **extra}
         except Exception as err:  # noqa: BLE001 - one failed measurement must not end the benchmark
-            msg = f"{section} {label} batch {batch}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            first = str(err).splitlines()[0][:200] if str(err) else ""
+            msg = f"{section} {label} batch {batch}: {type(err).__name__}: {first}"
             print(f"  {msg}")
             self.errors.append(msg)
+            row = None
+        if row is None:  # out of the except block: its traceback no longer holds the tensors
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return None
@@ -308,7 +311,8 @@ def section_sdxl(bench: Bench, batches, image_side: int) -> None:
           f"text encoder 2 {fmt_params(pipe.text_encoder_2)}; {image_side}² images, {bench.dtype}, "
           f"built in {time.perf_counter() - t0:.1f} s")
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (image_side, image_side, 3), dtype=np.uint8)) for _ in range(max(batches))]
+    images = [Image.fromarray(rng.integers(0, 255, (image_side, image_side, 3), dtype=np.uint8))
+              for _ in range(max(batches))]
     prompt = ("an oil painting of a harbour at dusk in the style of impressionism, loose brushwork, warm light, "
               "boats and reflections on the water")
 
@@ -321,7 +325,6 @@ def section_sdxl(bench: Bench, batches, image_side: int) -> None:
         steps = int(g.steps * strength)
         for b in batches:
             bench.measure("sdxl", f"{level} ({steps} steps)", b, lambda b=b: run(b, strength), level=level)
-    del pipe
 
 
 def section_blip2(bench: Bench, batches, max_new_tokens: int) -> None:
@@ -342,7 +345,6 @@ def section_blip2(bench: Bench, batches, max_new_tokens: int) -> None:
     run(min(batches))  # warm-up
     for b in batches:
         bench.measure("blip2", f"caption ({max_new_tokens} tokens)", b, lambda b=b: run(b))
-    del model
 
 
 def section_clip(bench: Bench, batches) -> None:
@@ -360,7 +362,6 @@ def section_clip(bench: Bench, batches) -> None:
     run(min(batches))
     for b in batches:
         bench.measure("clip", "image embedding", b, lambda b=b: run(b))
-    del model
 
 
 def section_resnet(bench: Bench, batches, side: int) -> None:
@@ -397,7 +398,6 @@ def section_resnet(bench: Bench, batches, side: int) -> None:
         bench.measure("resnet", "pooled features", b, lambda b=b: embed(b))
     train_step(min(batches))
     bench.measure("resnet", "training step (stage 07)", max(batches), lambda: train_step(max(batches)))
-    del model, train_model
 
 
 # -- the projection --------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ FULL_IMAGES = 81_444 + 162_888  # originals + derivatives that stage 06 describe
 def _hashes(n: int, seed: int = 0, repeats: float = 0.02, near: float = 0.02) -> pd.DataFrame:
     """``n`` 64-bit phash strings: random, with a few exact repeats and near copies."""
     rng = np.random.default_rng(seed)
-    vals = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(np.uint64)
+    vals = (rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+            + rng.integers(0, 2, n).astype(np.uint64))  # all 64 bits random
     pick = rng.random(n)
     src = rng.integers(0, np.arange(1, n + 1))  # an earlier row (or itself for row 0)
     out = vals.copy()

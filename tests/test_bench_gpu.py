@@ -74,3 +74,14 @@ def test_without_a_gpu_it_says_so(bench_gpu, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench_gpu.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_a_failing_measurement_is_recorded_and_the_next_one_runs(bench_gpu):
+    bench = bench_gpu.Bench(torch.device("cpu"), torch.float32, budget_s=60, tiny=True, repeats=2)
+    assert bench.measure("sdxl", "radical", 8, lambda: 1 / 0) is None
+    row = bench.measure("sdxl", "radical", 4, lambda: sum(range(1000)))
+    assert row["batch"] == 4 and row["s_per_image"] == pytest.approx(row["seconds"] / 4)
+    assert bench.errors == ["sdxl radical batch 8: ZeroDivisionError: division by zero"]
+    assert bench.best("sdxl", "radical") == row["s_per_image"]
+    bench.budget_s = -1  # past the budget: nothing new starts
+    assert bench.measure("sdxl", "radical", 2, lambda: pytest.fail("ran past the budget")) is None

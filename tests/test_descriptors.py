@@ -264,7 +264,8 @@ def test_streamed_parts_score_as_all_features_in_memory(paintings, tmp_path, run
     # Parts of at most 4 images (an anchor, its 2 derivatives, its negatives: 4-5 each).
     sizes = []
     real = descriptors.extract_many
-    monkeypatch.setattr(descriptors, "extract_many", lambda imgs, *a, **k: sizes.append(len(imgs)) or real(imgs, *a, **k))
+    monkeypatch.setattr(descriptors, "extract_many",
+                        lambda imgs, *a, **k: sizes.append(len(imgs)) or real(imgs, *a, **k))
     parts = dsim.pair_parts(unique, max_images=4)
     assert len(parts) > 3 and sorted(np.concatenate(parts).tolist()) == list(range(len(unique)))
     streamed = dsim.stream_pair_scores(unique, CFG, tmp_path / "cache", workers=1, max_images=4, progress=False)
