@@ -51,9 +51,10 @@ test-slurm-study: install ## the real smoke study through SLURM, 03/05/08 sharde
 test-rehearsal: install ## the full profile's code paths (params/rehearsal.yaml) through a real SLURM vs a local run
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_rehearsal.py
 
-bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput)
+bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput, issue 9's speed fixes)
 	$(PY) benchmarks/bench_descriptors.py
 	$(PY) benchmarks/bench_siamese.py
+	$(PY) benchmarks/bench_speed.py
 
 slurm-up: ## start a single-node SLURM on this machine (root; installs Debian's packages if missing)
 	scripts/slurm/start-slurm.sh --install

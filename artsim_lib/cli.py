@@ -214,7 +214,7 @@ def _add_run(sub, parent) -> None:
     p.add_argument("--forceall", action="store_true", help="re-run every stage")
     p.add_argument("--cluster", metavar="PROFILE",
                    help="submit the jobs through a workflow profile: a name under "
-                        "workflow/profiles/ (slurm) or a folder; see docs/cluster.md")
+                        "workflow/profiles/ (slurm) or a folder; see the README, 'Running on a cluster'")
     p.add_argument("--pilot", type=int, metavar="N",
                    help="run the profile on N originals (spread over the styles) into its own run "
                         "directory runs/<profile>-pilotN: do this first on a cluster")

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from . import config, models, paths, shards
 from .worklog import record
+from .workers import worker_count
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _WEIGHT_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: weights are large
@@ -351,7 +352,7 @@ def require_embeddings(P, images: pd.DataFrame, num_shards: int = 1, shard_index
     what = {k: encoder.identity[k] for k in KEY_FIELDS}  # the same from every job, whatever its dtype
     paths.write_if_changed(root / "model.json", json.dumps(what, indent=1, sort_keys=True))
     return extract(encoder, images, root, num_shards, shard_index, batch_size=P.siamese.embed_batch_size,
-                   workers=P.num_workers)
+                   workers=worker_count(P.num_workers))
 
 
 # -- the 'clip' measure -----------------------------------------------------------------------------

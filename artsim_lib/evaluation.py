@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .workers import worker_count
 from . import config, metrics, paths
 from .evaluation_scoring import (EvalSet, PairHeadMeasure, Scores, load_measures, require_inputs,  # noqa: F401
                                  run_model_ref, run_params, score_all, test_set, unavailable_as_such)
@@ -319,7 +320,7 @@ def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
     if measures is None:
         measures, skipped = load_measures(P.evaluation.measures, P.run.root)
     result = evaluate_set(es, measures, P.evaluation, P.seed, skipped, P.run.root / "descriptors" / "cache",
-                          P.evaluation.workers)
+                          worker_count(P.evaluation.workers))  # never more than the allocation
     write_outputs(result, P)
     return result
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from . import augment, data, paths, shards
 from .worklog import record
+from .workers import worker_count
 
 COLUMNS = ["pair_id", "original_id", "level", "family", "strength", "prompt", "seed", "path", "sha256", "seconds",
            "nan_flag", "black_flag", "backend", "split", "style", "artist", "op", "device", "dtype"]
@@ -290,7 +291,7 @@ def _run_jobs(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
     # sdxl takes one strength per call: its batches never mix levels.
     groups = rows.groupby("strength", sort=True) if per_batch else [(None, rows)]
     bar = tqdm(total=len(rows), desc=f"generate ({P.generation.backend})", unit="img")
-    with ThreadPoolExecutor(max_workers=P.num_workers) as pool:
+    with ThreadPoolExecutor(max_workers=worker_count(P.num_workers)) as pool:
         for _, same in groups:
             for batch in shards.batches(same, P.generation.batch_size):
                 t0 = time.perf_counter()
