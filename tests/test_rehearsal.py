@@ -21,7 +21,8 @@ from test_workflow import REPO, project_env
 from test_workflow_sharding import artifact_hashes, make_study
 
 pytestmark = pytest.mark.slow
-STAGES = ("01", "02", "03", "04", "05", "06", "07", "08", "09")
+PILOT = 24  # `artsim run --pilot 24`, as the README tells a new user to start: 24 of SynthArt's 40
+NAME = f"rehearsal-pilot{PILOT}"  # the pilot's own run directory and reports folder
 
 
 def rehearsal_project(root: Path) -> Path:
@@ -33,7 +34,7 @@ def rehearsal_project(root: Path) -> Path:
 
 def run(root: Path, *args: str, timeout: int = 1500) -> str:
     proc = subprocess.run([sys.executable, "-m", "artsim_lib", "run", "--profile", "rehearsal", "--cores", "2",
-                           *args], cwd=root, env=project_env(root), capture_output=True, text=True, timeout=timeout)
+                           "--pilot", str(PILOT), *args], cwd=root, env=project_env(root), capture_output=True, text=True, timeout=timeout)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
     return text
@@ -41,7 +42,7 @@ def run(root: Path, *args: str, timeout: int = 1500) -> str:
 
 def work(root: Path) -> dict[str, list[dict]]:
     """``{job label: events}`` from every job's work log of the rehearsal."""
-    logs = root / "reports" / "rehearsal" / "logs"
+    logs = root / "reports" / NAME / "logs"
     return {f.name.removesuffix(".log.work.jsonl"): worklog.read(f) for f in sorted(logs.glob("*.work.jsonl"))}
 
 
@@ -72,9 +73,14 @@ def test_the_rehearsal_profile_is_the_full_profile_with_its_changes():
 def test_the_rehearsal_on_slurm_matches_a_local_run(slurm, tmp_path):  # noqa: F811
     root = rehearsal_project(tmp_path / "proj")
     run(root, "--set", "workflow.shards={}")  # the reference: one local job per stage
-    run_dir = root / "runs" / "rehearsal"
+    run_dir = root / "runs" / NAME
     reference = artifact_hashes(run_dir)
     assert any(k.startswith("generation/") and k.endswith(".png") for k in reference)
+    import pandas as pd
+
+    manifest = pd.read_parquet(run_dir / "manifest" / "manifest.parquet")
+    assert len(pd.read_parquet(run_dir / "manifest" / "raw.parquet")) == PILOT  # the pilot's sample
+    assert set(manifest["split"]) == {"train", "val", "test"}
     local = work(root)
     shutil.rmtree(run_dir / "raw")  # keep the built models (hub-sized), lose every artifact
     for sub in [p for p in run_dir.iterdir() if p.name != "models"]:

@@ -340,6 +340,7 @@ def _fill_starved_splits(split: pd.Series, keys: pd.Series, fractions: dict[str,
             if len(train) <= 1:
                 break
             per_group = keys[train].map(keys[train].value_counts()).to_numpy()
+            # the groups with the most training rows first: a group keeps a training row if it can
             split[rng.choice(train[per_group == per_group.max()])] = name
     return split
 
