@@ -15,7 +15,7 @@ OPEN_CLIP := open-clip-torch==3.3.0
 # pip's notices about unused local indexes are noise here; real errors still fail the step.
 QUIET   := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install study dry-run report test test-fast test-slurm test-slurm-study bench slurm-up slurm-down clean clean-runs
+.PHONY: help install study dry-run report test test-fast test-slurm test-slurm-study test-rehearsal bench slurm-up slurm-down clean clean-runs
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -53,9 +53,13 @@ test-slurm: install ## the cluster tests against a real single-node SLURM (root;
 test-slurm-study: install ## the real smoke study through SLURM, 03/05/08 sharded, vs a local run (~7 min)
 	ARTSIM_SLURM_REAL_STUDY=1 HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_slurm.py -k matches_local
 
-bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput)
+test-rehearsal: install ## the full profile's code paths (params/rehearsal.yaml) through a real SLURM vs a local run
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_rehearsal.py
+
+bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput, issue 9's speed fixes)
 	$(PY) benchmarks/bench_descriptors.py
 	$(PY) benchmarks/bench_siamese.py
+	$(PY) benchmarks/bench_speed.py
 
 slurm-up: ## start a single-node SLURM on this machine (root; installs Debian's packages if missing)
 	scripts/slurm/start-slurm.sh --install

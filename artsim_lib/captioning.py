@@ -20,15 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 from tqdm import tqdm
 
-from . import data, paths, shards
+from . import data, paths, shards, workers
+from .worklog import record
 
 COLUMNS = ["id", "caption", "backend", "model", "seconds"]
 SALT = "caption"  # item_seed salt: a sampled caption's seed
@@ -157,19 +160,22 @@ def clean_caption(text: str) -> str:
 
 
 def caption_images(model, processor, images, *, max_new_tokens: int, num_beams: int = 1,
-                   do_sample: bool = False, prompt: str | None = None, seeds=()) -> list[str]:
+                   do_sample: bool = False, prompt: str | None = None, seeds=(), inputs=None) -> list[str]:
     """BLIP-2 captions of PIL images, batched. Sampling draws image ``i`` from its own
-    ``seeds[i]`` (see :mod:`artsim_lib.sampling`), so a caption never depends on its batch."""
+    ``seeds[i]`` (see :mod:`artsim_lib.sampling`), so a caption never depends on its batch.
+    ``inputs``: the processor's output for ``images`` made beforehand (:func:`prepare_inputs`)."""
     import torch
 
     from .sampling import sampled_generate
 
-    inputs = processor(images=list(images), text=[prompt] * len(images) if prompt else None, return_tensors="pt")
+    if inputs is None:
+        inputs = processor_inputs(processor, images, prompt)
+    n = len(inputs["pixel_values"])
     inputs = {k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device)
               for k, v in inputs.items()}  # pixel_values: [B, 3, H, W]
     with torch.inference_mode():
         if do_sample:
-            if len(seeds) != len(images) or num_beams != 1:
+            if len(seeds) != n or num_beams != 1:
                 raise ValueError("sampled captions need one seed per image and num_beams=1")
             out = sampled_generate(model, inputs, seeds, 1.0, max_new_tokens=max_new_tokens)
         else:
@@ -177,14 +183,38 @@ def caption_images(model, processor, images, *, max_new_tokens: int, num_beams: 
     return [clean_caption(t) for t in processor.batch_decode(out, skip_special_tokens=True)]  # out: [B, T]
 
 
+# The fast tokenizer is one Rust object whose padding/truncation state each call sets: two
+# threads must not tokenise at once. Images alone need no lock (decoding and resizing are
+# stateless and release the GIL).
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def processor_inputs(processor, images, prompt: str | None = None) -> dict:
+    """The processor's CPU tensors for PIL ``images`` (and the prompt, if any); thread-safe."""
+    images = list(images)
+    if not prompt:
+        return dict(processor(images=images, return_tensors="pt"))
+    with _TOKENIZER_LOCK:
+        return dict(processor(images=images, text=[prompt] * len(images), return_tensors="pt"))
+
+
 def _load_images(image_paths) -> list:
     from PIL import Image
 
     out = []
     for p in image_paths:
-        with Image.open(p) as im:
-            out.append(im.convert("RGB"))
+        try:
+            with Image.open(p) as im:
+                out.append(im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(f"{p}: cannot read image for captioning ({type(err).__name__}: {err})") from None
     return out
+
+
+def prepare_inputs(processor, image_paths, prompt: str | None = None) -> dict:
+    """Decode, resize and normalise the images at ``image_paths`` on the CPU: what a worker
+    thread does for the batches the GPU will caption next."""
+    return processor_inputs(processor, _load_images(image_paths), prompt)
 
 
 def _run_blip2(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
@@ -197,15 +227,22 @@ def _run_blip2(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
     models.ensure_tiny_checkpoints(P, ["blip2"])
     model, processor = models.load_blip2(P.model_ref("blip2"), P.device, P.dtype)  # checks num_query_tokens
     bar = tqdm(total=len(rows), desc="BLIP-2 captions", unit="img")
-    for batch in shards.batches(rows, c.batch_size):
-        t0 = time.perf_counter()
-        seeds = [shards.item_seed(P.seed, i, SALT) for i in batch["id"]]
-        caps = caption_images(model, processor, _load_images(batch["path"]), max_new_tokens=c.max_new_tokens,
-                              num_beams=c.num_beams, do_sample=c.do_sample, prompt=c.prompt, seeds=seeds)
-        dt = (time.perf_counter() - t0) / len(batch)
-        store.append({"id": i, "caption": cap, "backend": "blip2", "model": P.models.blip2, "seconds": dt}
-                     for i, cap in zip(batch["id"], caps))
-        bar.update(len(batch))
+    # The next batches are decoded and resized on worker threads while the model captions this
+    # one; the inputs are the same as made in line, so are the captions.
+    n_workers = workers.worker_count(P.num_workers)
+    prepared = workers.prefetch_map(lambda b: prepare_inputs(processor, list(b["path"]), c.prompt),
+                                    list(shards.batches(rows, c.batch_size)), n_workers)
+    t0 = time.perf_counter()
+    with closing(prepared):  # a kill or an error stops the workers too
+        for batch, inputs in prepared:
+            seeds = [shards.item_seed(P.seed, i, SALT) for i in batch["id"]]
+            caps = caption_images(model, processor, None, max_new_tokens=c.max_new_tokens, num_beams=c.num_beams,
+                                  do_sample=c.do_sample, prompt=c.prompt, seeds=seeds, inputs=inputs)
+            t1 = time.perf_counter()
+            dt, t0 = (t1 - t0) / len(batch), t1  # wall time per image, waiting for inputs included
+            store.append({"id": i, "caption": cap, "backend": "blip2", "model": P.models.blip2, "seconds": dt}
+                         for i, cap in zip(batch["id"], caps))
+            bar.update(len(batch))
     bar.close()
     return len(rows)
 
@@ -259,6 +296,7 @@ def run_captioning(P, num_shards: int = 1, shard_index: int = 0) -> CaptionRun:
                      for r in have.itertuples())
         copied = len(have)
         captioned = _run_blip2(P, mine[mine["backend"].eq("blip2")], store)
+        record("made", stage="captioning", items=captioned)
     else:
         shards.check_shard(num_shards, 0)
     seconds = time.perf_counter() - t0

@@ -90,8 +90,19 @@ def resolve_stage(stage: str) -> Path:
     raise config.ParamsError(f"--until {stage}: no such stage (known: {known})")
 
 
+def pilot_overrides(args) -> list[str]:
+    """``--pilot N``: the same profile on N originals spread over the styles, in a run directory
+    (and reports folder) of its own, ``<profile>-pilotN``: every stage, real models, the same
+    cluster profile and shard counts, so an integration problem shows in minutes, not after the
+    whole study's GPU-hours."""
+    base = config.load_params(args.profile, args.overrides)
+    return [f"data.sample={args.pilot}", f"profile={base.profile}-pilot{args.pilot}"]
+
+
 def cmd_run(args) -> int:
     """Validate the params, write them if changed, and let Snakemake run what is out of date."""
+    if getattr(args, "pilot", None):
+        args.overrides = list(args.overrides) + pilot_overrides(args)
     P = _load(args)
     cmd = snakemake_command(args, P)  # resolves --until before anything is written
     paths.write_if_changed(P.run.params_file, P.to_yaml())
@@ -152,6 +163,10 @@ def cmd_stage(args) -> int:
     out = Path(args.out) if args.out else runner.reports_dir(P.profile) / f"{nb.stem}.ipynb"
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
     _setup_logging(args.log)
+    if args.log:  # the kernel inherits it: model loads and computed items per job
+        from . import worklog
+
+        worklog.start(args.log)
     extra = {name: _parse_value(value) for name, value in args.parameters}
     try:
         res = runner.execute(nb, out, profile_ref(args.profile), args.overrides, extra,
@@ -199,7 +214,10 @@ def _add_run(sub, parent) -> None:
     p.add_argument("--forceall", action="store_true", help="re-run every stage")
     p.add_argument("--cluster", metavar="PROFILE",
                    help="submit the jobs through a workflow profile: a name under "
-                        "workflow/profiles/ (slurm) or a folder; see docs/cluster.md")
+                        "workflow/profiles/ (slurm) or a folder; see the README, 'Running on a cluster'")
+    p.add_argument("--pilot", type=int, metavar="N",
+                   help="run the profile on N originals (spread over the styles) into its own run "
+                        "directory runs/<profile>-pilotN: do this first on a cluster")
     p.add_argument("--dag", metavar="FILE",
                    help="write the job graph instead of running (.dot, .mmd; .png/.svg/.pdf "
                         "need graphviz)")

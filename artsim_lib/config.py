@@ -161,16 +161,40 @@ def validate(data: dict, origin: str = "<params>") -> Params:
         raise ParamsError(_format_error(err, origin)) from None
 
 
-def load_params(profile: str | os.PathLike = "smoke", overrides: Sequence[str] = ()) -> Params:
-    """Load a profile (a name under ``params/`` or a YAML path), apply ``key=value``
-    overrides and validate. Raises :class:`ParamsError` with a one-line message."""
-    path = profile_path(profile)
+def _merge_into(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, section by section (a mapping value merges, anything else replaces)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge_into(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_profile(path: Path, _seen: tuple = ()) -> dict:
+    """A profile file as a mapping; ``extends: <profile>`` at its top takes that profile's values
+    first, so a profile lists only what it changes (the rehearsal profile extends ``full``)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: the top level must be a mapping")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ParamsError(f"{path}: extends: expected a profile name or YAML path, got {base!r}")
+    with_base = Path(base) if Path(base).is_absolute() else path.parent / base
+    base_path = profile_path(with_base if with_base.suffix in (".yaml", ".yml") else base)
+    if base_path in _seen + (path,):
+        raise ParamsError(f"{path}: extends: {base!r} extends itself")
+    return _merge_into(read_profile(base_path, _seen + (path,)), data)
+
+
+def load_params(profile: str | os.PathLike = "smoke", overrides: Sequence[str] = ()) -> Params:
+    """Load a profile (a name under ``params/`` or a YAML path), apply ``key=value``
+    overrides and validate. Raises :class:`ParamsError` with a one-line message."""
+    path = profile_path(profile)
+    data = read_profile(path)
     validate(data, str(path))  # report file errors against the file, before overrides
     for item in overrides:
         keys, value = parse_override(item)

@@ -240,20 +240,97 @@ def score_pairs(pairs: pd.DataFrame, features: Mapping[str, Mapping], weights: M
                 progress: bool = True) -> pd.DataFrame:
     """``pairs`` with one column per family and ``descriptor`` (the weighted total); each
     distinct (anchor, other) image pair is scored once. ``features`` maps path -> features."""
-    unique = pairs[["anchor_path", "other_path"]].drop_duplicates().reset_index(drop=True)
+    unique = unique_pairs(pairs)
+    return _with_scores(pairs, _score_unique(unique, features, progress), weights)
+
+
+def unique_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The distinct (anchor_path, other_path) image pairs of a pair table, in order of appearance."""
+    return pairs[["anchor_path", "other_path"]].drop_duplicates().reset_index(drop=True)
+
+
+def _score_unique(unique: pd.DataFrame, features: Mapping[str, Mapping], progress: bool = False) -> pd.DataFrame:
     rows = [similarities(features[a], features[b])
             for a, b in tqdm(list(zip(unique["anchor_path"], unique["other_path"])),
                              desc="pair similarities", disable=not progress)]
-    scored = pd.concat([unique, pd.DataFrame(rows, columns=list(FAMILIES))], axis=1)
+    return pd.concat([unique.reset_index(drop=True), pd.DataFrame(rows, columns=list(FAMILIES))], axis=1)
+
+
+def _with_scores(pairs: pd.DataFrame, scored: pd.DataFrame, weights: Mapping[str, float]) -> pd.DataFrame:
     out = pairs.drop(columns=[c for c in MEASURES if c in pairs], errors="ignore")
     out = out.merge(scored, on=["anchor_path", "other_path"], how="left", validate="many_to_one")
     out["descriptor"] = combine(out, weights)
     return out
 
 
+# Distinct images whose features stage 06 holds at once (~30-90 kB each at the full profile's
+# sizes): the pairs are scored in parts, so memory stays bounded however many images there are.
+PART_IMAGES = 2048
+
+
+def pair_parts(unique: pd.DataFrame, max_images: int | None = None) -> list[np.ndarray]:
+    """Row numbers of ``unique`` (anchor_path, other_path) cut into parts that each need at most
+    ``max_images`` distinct images (an anchor's pairs stay in one part, so one anchor with more
+    pairs than that makes a larger part; default :data:`PART_IMAGES`). Every row is in exactly
+    one part."""
+    max_images = max_images or PART_IMAGES
+    parts, current, images = [], [], set()
+    groups = unique.groupby("anchor_path", sort=True).indices  # anchor -> row numbers
+    for anchor, rows in groups.items():
+        need = {anchor, *unique["other_path"].to_numpy()[rows]}
+        if current and len(images | need) > max_images:
+            parts.append(np.sort(np.concatenate(current)))
+            current, images = [], set()
+        current.append(rows)
+        images |= need
+    if current:
+        parts.append(np.sort(np.concatenate(current)))
+    return parts
+
+
+@dataclass
+class StreamedScores:
+    """What :func:`stream_pair_scores` produced."""
+
+    scored: pd.DataFrame   # the unique pairs with one column per family
+    n_images: int
+    n_cached: int          # images whose features came from the cache when first needed
+    extract_seconds: float
+    pair_seconds: float
+
+
+def stream_pair_scores(unique: pd.DataFrame, cfg, cache_root, workers: int = 1,
+                       max_images: int | None = None, progress: bool = True) -> StreamedScores:
+    """Score the image pairs of ``unique`` part by part (:func:`pair_parts`): each part's
+    features are extracted (or read from the per-image cache under ``cache_root``), its pairs
+    scored, and the features dropped before the next part. The numbers are those of scoring all
+    pairs with all features in memory; an image needed by several parts is computed once and
+    then read from the cache."""
+    from .descriptors import extract_many
+
+    seen: set[str] = set()
+    n_cached, t_extract, t_pairs, scored = 0, 0.0, 0.0, []
+    parts = pair_parts(unique, max_images)
+    for rows in tqdm(parts, desc="descriptor parts", disable=not progress or len(parts) < 2):
+        part = unique.iloc[rows]
+        images = sorted(set(part["anchor_path"]) | set(part["other_path"]))
+        t0 = time.perf_counter()
+        feats, hits = extract_many(images, cfg, cache_root, workers, "descriptors")
+        first = np.array([p not in seen for p in images], dtype=bool)
+        n_cached += int((hits & first).sum())
+        seen.update(images)
+        t1 = time.perf_counter()
+        scored.append(_score_unique(part, dict(zip(images, feats)), progress and len(parts) < 2))
+        del feats  # this part's features: gone before the next part's are read
+        t_extract, t_pairs = t_extract + t1 - t0, t_pairs + time.perf_counter() - t1
+    out = (pd.concat(scored, ignore_index=True) if scored
+           else pd.DataFrame(columns=["anchor_path", "other_path", *FAMILIES]))
+    return StreamedScores(out, len(seen), n_cached, t_extract, t_pairs)
+
+
 def triplet_scores(pairs: pd.DataFrame, measure: str) -> pd.DataFrame:
     """One row per triplet: ``s_pos`` and ``s_neg`` of ``measure`` and the triplet's columns."""
-    wide = pairs.pivot(index="triplet_id", columns="role", values=measure)
+    wide = pairs.pivot(index="triplet_id", columns="role", values=measure).reindex(columns=["positive", "negative"])
     meta = pairs[pairs["role"] == "positive"].set_index("triplet_id")[["anchor_id", "split", "level",
                                                                         "negative_kind"]]
     return meta.join(wide.rename(columns={"positive": "s_pos", "negative": "s_neg"}))
@@ -299,18 +376,18 @@ def stage_meta(P, triplets: pd.DataFrame) -> dict:
 
 
 def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
-    """Stage 06: features of every image in ``triplets`` (cached, in parallel), the per-pair
-    similarities, weights fitted on the train split; writes ``descriptors/pair_similarity.parquet``
-    and ``descriptors/fitted_weights.json`` under the run directory."""
-    from . import paths
-    from .descriptors import extract_many
+    """Stage 06: features of every image in ``triplets`` (cached, in parallel, streamed in parts
+    of at most :data:`PART_IMAGES` images), the per-pair similarities, weights fitted on the
+    train split; writes ``descriptors/pair_similarity.parquet`` and
+    ``descriptors/fitted_weights.json`` under the run directory."""
+    from . import paths, workers
 
     cfg, out_dir = P.descriptors, P.run.sub("descriptors")
-    images = sorted(set(triplets["anchor_path"]) | set(triplets["positive_path"]) | set(triplets["negative_path"]))
-    t0 = time.perf_counter()
-    feats, hits = extract_many(images, cfg, out_dir / "cache", cfg.workers)
+    table = pair_rows(triplets)
+    n_workers = workers.worker_count(cfg.workers)  # never more processes than the allocation has CPUs
+    streamed = stream_pair_scores(unique_pairs(table), cfg, out_dir / "cache", n_workers, progress=progress)
     t1 = time.perf_counter()
-    pairs = score_pairs(pair_rows(triplets), dict(zip(images, feats)), cfg.weights, progress)
+    pairs = _with_scores(table, streamed.scored, cfg.weights)
     train = pairs[pairs["split"] == "train"]
     fitted = fit_weights(train if len(train) else pairs, cfg.fit_l2)
     fitted.update(fit_split="train" if len(train) else "all", param_weights=normalise_weights(cfg.weights))
@@ -318,10 +395,10 @@ def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
     accuracy = accuracy_table(pairs, MEASURES + ("descriptor_fitted",))
     fitted["accuracy"] = {m: {k: (None if np.isnan(v) else float(v)) for k, v in col.items()}
                           for m, col in accuracy.items()}
-    t2 = time.perf_counter()
     paths.atomic_write_text(fitted_weights_path(P.run.root), json.dumps(fitted, indent=2))
     paths.write_parquet(pairs, out_dir / "pair_similarity.parquet", stage_meta(P, triplets))
-    return DescriptorResult(pairs, fitted, accuracy, len(images), int(hits.sum()), t1 - t0, t2 - t1)
+    return DescriptorResult(pairs, fitted, accuracy, streamed.n_images, streamed.n_cached,
+                            streamed.extract_seconds, streamed.pair_seconds + time.perf_counter() - t1)
 
 
 def require_pair_similarity(P) -> pd.DataFrame:

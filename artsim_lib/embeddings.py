@@ -7,8 +7,13 @@ split and measure. The cache lives in the run directory::
     embeddings/<model-key>/shard-III-of-NNN/part-*.parquet hash, embedding, seconds
     embeddings/<model-key>/images.parquet                  id, path, hash, embedding (merged)
 
-``<model-key>`` is the checkpoint's name and a hash of its configs, weights and dtype (another
-model: a cold cache); rows are keyed by the SHA-256 of the image file (an edited image misses).
+``<model-key>`` is the checkpoint's name and a hash of its configs and weights (another model: a
+cold cache); rows are keyed by the SHA-256 of the image file (an edited image misses). The key is
+what the embeddings are *of*, not where they were made: the dtype a job ran in (float16 on GPU
+nodes, float32 on CPU ones) is recorded in each row's ``dtype`` and a reader casts to float32,
+so a CPU job reads a GPU job's cache instead of recomputing it. Fingerprints come from the
+manifests (stage 02 and 05 record each image's SHA-256 when they write it); only an image
+without one is read to hash it.
 Extraction is sharded and resumable like stages 03 and 05: a shard takes the images whose *id*
 hashes to it and appends each batch as an atomic part. Every forward pass sees exactly
 ``batch_size`` images (the last batch is padded), so an embedding does not depend on its batch
@@ -34,6 +39,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import config, models, paths, shards
+from .worklog import record
+from .workers import worker_count
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _WEIGHT_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: weights are large
@@ -43,13 +50,7 @@ _CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.js
 # -- content hashes and model identity -------------------------------------------------------------
 
 
-def file_hash(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_hash = paths.file_sha256  # SHA-256 of a file's bytes (hex)
 
 
 def hash_files(paths_: Sequence[str], workers: int = 1) -> list[str]:
@@ -80,8 +81,8 @@ def model_dir(ref: str) -> Path:
 
 
 def model_identity(ref: str, dtype: torch.dtype | str = torch.float32) -> dict:
-    """What the embeddings depend on: the checkpoint's name, the hashes of its config,
-    preprocessing config and weight files, and the dtype it runs in."""
+    """The checkpoint's name, the hashes of its config, preprocessing config and weight files
+    (what the embeddings depend on), and, as provenance, its ref and the dtype it runs in."""
     folder = model_dir(ref)  # weights: model.safetensors or its shards (not fp16 variants), else *.bin
     weights = sorted(p for p in folder.glob("*.safetensors") if p.name.count(".") == 1) or sorted(folder.glob("*.bin"))
     if not weights:
@@ -92,9 +93,12 @@ def model_identity(ref: str, dtype: torch.dtype | str = torch.float32) -> dict:
     return {"name": name, "ref": str(ref), "dtype": str(dtype).removeprefix("torch."), "files": files}
 
 
+KEY_FIELDS = ("name", "files")  # not the ref's folder, not the dtype: see the module docstring
+
+
 def model_key(identity: dict) -> str:
-    """``<name>-<12 hex>``: the cache folder of one model identity (the ref's folder does not count)."""
-    blob = json.dumps({k: identity[k] for k in ("name", "dtype", "files")}, sort_keys=True)
+    """``<name>-<12 hex>``: the cache folder of one model identity."""
+    blob = json.dumps({k: identity[k] for k in KEY_FIELDS}, sort_keys=True)
     return f"{identity['name']}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -259,16 +263,29 @@ class ExtractResult:
         return self.misses / self.seconds if self.seconds > 0 else float("nan")
 
 
+def with_hashes(images: pd.DataFrame, workers: int = 1) -> pd.DataFrame:
+    """``images`` (id, path[, hash]) with every ``hash`` filled: the recorded fingerprints as they
+    are, a file read only for a row without one."""
+    images = images.drop_duplicates("id").sort_values("id").reset_index(drop=True)
+    images["path"] = images["path"].astype(str)
+    known = images["hash"] if "hash" in images else pd.Series(None, index=images.index, dtype=object)
+    todo = known.isna().to_numpy()
+    hashes = known.astype(object).to_numpy().copy()
+    if todo.any():
+        hashes[todo] = hash_files(list(images.loc[todo, "path"]), max(1, workers))
+    images["hash"] = hashes
+    return images[["id", "path", "hash"]]
+
+
 def extract(encoder: Encoder, images: pd.DataFrame, root: str | Path, num_shards: int = 1,
             shard_index: int = 0, batch_size: int = 32, workers: int = 0) -> ExtractResult:
-    """Embed the images (``id``, ``path``) of shard ``shard_index`` that are not cached yet, one
-    atomic part per batch. When every image of every shard is cached, the merged table (id, path,
-    hash, embedding, sorted by id) is written to ``<root>/images.parquet`` and returned.
-    ``shard_index=-1`` only merges, and fails when images are missing."""
+    """Embed the images (``id``, ``path``, optionally their recorded ``hash``) of shard
+    ``shard_index`` that are not cached yet, one atomic part per batch. When every image of every
+    shard is cached, the merged table (id, path, hash, embedding, dtype, sorted by id) is written
+    to ``<root>/images.parquet`` and returned. ``shard_index=-1`` only merges, and fails when
+    images are missing."""
     root = Path(root)
-    images = images[["id", "path"]].drop_duplicates("id").sort_values("id").reset_index(drop=True)
-    images["path"] = images["path"].astype(str)
-    images["hash"] = hash_files(list(images["path"]), max(1, workers))
+    images = with_hashes(images, workers)
     merge_only = shard_index == -1
     own = images if merge_only else shards.select_shard(images, num_shards, shard_index)
     cached = cached_hashes(root)
@@ -277,11 +294,15 @@ def extract(encoder: Encoder, images: pd.DataFrame, root: str | Path, num_shards
     t0 = last = time.perf_counter()
     if len(todo) and not merge_only:
         store = shards.ShardStore(root, num_shards, shard_index, key="hash")
+        dtype = encoder.identity.get("dtype")  # provenance: the cache is read in float32 whatever it was
         for sl, emb in encode(encoder, list(todo["path"]), batch_size, workers):
             each = (time.perf_counter() - last) / len(emb)  # per image: loading, preprocessing, forward
-            store.append({"hash": h, "embedding": e, "seconds": each} for h, e in zip(todo["hash"].iloc[sl], emb))
+            store.append({"hash": h, "embedding": e, "seconds": each, "dtype": dtype}
+                         for h, e in zip(todo["hash"].iloc[sl], emb))
             last = time.perf_counter()
     seconds = last - t0
+    if len(todo) and not merge_only:
+        record("made", stage="embeddings", items=len(todo), model=encoder.key)
     missing = sorted(set(images["hash"]) - cached_hashes(root))
     if merge_only and missing:
         raise RuntimeError(f"{root}: {len(missing)} of {images['hash'].nunique()} images have no "
@@ -294,23 +315,30 @@ def extract(encoder: Encoder, images: pd.DataFrame, root: str | Path, num_shards
 
 
 def _merge(images: pd.DataFrame, root: Path, target: Path, key: str) -> pd.DataFrame:
-    """The merged per-image table, written to ``target`` unless it is already current."""
-    items = "\n".join(sorted(images["id"] + "\t" + images["path"] + "\t" + images["hash"]))
+    """The merged per-image table, written to ``target`` unless it is already current. Its key is
+    the ids and contents, not the paths: a moved or copied run directory keeps it."""
+    items = "\n".join(sorted(images["id"] + "\t" + images["hash"]))
     meta = {"model_key": key, "items": hashlib.sha256(items.encode()).hexdigest()}
     if paths.is_current(target, meta):
-        return pd.read_parquet(target)
-    cache = read_cache(root)[["hash", "embedding"]]
+        table = pd.read_parquet(target)
+        return table.drop(columns="path").merge(images[["id", "path"]], on="id")[list(table.columns)]
+    cache = read_cache(root).reindex(columns=["hash", "embedding", "dtype"])
     table = images.merge(cache, on="hash", how="left", validate="many_to_one")
     paths.write_parquet(table, target, meta)
     return table
 
 
 def stage_images(manifest: pd.DataFrame, triplets: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The images stage 08 embeds: every original (id, path) and every derivative in the
-    triplets (pair_id, path), one row per image id."""
-    frames = [manifest[["id", "path"]]] + [
-        triplets[[f"{k}_id", f"{k}_path"]].set_axis(["id", "path"], axis=1)
-        for k in ("anchor", "positive", "negative") if triplets is not None]
+    """The images stage 08 embeds: every original (id, path, hash) and every derivative in the
+    triplets (pair_id, path, hash), one row per image id; ``hash`` is the fingerprint stage 02/05
+    recorded (None where a table has none)."""
+    def cols(table, prefix=""):
+        out = table[[f"{prefix}id", f"{prefix}path"]].set_axis(["id", "path"], axis=1)
+        out["hash"] = table[f"{prefix}sha256"] if f"{prefix}sha256" in table else None
+        return out
+
+    frames = [cols(manifest)] + [cols(triplets, f"{k}_") for k in ("anchor", "positive", "negative")
+                                 if triplets is not None]
     out = pd.concat(frames, ignore_index=True).drop_duplicates("id")
     return out.sort_values("id").reset_index(drop=True)
 
@@ -321,9 +349,10 @@ def require_embeddings(P, images: pd.DataFrame, num_shards: int = 1, shard_index
     read from or added to ``<run>/embeddings/<model-key>/``."""
     encoder = encoder or load_encoder(P)
     root = P.run.sub("embeddings", encoder.key)
-    paths.write_if_changed(root / "model.json", json.dumps(encoder.identity, indent=1, sort_keys=True))
+    what = {k: encoder.identity[k] for k in KEY_FIELDS}  # the same from every job, whatever its dtype
+    paths.write_if_changed(root / "model.json", json.dumps(what, indent=1, sort_keys=True))
     return extract(encoder, images, root, num_shards, shard_index, batch_size=P.siamese.embed_batch_size,
-                   workers=P.num_workers)
+                   workers=worker_count(P.num_workers))
 
 
 # -- the 'clip' measure -----------------------------------------------------------------------------
@@ -343,23 +372,32 @@ class ClipMeasure:
         self.encoder, self.head, self.name, self.batch_size = encoder, head, name, batch_size
         self.cache_root = Path(cache_root) if cache_root else None
         self._cache: dict[str, np.ndarray] | None = None
+        self._known: dict[str, str] = {}  # path -> fingerprint, from the run's images.parquet
 
     def clip_embed(self, images) -> np.ndarray:
         """Raw CLIP embeddings. # [N, D]"""
         if self._cache is None:
             table = read_cache(self.cache_root) if self.cache_root else pd.DataFrame(columns=["hash", "embedding"])
             self._cache = dict(zip(table["hash"], embedding_matrix(table)))
+            known = self.cache_root / "images.parquet" if self.cache_root else None
+            if known is not None and known.exists():  # stage 08's table: path -> recorded fingerprint
+                t = pd.read_parquet(known, columns=["path", "hash"])
+                self._known = dict(zip(t["path"].astype(str), t["hash"]))
         items = [images] if _is_single(images) else list(images)
         items = [Image.fromarray(np.asarray(x, np.uint8)) if isinstance(x, np.ndarray) else
                  x if isinstance(x, Image.Image) else str(x) for x in items]
         out = np.zeros((len(items), self.encoder.dim), np.float32)
         files = [i for i, x in enumerate(items) if isinstance(x, str)]
-        hashes = dict(zip(files, hash_files([items[i] for i in files])))
+        hashes = {i: self._known[items[i]] for i in files if items[i] in self._known}
+        unknown = [i for i in files if i not in hashes]
+        hashes.update(zip(unknown, hash_files([items[i] for i in unknown])))
         todo = [i for i in range(len(items)) if hashes.get(i) not in self._cache]
         for i in set(files) - set(todo):
             out[i] = self._cache[hashes[i]]
         for sl, emb in encode(self.encoder, [items[i] for i in todo], self.batch_size):
             out[todo[sl]] = emb
+        if todo:
+            record("made", stage="clip_measure", items=len(todo), model=self.encoder.key)
         return out
 
     @torch.no_grad()

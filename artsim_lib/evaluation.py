@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .workers import worker_count
 from . import config, metrics, paths
 from .evaluation_scoring import (EvalSet, PairHeadMeasure, Scores, load_measures, require_inputs,  # noqa: F401
                                  run_model_ref, run_params, score_all, test_set, unavailable_as_such)
@@ -304,8 +305,10 @@ def evaluate_set(es: EvalSet, measures: dict[str, Measure], cfg=None, seed: int 
 
 # -- stage 09 on a run -------------------------------------------------------------------------------------
 def evaluation_meta(P) -> dict:
-    """What the evaluation files depend on: the evaluation params and the seed."""
-    return paths.json_roundtrip({"evaluation": P.evaluation.model_dump(mode="json"), "seed": P.seed})
+    """What the evaluation files depend on: the evaluation params (not batch size or workers,
+    which only schedule the work) and the seed."""
+    cfg = P.evaluation.model_dump(mode="json", exclude={"batch_size", "workers"})
+    return paths.json_roundtrip({"evaluation": cfg, "seed": P.seed})
 
 
 def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
@@ -322,7 +325,7 @@ def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
     if measures is None:
         measures, skipped = load_measures(P.evaluation.measures, P.run.root)
     result = evaluate_set(es, measures, P.evaluation, P.seed, skipped, P.run.root / "descriptors" / "cache",
-                          P.evaluation.workers)
+                          worker_count(P.evaluation.workers))  # never more than the allocation
     write_outputs(result, P)
     return result
 

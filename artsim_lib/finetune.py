@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import models, paths, training
+from .workers import worker_count
 from .image_batches import Augment, ImageTransform, make_loader, open_rgb, pixel_batch, sized_processor
 
 INFO_FILE = "finetune_params.json"  # beside the weights in best/: the params and classes
@@ -243,7 +244,7 @@ def load_classifier(directory, device="cpu"):
 def _loaders(df, tf_train, tf_eval, cfg, P, epoch):
     """The epoch's shuffled, augmented train loader and the fixed val/test loaders."""
     tr = df[df["split"] == "train"]
-    kw = {"batch_size": cfg.batch_size, "num_workers": P.num_workers}
+    kw = {"batch_size": cfg.batch_size, "num_workers": worker_count(P.num_workers)}
     out = {"train": make_loader(tr["path"], tr["label"], tf_train, shuffle=True,
                                 seed=training.epoch_seed(P.seed, epoch), drop_last=len(tr) > cfg.batch_size, **kw)}
     for split in ("val", "test"):

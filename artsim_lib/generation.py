@@ -36,9 +36,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import augment, data, paths, shards
+from .worklog import record
+from .workers import worker_count
 
-COLUMNS = ["pair_id", "original_id", "level", "family", "strength", "prompt", "seed", "path", "seconds",
-           "nan_flag", "black_flag", "backend", "split", "style", "artist", "op"]
+COLUMNS = ["pair_id", "original_id", "level", "family", "strength", "prompt", "seed", "path", "sha256", "seconds",
+           "nan_flag", "black_flag", "backend", "split", "style", "artist", "op", "device", "dtype"]
+MADE = ("seconds", "nan_flag", "black_flag", "sha256", "device", "dtype")  # known once an image is made
 SALT = "generation"  # item_seed salt
 _GENERATED = re.compile(r"^(?P<name>.+?)(?:_resize\d+)?_generated$", re.IGNORECASE)
 
@@ -49,7 +52,10 @@ def pairs_path(P) -> Path:
 
 
 def generation_meta(P) -> dict:
-    """What ``pairs.parquet`` and its images depend on (batch size does not count)."""
+    """What ``pairs.parquet`` and its images depend on. Where and how a job ran (device, dtype,
+    batch size, shard and worker counts) does not count: a merge job on a CPU node finds the
+    parts that GPU shard jobs made in float16, and later CPU stages read the pairs as they are.
+    The device and dtype of each image are recorded in its row instead."""
     from .data.preprocess import manifest_key
 
     g = P.generation
@@ -59,12 +65,9 @@ def generation_meta(P) -> dict:
         meta["augment"] = {"families": list(g.augment_families), "strengths": list(g.augment_strengths),
                            "version": 1}
     elif g.backend == "sdxl":
-        from . import models
         from .prompting import prompt_meta
 
-        dev = models.pick_device(P.device)
-        meta["sdxl"] = {"model": P.models.sdxl_refiner, "vae": g.vae, "variant": g.variant, "device": dev.type,
-                        "dtype": str(models.pick_dtype(P.dtype, dev)),
+        meta["sdxl"] = {"model": P.models.sdxl_refiner, "vae": g.vae, "variant": g.variant,
                         **g.model_dump(include={"strength", "steps", "guidance_scale", "aesthetic_score",
                                                 "negative_aesthetic_score", "negative_prompt", "size"})}
         meta["prompts"] = prompt_meta(P)
@@ -254,15 +257,27 @@ def _maker(P):
     return (lambda r: np.asarray(augment.transform(original(r.src), r.op, r.strength, r.seed))), None
 
 
-def _save(image, target: str, size: int, black_max: float) -> tuple[bool, bool]:
-    """Save an image array as a PNG at ``size`` (atomically); return its flags."""
-    flags = image_flags(image, black_max)
+def _save(image, target: str, size: int, black_max: float) -> tuple[bool, bool, str]:
+    """Save an image array as a PNG at ``size`` (atomically); return its flags and fingerprint."""
+    import io
+
+    nan, black = image_flags(image, black_max)
     img = Image.fromarray(to_uint8(image))
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.LANCZOS)
-    with paths.atomic_path(target) as tmp:
-        img.save(tmp, format="PNG", compress_level=1)  # lossless; level 1 is ~3x faster than 6
-    return flags
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)  # lossless; level 1 is ~3x faster than 6
+    return nan, black, paths.write_bytes_fingerprinted(target, buf.getvalue())
+
+
+def _ran_on(P) -> dict:
+    """Provenance of the images a job makes: device and dtype (sdxl), recorded, never keyed."""
+    if P.generation.backend != "sdxl":
+        return {"device": "cpu", "dtype": None}
+    from . import models
+
+    dev = models.pick_device(P.device)
+    return {"device": dev.type, "dtype": str(models.pick_dtype(P.dtype, dev)).removeprefix("torch.")}
 
 
 def _run_jobs(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
@@ -272,10 +287,11 @@ def _run_jobs(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
         return 0
     per_item, per_batch = _maker(P)
     size, black_max = P.preprocess.size, P.generation.black_max
+    ran = _ran_on(P)
     # sdxl takes one strength per call: its batches never mix levels.
     groups = rows.groupby("strength", sort=True) if per_batch else [(None, rows)]
     bar = tqdm(total=len(rows), desc=f"generate ({P.generation.backend})", unit="img")
-    with ThreadPoolExecutor(max_workers=P.num_workers) as pool:
+    with ThreadPoolExecutor(max_workers=worker_count(P.num_workers)) as pool:
         for _, same in groups:
             for batch in shards.batches(same, P.generation.batch_size):
                 t0 = time.perf_counter()
@@ -286,11 +302,12 @@ def _run_jobs(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
                 else:
                     flags = list(pool.map(lambda r: _save(per_item(r), r.path, size, black_max), items))
                 dt = (time.perf_counter() - t0) / len(items)
-                store.append({**{c: getattr(r, c) for c in COLUMNS if c not in ("seconds", "nan_flag", "black_flag")},
-                              "seconds": dt, "nan_flag": nan, "black_flag": black}
-                             for r, (nan, black) in zip(items, flags))
+                store.append({**{c: getattr(r, c) for c in COLUMNS if c not in MADE},
+                              "seconds": dt, "nan_flag": nan, "black_flag": black, "sha256": digest, **ran}
+                             for r, (nan, black, digest) in zip(items, flags))
                 bar.update(len(items))
     bar.close()
+    record("made", stage="generation", items=len(rows))
     return len(rows)
 
 
@@ -317,7 +334,10 @@ def _merged(root: Path, jobs: pd.DataFrame) -> pd.DataFrame:
     if not any(root.glob("shard-*/part-*.parquet")):
         return pd.DataFrame(columns=COLUMNS)
     merged = shards.merge(root, key="pair_id")
-    return merged[merged["pair_id"].isin(jobs["pair_id"])][COLUMNS].reset_index(drop=True)
+    merged = merged[merged["pair_id"].isin(jobs["pair_id"])].reindex(columns=COLUMNS).reset_index(drop=True)
+    old = merged["sha256"].isna()  # parts written before images were fingerprinted
+    merged.loc[old, "sha256"] = [paths.file_sha256(p) for p in merged.loc[old, "path"]]
+    return merged
 
 
 def run_generation(P, num_shards: int = 1, shard_index: int = 0) -> GenerationRun:

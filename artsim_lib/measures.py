@@ -211,6 +211,7 @@ def as_measure(obj) -> Measure:
 # -- provenance of a measure's weights (issue 11) ------------------------------------------------------
 # What each row of stage 09 rests on: 'real-pretrained' (real weights, used as they are),
 # 'tiny-random' (a tiny, randomly initialised stand-in: the smoke profile's CLIP/ResNet),
+# 'rehearsal-random' (the rehearsal profile's full-size architectures with random weights),
 # 'trained-here' (learnt in this run; 'on ...' says from what), or 'handcrafted' (no model).
 HANDCRAFTED = ("ssim", "colour", "texture", "edges", "shape", "descriptor")
 
@@ -221,6 +222,8 @@ def _model_weights(P, kind: str) -> str:
         return "real-pretrained"
     from .models import tiny_marker
 
+    if getattr(P.models, "build_rehearsal", False):  # the rehearsal's full-size checkpoints, random weights
+        return "rehearsal-random"
     ref = P.model_ref(kind)
     return "tiny-random" if (P.models.build_tiny or tiny_marker(ref) is not None) else "real-pretrained"
 

@@ -26,11 +26,15 @@ class DataParams(_Section):
     hf_dataset: str = "huggan/wikiart"
     hf_split: str = "train"
     limit: int | None = Field(None, ge=1, description="use only the first N rows (None: all)")
+    # A seeded sample of N rows spread over the styles (`artsim run --pilot N` sets it).
+    sample: int | None = Field(None, ge=1)
     synthart: SynthArtParams = SynthArtParams()
 
 
 class ModelParams(_Section):
     build_tiny: bool = False  # build seeded tiny checkpoints at these paths when missing
+    # Build the full study's models in the hub's layouts with random weights (the rehearsal profile).
+    build_rehearsal: bool = False
     clip: str = "openai/clip-vit-base-patch32"
     blip2: str = "Salesforce/blip2-opt-2.7b"
     sdxl_refiner: str = "stabilityai/stable-diffusion-xl-refiner-1.0"
@@ -254,18 +258,26 @@ class WorkflowParams(_Section):
     # one job. Only stages whose notebook has a num_shards parameter shard (03, 05, 08).
     # Scheduling only: stages do not re-run when it changes, and results do not depend on it.
     shards: dict[str, int] = Field(default_factory=dict)
+    # Stage number -> the dtype its GPU jobs run in (its one job, or its shard jobs; never its
+    # merge job), in place of `dtype` there: what a cluster's GPU nodes do with dtype auto. The
+    # rehearsal profile mixes dtypes so on one CPU machine. Artifacts do not depend on where or in
+    # which dtype a job ran (a reader casts), so this does not re-key anything.
+    job_dtype: dict[str, Literal["float32", "float16", "bfloat16"]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _int_keys(cls, data: Any) -> Any:
         # YAML reads an unquoted 03 as the integer 3: take it as stage "03".
-        if isinstance(data, dict) and isinstance(data.get("shards"), dict):
-            data = {**data, "shards": {f"{k:02d}" if type(k) is int else k: v
-                                       for k, v in data["shards"].items()}}
+        for key in ("shards", "job_dtype"):
+            if isinstance(data, dict) and isinstance(data.get(key), dict):
+                data = {**data, key: {f"{k:02d}" if type(k) is int else k: v for k, v in data[key].items()}}
         return data
 
     @model_validator(mode="after")
     def _check_shards(self) -> "WorkflowParams":
+        for stage in self.job_dtype:
+            if not (len(stage) == 2 and stage.isdigit()):
+                raise ValueError(f"job_dtype: {stage!r} is not a two-digit stage number like '03'")
         for stage, n in self.shards.items():
             if not (len(stage) == 2 and stage.isdigit()):
                 raise ValueError(f"shards: {stage!r} is not a two-digit stage number like '03'")

@@ -129,6 +129,26 @@ class RunDir:
 _META_KEY = b"artsim"
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex): an image's content fingerprint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bytes_fingerprinted(target: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``target`` atomically; return its SHA-256 (no second read of the file)."""
+    import hashlib
+
+    with atomic_path(target) as tmp:
+        Path(tmp).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_parquet(df, target: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write ``df`` to ``target`` atomically, with ``meta`` (JSON-able: typically the params
     that produced it) stored in the file so a later stage can tell whether it is stale."""

@@ -37,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import losses, models, paths, training
+from .workers import worker_count
 from .image_batches import ImageTransform, make_loader, open_rgb, pixel_batch
 from .training import TrainResult
 
@@ -276,16 +277,17 @@ def _sources(model, images, tf, setup, cfg, P, key: tuple | None = None):
         if key is not None and key in _FEATURES:
             feats = _FEATURES[key].to(setup.device)
         else:
-            feats = _backbone_features(model, images, tf, setup, cfg.batch_size, P.num_workers)  # [N, D]
+            feats = _backbone_features(model, images, tf, setup, cfg.batch_size,
+                                       worker_count(P.num_workers))  # [N, D]
             _FEATURES.clear()
             if key is not None:
                 _FEATURES[key] = feats.cpu()
         return (lambda ix: feats[torch.as_tensor(ix)]), True
     if len(images) * 3 * tf.size ** 2 * 4 <= PIXEL_CACHE_BYTES:
         pixels = torch.cat([x for x, _ in make_loader(images, None, tf, cfg.batch_size,
-                                                      num_workers=P.num_workers)])  # [N, 3, S, S]
+                                                      num_workers=worker_count(P.num_workers))])  # [N, 3, S, S]
         return (lambda ix: pixels[torch.as_tensor(ix)].to(setup.device)), False
-    pool = ThreadPoolExecutor(max_workers=P.num_workers)  # PIL decodes and resizes without the GIL
+    pool = ThreadPoolExecutor(max_workers=worker_count(P.num_workers))  # PIL decodes and resizes without the GIL
     return (lambda ix: torch.stack(list(pool.map(tf, [images[i] for i in ix]))).to(setup.device)), False
 
 

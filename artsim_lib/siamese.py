@@ -372,8 +372,10 @@ def load_clip_siamese(run_dir: str | Path, split: str | None = None) -> embeddin
         raise FileNotFoundError(f"{folder}: no trained CLIP siamese head (run stage 08 first)")
     model, cfg = load_head(folder)
     if cfg.get("clip_key") not in (None, encoder.key):
-        raise ValueError(f"{folder} was trained on CLIP {cfg['clip_key']}, but the run's CLIP is "
-                         f"{encoder.key}: re-run stage 08")
+        from .measures import MeasureUnavailableError  # evaluation skips it and says why
+
+        raise MeasureUnavailableError(f"{folder} was trained on CLIP {cfg['clip_key']}, but the run's CLIP is "
+                                      f"{encoder.key}: re-run stage 08")
     return embeddings.ClipMeasure(encoder, model.head, "clip_siamese", Path(run_dir) / "embeddings" / encoder.key,
                                   P.siamese.embed_batch_size)
 

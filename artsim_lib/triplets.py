@@ -24,7 +24,7 @@ import pandas as pd
 from . import data, paths, shards
 
 COLUMNS = ["triplet_id", "anchor_id", "anchor_path", "positive_id", "positive_path", "negative_id", "negative_path",
-           "negative_kind", "level", "family", "strength", "backend", "split", "style", "artist"]
+           "anchor_sha256", "positive_sha256", "negative_sha256", "negative_kind", "level", "family", "strength", "backend", "split", "style", "artist"]
 KINDS = ("random", "same_style", "same_artist")
 SALT = "triplets"
 
@@ -106,8 +106,8 @@ def build_triplets(pairs: pd.DataFrame, manifest: pd.DataFrame, kinds=KINDS, per
             picks = options[rng.choice(len(options), size=min(per_kind, len(options)), replace=False)]
             short.append((cand.split[a], kind, per_kind, len(picks)))
             for k, n in enumerate(picks):
-                rows.append((f"{p.pair_id}|{kind}|{k}", p.original_id, a, p.pair_id, p.path, n, kind,
-                             p.level, p.family, p.strength, p.backend))
+                rows.append((f"{p.pair_id}|{kind}|{k}", p.original_id, a, p.pair_id, p.path,
+                             getattr(p, "sha256", None), n, kind, p.level, p.family, p.strength, p.backend))
     out = _frame(rows, cand)
     shortfall = pd.DataFrame(short, columns=["split", "kind", "wanted", "drawn"]).groupby(
         ["split", "kind"], as_index=False)[["wanted", "drawn"]].sum()
@@ -116,7 +116,7 @@ def build_triplets(pairs: pd.DataFrame, manifest: pd.DataFrame, kinds=KINDS, per
 
 
 def _frame(rows: list[tuple], cand: _Candidates) -> pd.DataFrame:
-    cols = ["triplet_id", "anchor_id", "_a", "positive_id", "positive_path", "_n", "negative_kind",
+    cols = ["triplet_id", "anchor_id", "_a", "positive_id", "positive_path", "positive_sha256", "_n", "negative_kind",
             "level", "family", "strength", "backend"]
     t = pd.DataFrame(rows, columns=cols)
     m = cand.m
@@ -124,6 +124,9 @@ def _frame(rows: list[tuple], cand: _Candidates) -> pd.DataFrame:
     t["anchor_path"] = m["path"].astype(str).to_numpy()[a]
     t["negative_id"] = m["id"].astype(str).to_numpy()[n]
     t["negative_path"] = m["path"].astype(str).to_numpy()[n]
+    # Fingerprints travel with the paths (stage 02 and 05 wrote them), so stage 08 reads no image twice.
+    sha = m["sha256"].to_numpy(dtype=object) if "sha256" in m else np.full(len(m), None, dtype=object)
+    t["anchor_sha256"], t["negative_sha256"] = sha[a], sha[n]
     t["split"], t["style"], t["artist"] = cand.split[a], cand.style[a], cand.artist[a]
     return t[COLUMNS].sort_values("triplet_id", kind="stable").reset_index(drop=True)
 

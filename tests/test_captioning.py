@@ -132,6 +132,32 @@ def test_a_prompt_prefix_starts_every_caption(run):
     assert caps["caption"].str.startswith("a painting of ").all()
 
 
+@pytest.mark.parametrize("prompt", [None, "a painting of"])
+def test_prefetching_workers_change_no_caption(run, monkeypatch, prompt):
+    from artsim_lib import workers
+
+    extra = [f"captioning.prompt={prompt}"] if prompt else []
+    counts, captions = [], []
+    for n in (0, 1, 3):  # 0: decoded in line, as before the prefetch
+        monkeypatch.setattr(workers, "worker_count", lambda requested=None, n=n: counts.append(n) or n)
+        shutil.rmtree(run / "captioning", ignore_errors=True)  # caption everything again
+        captions.append(captioning.run_captioning(_params(*extra)).captions)
+    assert counts == [0, 1, 3]
+    assert captions[0]["caption"].tolist() == captions[1]["caption"].tolist() == captions[2]["caption"].tolist()
+    assert captions[0]["caption"].nunique() > 1
+
+
+def test_an_unreadable_image_is_named(run):
+    P = _params()
+    manifest = data.require_manifest(P)
+    bad = manifest["path"].iloc[4]
+    with open(bad, "wb") as fh:
+        fh.write(b"not an image")
+    with pytest.raises(ValueError, match=f"{bad}: cannot read image"):
+        captioning.run_captioning(P)
+    assert len(captioning.partial_captions(P)) == 3  # the batch before the bad one is kept
+
+
 def test_processor_and_model_must_agree_on_query_tokens(run):
     P = _params()
     cfg_file = P.path(P.models.blip2) / "processor_config.json"

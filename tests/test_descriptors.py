@@ -1,6 +1,7 @@
 """Stage 06 on SynthArt paintings and simple PIL edits: every family's invariants, the weighted
 total, the cache, parallel extraction, the weight fit and the stage's outputs."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,35 @@ def test_stage_writes_the_pair_table_and_the_fitted_weights(paintings, tmp_path,
     P2 = config.load_params("smoke", ["descriptors.workers=1", "descriptors.weights.colour=1.0"])
     assert not paths.is_current(target, dsim.stage_meta(P2, trip))
     assert dsim.run(P, trip, progress=False).n_cached == 18
+
+
+def test_streamed_parts_score_as_all_features_in_memory(paintings, tmp_path, run_dir, monkeypatch):
+    trip = tiny_triplets(paintings, tmp_path)
+    table = dsim.pair_rows(trip)
+    unique = dsim.unique_pairs(table)
+    images = sorted(set(unique["anchor_path"]) | set(unique["other_path"]))
+    feats, _ = descriptors.extract_many(images, CFG, None, workers=1)
+    whole = dsim.score_pairs(table, dict(zip(images, feats)), CFG.weights, progress=False)
+    # Parts of at most 4 images (an anchor, its 2 derivatives, its negatives: 4-5 each).
+    sizes = []
+    real = descriptors.extract_many
+    monkeypatch.setattr(descriptors, "extract_many",
+                        lambda imgs, *a, **k: sizes.append(len(imgs)) or real(imgs, *a, **k))
+    parts = dsim.pair_parts(unique, max_images=4)
+    assert len(parts) > 3 and sorted(np.concatenate(parts).tolist()) == list(range(len(unique)))
+    streamed = dsim.stream_pair_scores(unique, CFG, tmp_path / "cache", workers=1, max_images=4, progress=False)
+    assert len(sizes) == len(parts) and max(sizes) <= 5  # never all 18 images at once
+    assert streamed.n_images == len(images) and streamed.n_cached == 0
+    pd.testing.assert_frame_equal(dsim._with_scores(table, streamed.scored, CFG.weights), whole)
+    # The stage itself, streamed in small parts, writes the same table as in one part.
+    P = config.load_params("smoke", ["descriptors.workers=1"])
+    one = dsim.run(P, trip, progress=False)
+    monkeypatch.setattr(dsim, "PART_IMAGES", 4)
+    shutil.rmtree(P.run.root / "descriptors")
+    many = dsim.run(P, trip, progress=False)
+    assert many.n_cached == 0 and many.n_images == one.n_images == 18
+    pd.testing.assert_frame_equal(many.pairs, one.pairs)
+    assert many.fitted == one.fitted
 
 
 def test_require_pair_similarity_reuses_a_current_table(paintings, tmp_path, run_dir, monkeypatch):

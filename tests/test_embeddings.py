@@ -78,14 +78,52 @@ def test_padding_makes_an_embedding_independent_of_its_batch(encoder):
     assert np.array_equal(part[:3], full[5:8]) and np.array_equal(part[3:], full[:2])
 
 
-def test_the_model_key_changes_with_the_weights_and_the_dtype(tmp_path):
+def test_the_model_key_changes_with_the_weights_not_the_dtype(tmp_path):
     path = build_tiny("clip", tmp_path / "clip", seed=0)
     key0 = embeddings.model_key(embeddings.model_identity(str(path)))
     assert key0 == embeddings.model_key(embeddings.model_identity(str(path)))  # stable
     assert key0.startswith("clip-")
-    assert key0 != embeddings.model_key(embeddings.model_identity(str(path), torch.float16))
+    # where a job ran does not name the cache: a GPU job's float16 rows are the CPU job's cache too
+    half = embeddings.model_identity(str(path), torch.float16)
+    assert half["dtype"] == "float16" and embeddings.model_key(half) == key0
     build_tiny("clip", path, seed=1)  # other weights at the same place
     assert key0 != embeddings.model_key(embeddings.model_identity(str(path)))
+
+
+def test_a_cache_made_in_another_dtype_is_read_as_it_is(images, tmp_path, monkeypatch):
+    """A shard job in bfloat16 (a GPU node) fills the cache; a float32 job (a CPU node) reads it
+    back cast to float32 and computes nothing; each row says which dtype made it."""
+    path = build_tiny("clip", tmp_path / "clip", seed=0)
+    gpu_like = embeddings.open_encoder(str(path), "cpu", "bfloat16")
+    cpu_like = embeddings.open_encoder(str(path), "cpu", "float32")
+    assert gpu_like.key == cpu_like.key
+    made = run(gpu_like, images, tmp_path / "cache" / gpu_like.key)
+    assert made.misses == 10 and set(made.table["dtype"]) == {"bfloat16"}
+    monkeypatch.setattr(embeddings, "embed_pixels", lambda *a, **k: pytest.fail("recomputed"))
+    read = run(cpu_like, images, tmp_path / "cache" / cpu_like.key)
+    assert (read.hits, read.misses) == (10, 0)
+    emb = embeddings.embedding_matrix(read.table)
+    assert emb.dtype == np.float32 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=2e-2)
+    measure = embeddings.ClipMeasure(cpu_like, cache_root=tmp_path / "cache" / cpu_like.key, batch_size=BATCH)
+    assert measure.embed(list(images["path"][:3])).dtype == np.float32  # from the cache, no forward
+
+
+def test_recorded_fingerprints_are_used_and_a_moved_cache_still_hits(encoder, images, tmp_path, monkeypatch):
+    """Stage 08 reads each image's SHA-256 from the manifests instead of re-reading the file; a
+    copied run directory (other absolute paths) finds every embedding."""
+    import shutil
+
+    hashed = images.assign(hash=[embeddings.file_hash(p) for p in images["path"]])
+    monkeypatch.setattr(embeddings, "hash_files", lambda paths, workers=1: pytest.fail(f"re-hashed {paths}"))
+    first = run(encoder, hashed, tmp_path / "run" / "cache")
+    assert first.misses == 10 and list(first.table["hash"]) == list(hashed.sort_values("id")["hash"])
+    monkeypatch.undo()
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    (tmp_path / "img").rename(tmp_path / "img-moved")
+    moved = images.assign(path=[p.replace("/img/", "/img-moved/") for p in images["path"]])
+    again = run(encoder, moved, tmp_path / "moved" / "cache")
+    assert (again.hits, again.misses) == (10, 0)
+    assert list(again.table["path"]) == list(moved.sort_values("id")["path"])
 
 
 def test_another_model_finds_a_cold_cache(run_dir, images, monkeypatch):

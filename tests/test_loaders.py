@@ -218,3 +218,18 @@ def test_load_manifest_huggan(run_dir, hf_folders):
     df = load_manifest(P)
     assert len(df) == 4 and (df["source"] == "huggan").all()
     assert all(p.startswith(str(run_dir / "raw" / "huggan")) for p in df["path"])
+
+
+def test_a_pilot_sample_spreads_over_a_few_styles_with_enough_paintings():
+    import pandas as pd
+
+    from artsim_lib.data import spread_sample
+
+    df = pd.DataFrame({"id": [f"i{k:03d}" for k in range(300)],
+                       "style": [f"s{k % 27:02d}" for k in range(270)] + ["rare"] * 3 + ["s00"] * 27})
+    pilot = spread_sample(df, 24, seed=0)
+    counts = pilot["style"].value_counts()
+    assert len(pilot) == 24 and len(counts) == 6 and set(counts) == {4} and "rare" not in counts
+    assert pilot["id"].is_monotonic_increasing  # original order kept
+    assert spread_sample(df, 24, seed=0).equals(pilot) and not spread_sample(df, 24, seed=1).equals(pilot)
+    assert spread_sample(df, 500, seed=0).equals(df)

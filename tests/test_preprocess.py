@@ -126,6 +126,47 @@ def test_find_duplicates_by_phash_distance():
     assert (ha - h_resized) <= 4  # rescaling hardly moves a perceptual hash
 
 
+def _random_hashes(n, seed, bits=64, exact=0.15, near=0.2):
+    """``n`` hex hashes: fresh random ones, exact repeats and copies a few bits away."""
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n):
+        r = rng.random()
+        if vals and r < exact:
+            vals.append(vals[rng.integers(len(vals))])
+        elif vals and r < exact + near:
+            v = vals[rng.integers(len(vals))]
+            for b in rng.integers(0, bits, rng.integers(1, 7)):
+                v ^= 1 << int(b)
+            vals.append(v)
+        else:
+            vals.append(int.from_bytes(rng.bytes(bits // 8), "little"))
+    return [format(v, f"0{bits // 4}x") for v in vals]
+
+
+@pytest.mark.parametrize("bits", [64, 256])
+def test_find_duplicates_matches_the_brute_force_reference(monkeypatch, bits):
+    # Small blocks and chunks: the hashes span many of both, as 81k hashes would.
+    monkeypatch.setattr(pp, "_BLOCK", 37)
+    monkeypatch.setattr(pp, "_CHUNK", 23)
+    hashes = _random_hashes(400, seed=bits, bits=bits)
+    hashes[5], hashes[17] = None, "not-hex"  # unparsable rows are neither kept nor matched
+    df = pd.DataFrame({"id": [f"r{i:03d}" for i in range(len(hashes))], "phash": hashes})
+    for d in (-1, 0, 1, 3, 6, 12, bits // 2, bits):
+        fast, slow = pp.find_duplicates(df, d), pp.find_duplicates_naive(df, d)
+        pd.testing.assert_frame_equal(fast, slow)
+    assert len(pp.find_duplicates(df, 0)) > 0 and len(pp.find_duplicates(df, 6)) > len(pp.find_duplicates(df, 0))
+    assert {"r005", "r017"}.isdisjoint(set(pp.find_duplicates(df, bits)["id"]))
+
+
+def test_find_duplicates_points_to_the_first_kept_row_not_the_nearest():
+    # b is 4 bits from a (both kept); c is 1 bit from b but 3 from a: it points to a, kept first.
+    df = pd.DataFrame({"id": ["a", "b", "c", "d"], "phash": ["00", "0f", "07", "07"]})
+    out = pp.find_duplicates(df, max_distance=3)
+    assert out[["id", "duplicate_of", "distance"]].values.tolist() == [["c", "a", 3], ["d", "a", 3]]
+    assert pp.find_duplicates(df, max_distance=0)[["id", "duplicate_of"]].values.tolist() == [["d", "c"]]
+
+
 def test_stratified_split_is_seeded_and_keeps_every_class_in_train():
     df = pd.DataFrame({"style": ["a"] * 40 + ["b"] * 20 + ["c"] * 2 + ["d"]})
     fr = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -152,6 +193,31 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
     saved = pd.read_parquet(P.run.manifest)
     assert set(saved["split"]) <= {"train", "val", "test"} and saved["path"].map(os.path.exists).all()
     assert (P.run.root / "preprocess" / "skipped.csv").exists()
+    # each written image's fingerprint is in the manifest, computed from the bytes it wrote
+    from artsim_lib import paths
+
+    assert list(saved["sha256"]) == [paths.file_sha256(p) for p in saved["path"]]
+    again = pp.preprocess(P, raw)  # images reused: the fingerprints of the files on disk
+    assert list(again.manifest["sha256"]) == list(res.manifest["sha256"])
+
+
+def test_a_pilot_over_many_styles_still_gets_val_and_test():
+    """24 paintings over 27 styles: per-style rounding alone puts all of them in train."""
+    df = pd.DataFrame({"style": [f"s{i:02d}" for i in range(24)]})
+    split = pp.stratified_split(df, {"train": 0.8, "val": 0.1, "test": 0.1}, "style", seed=0)
+    assert split.value_counts().to_dict() == {"train": 20, "val": 2, "test": 2}
+    assert split.equals(pp.stratified_split(df, {"train": 0.8, "val": 0.1, "test": 0.1}, "style", seed=0))
+    # groups large enough for their own shares are left as per-group rounding made them
+    big = pd.DataFrame({"style": [f"s{i % 4}" for i in range(80)]})
+    counts = pp.stratified_split(big, {"train": 0.7, "val": 0.15, "test": 0.15}, "style", seed=0).value_counts()
+    assert counts.to_dict() == {"train": 56, "val": 12, "test": 12}  # 4 x (14, 3, 3)
+
+
+def test_the_manifest_key_leaves_out_how_the_work_was_scheduled():
+    one = config.load_params("smoke", ["preprocess.workers=1"])
+    eight = config.load_params("smoke", ["preprocess.workers=8"])
+    assert pp.manifest_key(one) == pp.manifest_key(eight)
+    assert pp.manifest_key(one) != pp.manifest_key(config.load_params("smoke", ["preprocess.size=96"]))
 
 
 def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run_dir):

@@ -112,3 +112,7 @@ def test_every_evaluation_row_says_what_its_weights_are():
     assert measure_weights("resnet_finetuned", full) == "trained-here on real-pretrained ResNet"
     assert measure_weights("clip", full) == "real-pretrained"
     assert "unknown" not in {measure_weights(n, p) for p in (smoke, full) for n in p.evaluation.measures}
+    rehearsal = config.load_params("rehearsal")
+    assert measure_weights("resnet_finetuned", rehearsal) == "trained-here on rehearsal-random ResNet"
+    assert measure_weights("effnet_lite0", rehearsal) == "real-pretrained"
+    assert rehearsal.finetune.backbone == "resnet"  # the rehearsal keeps exercising ResNet-50 at real size

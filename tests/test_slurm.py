@@ -22,7 +22,8 @@ STUDY = ("01-eda", "02-preprocessing", "03-captioning", "04-prompting", "05-gene
 SHARDABLE = ("03", "05", "08")
 GPU_RULES = {"stage_03_captioning", "stage_03_captioning_shard", "stage_05_generation",
              "stage_05_generation_shard", "stage_07_finetune", "stage_08_siamese",
-             "stage_08_siamese_shard", "stage_08_siamese_merge"}  # 08's merge job trains the heads
+             "stage_08_siamese_shard", "stage_08_siamese_merge",  # 08's merge job trains the heads
+             "stage_09_evaluation"}  # ResNet-50 over every test image for four measures
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from .. import paths
@@ -70,8 +71,32 @@ def load_manifest(P) -> pd.DataFrame:
         df = load_kaggle(root)
     if P.data.limit is not None:
         df = df.head(P.data.limit).reset_index(drop=True)
+    if P.data.sample is not None:
+        df = spread_sample(df, P.data.sample, P.seed)
     _write(df, target, _source_key(P))
     return df
+
+
+def spread_sample(df: pd.DataFrame, n: int, seed: int, by: str = "style", per_value: int = 4) -> pd.DataFrame:
+    """A seeded sample of ``n`` rows over ``n // per_value`` values of ``by`` (seeded, those with
+    enough rows first), one of each in turn: a pilot of 24 WikiArt paintings holds 6 styles of 4,
+    so each style can be in train, val and test, rather than the first folder's 24 or 24 styles
+    of one. Rows keep their original order."""
+    if n >= len(df):
+        return df.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    key = df[by].astype("string").fillna("") if by in df else pd.Series("", index=df.index)
+    groups = sorted(df.groupby(key).indices.items())
+    order = rng.permutation(len(groups))
+    order = sorted(order, key=lambda i: len(groups[i][1]) < per_value)  # stable: full groups first
+    chosen = [groups[i] for i in order[:max(1, n // per_value)]]
+    queues = [list(rng.permutation(idx)) for _, idx in sorted(chosen)]
+    picked: list[int] = []
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(int(q.pop()))
+    return df.iloc[sorted(picked)].reset_index(drop=True)
 
 
 def require_manifest(P) -> pd.DataFrame:

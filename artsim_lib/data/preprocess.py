@@ -8,6 +8,7 @@ Unreadable, corrupt or oversized images are skipped with their reason; the run g
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,7 @@ from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
 from .. import paths
+from ..workers import worker_count
 
 # A truncated file must fail loudly here, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -66,11 +68,9 @@ def _phash_int(h) -> int | None:
         return None
 
 
-def find_duplicates(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFrame:
-    """Pairs (id, duplicate_of) whose phashes differ by at most ``max_distance`` bits.
-
-    The first row in ``df`` order is kept; later rows point to it.
-    """
+def find_duplicates_naive(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFrame:
+    """The quadratic reference of :func:`find_duplicates` (same result; kept for tests and
+    ``make bench``): each row against every kept row, in Python."""
     rows = []
     kept: list[tuple[int, str]] = []
     for rid, h in zip(df["id"], df["phash"]):
@@ -83,6 +83,110 @@ def find_duplicates(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFrame:
             rows.append({"id": rid, "duplicate_of": match[0], "phash": h, "distance": match[1]})
         else:
             kept.append((v, rid))
+    return pd.DataFrame(rows, columns=["id", "duplicate_of", "phash", "distance"])
+
+
+_BLOCK = 512    # hashes searched together
+_CHUNK = 2048   # kept hashes compared with a block at once: [2048, 512] temporaries, ~8 MB
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per element of a uint64 array (same shape, uint8)."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(x)
+    return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bit distances between packed hashes ``a`` [M, W] and ``b`` [N, W] (uint64 words) -> [M, N]."""
+    out = _popcount(a[:, None, 0] ^ b[None, :, 0])
+    if a.shape[1] > 1:
+        out = out.astype(np.uint16)
+        for w in range(1, a.shape[1]):
+            out += _popcount(a[:, None, w] ^ b[None, :, w])
+    return out
+
+
+def _pack(values: list[int]) -> np.ndarray:
+    """Non-negative ints as little-endian uint64 words [N, W], W enough for the longest."""
+    words = max(1, -(-max(v.bit_length() for v in values) // 64))
+    mask = (1 << 64) - 1
+    return np.array([[(v >> (64 * w)) & mask for w in range(words)] for v in values], dtype=np.uint64)
+
+
+def _first_kept_match(packed: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy pass of :func:`find_duplicates` over distinct hashes ``packed`` [N, W], in order:
+    row i keeps itself unless an earlier kept row lies within ``max_distance`` bits, in which case
+    it points to the first such row. Returns (match [N]: row index or -1 for kept, distance [N])."""
+    n = len(packed)
+    match = np.full(n, -1, dtype=np.int64)
+    dist = np.zeros(n, dtype=np.int64)
+    kept = np.empty(n, dtype=np.int64)  # row indices of kept hashes, in order; kept[:nk] valid
+    nk = 0
+    for start in range(0, n, _BLOCK):
+        rows = np.arange(start, min(n, start + _BLOCK))
+        pending = rows  # not matched yet
+        for c0 in range(0, nk, _CHUNK):  # against every hash kept before this block
+            if not len(pending):
+                break
+            cand = kept[c0:min(nk, c0 + _CHUNK)]
+            d = _hamming(packed[cand], packed[pending])  # [C, P]
+            hit = d <= max_distance
+            cols = np.flatnonzero(hit.any(0))
+            if len(cols):
+                first = hit[:, cols].argmax(0)
+                match[pending[cols]] = cand[first]
+                dist[pending[cols]] = d[first, cols]
+                pending = np.delete(pending, cols)
+        if len(pending):  # the rest against each other: a row may match one kept earlier in the block
+            d = _hamming(packed[pending], packed[pending])  # [P, P]
+            is_kept = np.zeros(len(pending), bool)
+            for j in range(len(pending)):
+                hit = np.flatnonzero(is_kept[:j] & (d[:j, j] <= max_distance))
+                if len(hit):
+                    match[pending[j]] = pending[hit[0]]
+                    dist[pending[j]] = d[hit[0], j]
+                else:
+                    is_kept[j] = True
+            new = pending[is_kept]
+            kept[nk:nk + len(new)] = new
+            nk += len(new)
+    return match, dist
+
+
+def find_duplicates(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFrame:
+    """Pairs (id, duplicate_of) whose phashes differ by at most ``max_distance`` bits.
+
+    The first row in ``df`` order is kept; later rows point to the first kept row within
+    ``max_distance`` (as :func:`find_duplicates_naive`, in a fraction of the time): repeated
+    hashes are resolved by lookup, the distinct ones by a blocked popcount over packed words.
+    """
+    parsed = [(rid, h, _phash_int(h)) for rid, h in zip(df["id"], df["phash"])]
+    parsed = [p for p in parsed if p[2] is not None]  # unparsable hashes are neither kept nor matched
+    if any(v < 0 for _, _, v in parsed):  # int('-ff', 16) parses; keep the reference's meaning
+        return find_duplicates_naive(df, max_distance)
+    first_of: dict[int, int] = {}  # hash -> index among the distinct hashes
+    for _, _, v in parsed:
+        first_of.setdefault(v, len(first_of))
+    distinct = list(first_of)
+    if max_distance < 0:  # nothing is within a negative distance, not even an equal hash
+        return pd.DataFrame(columns=["id", "duplicate_of", "phash", "distance"])
+    if max_distance == 0 or not distinct:  # only equal hashes match, and those were merged above
+        match, dist = np.full(len(distinct), -1), np.zeros(len(distinct), int)
+    else:
+        match, dist = _first_kept_match(_pack(distinct), max_distance)
+    # The first row with a hash decides for every later row with it: a kept hash's later copies
+    # point to that row (distance 0), a matched hash's copies to the same kept row.
+    owner: dict[int, object] = {}  # distinct index -> id of its first row
+    rows = []
+    for rid, h, v in parsed:
+        u = first_of[v]
+        if match[u] >= 0:
+            rows.append({"id": rid, "duplicate_of": owner[int(match[u])], "phash": h, "distance": int(dist[u])})
+        elif u in owner:
+            rows.append({"id": rid, "duplicate_of": owner[u], "phash": h, "distance": 0})
+        owner.setdefault(u, rid)
     return pd.DataFrame(rows, columns=["id", "duplicate_of", "phash", "distance"])
 
 
@@ -109,9 +213,10 @@ def fit(img: Image.Image, size: int, mode: str, pad_color=(0, 0, 0)) -> Image.Im
 
 def process_image(src: str, dst: str, size: int, mode: str, pad_color, max_pixels: int) -> dict:
     """Normalise one image to ``dst``. Never raises for a bad image: returns its reason."""
-    out = {"src": src, "status": "ok", "reason": "", "orig_mode": None}
+    out = {"src": src, "status": "ok", "reason": "", "orig_mode": None, "sha256": None}
     if os.path.exists(dst):
         out["status"] = "cached"
+        out["sha256"] = paths.file_sha256(dst)  # written by an earlier run: read once, here
         return out
     try:
         with Image.open(src) as img:
@@ -127,8 +232,10 @@ def process_image(src: str, dst: str, size: int, mode: str, pad_color, max_pixel
         return {**out, "status": "skipped", "reason": f"oversized: {err}"}
     except (OSError, SyntaxError, ValueError) as err:
         return {**out, "status": "skipped", "reason": f"unreadable: {type(err).__name__}: {err}"}
-    with paths.atomic_path(dst) as tmp:
-        result.save(tmp, format="PNG" if dst.endswith(".png") else "JPEG", quality=95)
+    buf = io.BytesIO()
+    result.save(buf, format="PNG" if dst.endswith(".png") else "JPEG", quality=95)
+    # The content fingerprint later stages key their caches by, computed from the bytes written.
+    out["sha256"] = paths.write_bytes_fingerprinted(dst, buf.getvalue())
     return out
 
 
@@ -184,6 +291,7 @@ def normalise_images(df: pd.DataFrame, out_dir: Path, size: int, mode: str = "le
     kept["src_path"] = kept["path"]
     kept["path"] = [d for d, good in zip(dsts, ok) if good]
     kept["orig_mode"] = status.loc[ok, "orig_mode"]
+    kept["sha256"] = status.loc[ok, "sha256"]
     skipped = df.loc[~ok, ["id", "filename"]].copy()
     skipped["reason"] = status.loc[~ok, "reason"]
     return kept, skipped.reset_index(drop=True)
@@ -210,6 +318,30 @@ def stratified_split(df: pd.DataFrame, fractions: dict[str, float], by: str | No
             counts[0] += 1
         order = rng.permutation(grp.index.to_numpy())
         split.loc[order] = np.repeat(names, counts)
+    keys = df[by].fillna("<none>") if by else pd.Series(0, index=df.index)
+    return _fill_starved_splits(split, keys, fractions, rng)
+
+
+def _fill_starved_splits(split: pd.Series, keys: pd.Series, fractions: dict[str, float],
+                         rng: np.random.Generator) -> pd.Series:
+    """Per-group rounding starves val and test when most groups are tiny (a pilot of 24 paintings
+    over 27 styles puts every one in train). A split under half its overall share (rounded down,
+    at least 1) gets rows moved from train until it has that share: from the groups with the most
+    training rows first, a seeded pick among them. Larger data never meets this."""
+    names = list(fractions)
+    for name in names[1:]:
+        if fractions[name] <= 0:
+            continue
+        want = max(1, int(np.floor(fractions[name] * len(split))))
+        if (split == name).sum() * 2 >= want:
+            continue
+        while (split == name).sum() < want:
+            train = split.index[split == names[0]]
+            if len(train) <= 1:
+                break
+            per_group = keys[train].map(keys[train].value_counts()).to_numpy()
+            # the groups with the most training rows first: a group keeps a training row if it can
+            split[rng.choice(train[per_group == per_group.max()])] = name
     return split
 
 
@@ -223,7 +355,8 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     kept = kept[~kept["id"].isin(dups["id"])]
     image_dir = P.run.sub("preprocess", image_params_key(cfg.size, cfg.resize_mode, cfg.pad_color, cfg.image_format))
     kept, skipped = normalise_images(kept, image_dir, cfg.size, cfg.resize_mode, cfg.pad_color,
-                                     cfg.image_format, cfg.max_pixels, cfg.workers)
+                                     cfg.image_format, cfg.max_pixels,
+                                     worker_count(cfg.workers))  # never more than the allocation
     fractions = {"train": cfg.split.train, "val": cfg.split.val, "test": cfg.split.test}
     by = None if cfg.split.stratify == "none" else cfg.split.stratify
     kept["split"] = stratified_split(kept, fractions, by, P.seed)
@@ -238,5 +371,6 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
 
 def manifest_key(P) -> dict:
     """What the split manifest depends on: a manifest made from other params is stale."""
+    # workers only schedule the work: not part of the key (provenance records them)
     return {"seed": P.seed, "data": P.data.model_dump(mode="json"),
-            "preprocess": P.preprocess.model_dump(mode="json")}
+            "preprocess": P.preprocess.model_dump(mode="json", exclude={"workers"})}

@@ -129,16 +129,20 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _prepare(ref, device, dtype) -> tuple[str, torch.device, torch.dtype]:
+def _prepare(ref, device, dtype, kind: str = "model") -> tuple[str, torch.device, torch.dtype]:
+    from ..worklog import record
+
     dev = pick_device(device)
-    return resolve_model_ref(ref), dev, pick_dtype(dtype, dev)
+    dt = pick_dtype(dtype, dev)
+    record("load_model", kind=kind, ref=str(ref), device=dev.type, dtype=str(dt).removeprefix("torch."))
+    return resolve_model_ref(ref), dev, dt
 
 
 def load_clip(ref, device="cpu", dtype=torch.float32):
     """``(CLIPModel, CLIPProcessor)``, frozen, on ``device``."""
     from transformers import CLIPModel, CLIPProcessor
 
-    ref, dev, dt = _prepare(ref, device, dtype)
+    ref, dev, dt = _prepare(ref, device, dtype, "clip")
     with _loading(ref):
         model = CLIPModel.from_pretrained(ref, dtype=dt)
         processor = CLIPProcessor.from_pretrained(ref)
@@ -161,7 +165,7 @@ def load_blip2(ref, device="cpu", dtype=torch.float32):
     """``(Blip2ForConditionalGeneration, Blip2Processor)``, frozen, on ``device``."""
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    ref, dev, dt = _prepare(ref, device, dtype)
+    ref, dev, dt = _prepare(ref, device, dtype, "blip2")
     with _loading(ref):
         model = Blip2ForConditionalGeneration.from_pretrained(ref, dtype=dt)
         processor = Blip2Processor.from_pretrained(ref)
@@ -178,7 +182,7 @@ def load_sdxl_refiner(ref, device="cpu", dtype=torch.float32, variant: str | Non
     """
     from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
-    ref, dev, dt = _prepare(ref, device, dtype)
+    ref, dev, dt = _prepare(ref, device, dtype, "sdxl_refiner")
     kwargs = {"dtype": dt}
     if variant:
         kwargs["variant"] = variant
@@ -199,7 +203,7 @@ def load_resnet(ref, device="cpu", dtype=torch.float32):
     """``(ResNetForImageClassification, image processor)``, frozen, on ``device``."""
     from transformers import AutoImageProcessor, ResNetForImageClassification
 
-    ref, dev, dt = _prepare(ref, device, dtype)
+    ref, dev, dt = _prepare(ref, device, dtype, "resnet")
     with _loading(ref):
         model = ResNetForImageClassification.from_pretrained(ref, dtype=dt)
         processor = AutoImageProcessor.from_pretrained(ref)
