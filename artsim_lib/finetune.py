@@ -3,8 +3,9 @@
 The CNN is ``finetune.backbone`` (:mod:`artsim_lib.models.backbones`): ResNet-50 in the full
 study, the real pretrained EfficientNet-Lite0 in the smoke profile, both through one interface
 (``(model, preprocess)``, features ``[B, D]``). A fresh linear head for the study's classes goes
-on top; the whole network (or, with ``finetune.unfreeze: layer4``, its last stage) trains with AdamW, a warm-up + cosine (or linear) schedule,
-inverse-frequency class weights, light augmentation and early stopping on the validation loss.
+on top; the whole network (or, with ``finetune.unfreeze: layer4``, its last stage) trains with
+AdamW, a warm-up + cosine (or linear) schedule, inverse-frequency class weights, light
+augmentation and early stopping on the validation loss.
 The best epoch is saved (weights as safetensors, the backbone's spec, its image processor and a
 JSON of the params that made it) under ``<run>/finetune/best/``; the test split is scored only
 once, with that checkpoint::

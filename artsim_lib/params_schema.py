@@ -235,8 +235,8 @@ class SiameseParams(_Section):
 class EvaluationParams(_Section):
     # Stage 09 scores every measure (compare.load_measure names) on the test split only.
     measures: list[str] = Field(default_factory=lambda: [
-        "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "resnet",
-        "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression"], min_length=1)
+        "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "effnet_lite0",
+        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression"], min_length=1)
     reference: str = "descriptor"  # MSE/MAE are measured against this measure's [0, 1] similarity
     n_boot: int = Field(1000, ge=0)  # bootstrap draws of whole test originals (0: no intervals)
     ci: float = Field(0.95, gt=0, lt=1)  # confidence level of the intervals

@@ -364,7 +364,7 @@ def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: 
 
 def _info(P, variant, backbone_dir, epoch, val, val_split) -> dict:
     cfg = P.siamese
-    return {"variant": variant, "backbone": P.finetune.backbone, "hidden": list(cfg.hidden), "out_dim": cfg.out_dim, "dropout": cfg.dropout,
+    return {"variant": variant, "hidden": list(cfg.hidden), "out_dim": cfg.out_dim, "dropout": cfg.dropout,
             "tau": cfg.tau, "learn_tau": cfg.learn_tau, "unfreeze": cfg.resnet_unfreeze,
             "backbone_dir": str(backbone_dir), "epoch": epoch, "val": val, "val_split": val_split,
             "siamese_params": cfg.model_dump(mode="json"), "seed": P.seed}

