@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import paths
+from ..images import ImageReadError, open_image
 from .synthart import COLUMNS as KAGGLE_COLUMNS
 
 MANIFEST_COLUMNS = ["id", "path", "filename", "style", "styles", "genre", "artist", "title", "year",
@@ -244,9 +245,9 @@ def _write_image(image: dict, target_stem: Path) -> Path:
 
 def _measure(path: Path) -> tuple[int | None, int | None, str | None]:
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.width, im.height, str(imagehash.phash(im))
-    except (OSError, SyntaxError, ValueError):  # unreadable files are kept; stage 02 reports them
+    except (ImageReadError, OSError, SyntaxError, ValueError):  # kept: stage 02 reports them
         return None, None, None
 
 
