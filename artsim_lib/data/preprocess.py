@@ -226,12 +226,23 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     by = None if cfg.split.stratify == "none" else cfg.split.stratify
     kept["split"] = stratified_split(kept, fractions, by, P.seed)
     kept = kept.reset_index(drop=True)
+    skipped = pd.concat([skipped, _decisions_as_skipped(P)], ignore_index=True)
     out = P.run.sub("preprocess")
     for name, table in (("missing", missing), ("dropped", dropped), ("duplicates", dups), ("skipped", skipped)):
         with paths.atomic_path(out / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     paths.write_parquet(kept, P.run.manifest, manifest_key(P))
     return PreprocessResult(kept, missing, dropped, dups, skipped, image_dir)
+
+
+def _decisions_as_skipped(P) -> pd.DataFrame:
+    """The loader's decisions (files not in classes.csv, repeated rows) as skipped rows."""
+    from .loaders import source_decisions
+
+    decisions = source_decisions(P)
+    return pd.DataFrame({"id": pd.Series([None] * len(decisions), dtype="string"),
+                         "filename": decisions["filename"],
+                         "reason": decisions["issue"] + ": " + decisions["action"]})
 
 
 def manifest_key(P) -> dict:
