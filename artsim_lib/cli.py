@@ -177,16 +177,16 @@ def run_interruptible(cmd: list[str], cwd, env=None, on_start=None,
     Ctrl-C (SIGINT), SIGTERM or SIGHUP here sends the group SIGINT, once: Snakemake and its jobs
     stop through their own clean-up. A second signal, or ``grace[0]`` seconds without the group
     ending, sends SIGTERM; a third, or ``grace[1]`` seconds more, SIGKILL."""
-    popen = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, **popen)
     received: list[int] = []
     handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    if threading.current_thread() is threading.main_thread():  # before the child exists: a
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C now is not lost
             handlers[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
     steps = [(signal.SIGINT, grace[0]), (signal.SIGTERM, grace[1]), (signal.SIGKILL, None)]
     sent, deadline, seen, how = 0, None, 0, None
     try:
+        popen = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, **popen)
         if on_start is not None:
             on_start(proc.pid)
         while True:

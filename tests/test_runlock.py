@@ -228,3 +228,49 @@ def test_after_sigkill_the_next_run_cleans_up_and_goes_on(tmp_path):
     assert "stale lock" in text and "LockException" not in text
     assert not fake_tmp.exists()
     assert (root / "reports" / "smoke" / "02-slow.ipynb").is_file()
+
+
+# -- interrupts, on a stand-in for Snakemake ---------------------------------------------
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+log = Path(sys.argv[1])
+def on_int(signum, frame):
+    log.write_text(log.read_text() + "INT\\n")
+    if sys.argv[2] == "obeys":
+        log.write_text(log.read_text() + "cleaned up\\n")
+        sys.exit(1)
+signal.signal(signal.SIGINT, on_int)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[2] == "stubborn" else signal.SIG_DFL)
+log.write_text("started\\n")
+time.sleep(60)
+"""
+
+
+def _interrupt_soon(log):
+    import threading
+
+    def fire():
+        while not log.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches artsim only (Snakemake has its group)
+
+    threading.Thread(target=fire, daemon=True).start()
+
+
+@pytest.mark.parametrize("behaviour,expected", [("obeys", "SIGINT"), ("stubborn", "SIGKILL")])
+def test_ctrl_c_is_forwarded_once_then_escalated(tmp_path, behaviour, expected):
+    from artsim_lib import cli
+
+    log = tmp_path / "child.log"
+    _interrupt_soon(log)
+    started = []
+    rc, how = cli.run_interruptible([sys.executable, "-c", CHILD, str(log), behaviour], tmp_path,
+                                    on_start=started.append, grace=(0.5, 0.5))
+    assert how == expected and started
+    lines = log.read_text().splitlines()
+    assert lines.count("INT") == 1  # forwarded once: a second SIGINT could cut Snakemake's clean-up short
+    if behaviour == "obeys":
+        assert rc == 1 and lines[-1] == "cleaned up"
+    else:
+        assert rc == -signal.SIGKILL
