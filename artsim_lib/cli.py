@@ -37,7 +37,7 @@ EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C
 # Seconds to wait for Snakemake after each step of an interrupt: SIGINT (its own clean-up:
 # cancel the jobs, remove incomplete outputs, release its lock), then SIGTERM, then SIGKILL.
 INTERRUPT_GRACE_S = (60.0, 15.0)
-LOCK_ENV = "ARTSIM_RUN_LOCK"  # the token of the run that holds the lock, for its own jobs
+LOCK_ENV = runlock.LOCK_ENV  # the token of the run that holds the lock, for its own jobs
 RERUN_TRIGGERS = ("mtime", "params", "input", "code")
 
 

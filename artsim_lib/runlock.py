@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 LOCK_NAME = ".artsim-run.lock"
+LOCK_ENV = "ARTSIM_RUN_LOCK"  # set by `artsim run` for its jobs: the token of the run holding the lock
 # atomic_path/atomic_dir: prefix ".<name>.", 8 random characters from mkstemp, then ".tmp[<ext>]".
 TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 

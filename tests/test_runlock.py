@@ -274,3 +274,19 @@ def test_ctrl_c_is_forwarded_once_then_escalated(tmp_path, behaviour, expected):
         assert rc == 1 and lines[-1] == "cleaned up"
     else:
         assert rc == -signal.SIGKILL
+
+
+def test_a_notebook_run_on_its_own_does_not_overwrite_a_live_runs_params(run_dir, monkeypatch):
+    from artsim_lib import config, provenance
+
+    P = config.load_params("smoke")
+    provenance.start_stage("01-x", P)
+    before = P.run.params_file.read_bytes()
+    with runlock.RunLock.acquire([run_dir]) as lock:
+        with pytest.raises(runlock.RunLocked, match="not writing"):
+            provenance.start_stage("01-x", config.load_params("smoke", ["seed=9"]))
+        assert P.run.params_file.read_bytes() == before
+        provenance.start_stage("01-x", P)  # the run's own stage: unchanged params, no check
+        monkeypatch.setenv(runlock.LOCK_ENV, lock.token)
+        provenance.start_stage("01-x", config.load_params("smoke", ["seed=9"]))  # its job may
+    assert b"seed: 9" in P.run.params_file.read_bytes()
