@@ -118,6 +118,9 @@ def cmd_run(args) -> int:
     except runlock.RunLocked as err:
         print(f"artsim: error: {err}", file=sys.stderr)
         return EXIT_LOCKED
+    except OSError as err:  # a run directory we may not write: one line, not a traceback
+        print(f"artsim: error: cannot take the run directory's lock: {err}", file=sys.stderr)
+        return EXIT_LOCKED
     with lock:
         for message in lock.broken:
             print(f"artsim: {message}", file=sys.stderr)

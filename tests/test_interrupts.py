@@ -87,3 +87,5 @@ def test_interrupted_runs_resume_to_the_same_artifacts(tmp_path):
     assert not (run / runlock.LOCK_NAME).exists()
     for stage in ("01-eda", "02-preprocessing"):
         assert (root / "reports" / "smoke" / f"{stage}.html").is_file()
+    artsim(root, *RUN, "--forceall")  # every stage again, on its cached inputs: the same artifacts
+    assert _artifacts(run) == reference
