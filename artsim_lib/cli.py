@@ -7,6 +7,10 @@
     artsim params --profile smoke --set seed=7
 
 A params error prints one line naming the file and the key, and exits with status 2.
+``artsim run`` holds the run directory's lock (:mod:`artsim_lib.runlock`) for the whole run: a
+second run on the same run directory is refused (status 3) and changes nothing. Ctrl-C stops
+Snakemake through its own shutdown (SIGINT; a second Ctrl-C or a minute without progress:
+SIGTERM; then SIGKILL), and the next run cleans up whatever a killed run left.
 """
 from __future__ import annotations
 
@@ -14,16 +18,26 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import yaml
 
-from . import cluster, config, paths, runner
+from . import cluster, config, paths, runlock, runner
 
 EXIT_PARAMS = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C
+# Seconds to wait for Snakemake after each step of an interrupt: SIGINT (its own clean-up:
+# cancel the jobs, remove incomplete outputs, release its lock), then SIGTERM, then SIGKILL.
+INTERRUPT_GRACE_S = (60.0, 15.0)
+LOCK_ENV = runlock.LOCK_ENV  # the token of the run that holds the lock, for its own jobs
 RERUN_TRIGGERS = ("mtime", "params", "input", "code")
 
 
@@ -56,7 +70,8 @@ def snakemake_command(args, P: config.Params) -> list[str]:
     if args.until:
         cmd.append(until_target(args.until, P))
     cmd += ["--snakefile", str(snakefile()), "--directory", str(paths.project_root()),
-            "--cores", str(args.cores), "--rerun-triggers", *RERUN_TRIGGERS]
+            "--cores", str(args.cores), "--rerun-triggers", *RERUN_TRIGGERS,
+            "--rerun-incomplete"]  # a killed job's outputs: redo them, no manual step
     if args.dry_run:
         cmd.append("--dry-run")
     if args.forceall:
@@ -100,18 +115,116 @@ def pilot_overrides(args) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    """Validate the params, write them if changed, and let Snakemake run what is out of date."""
+    """Validate the params; take the run directory's lock; write the params if changed and let
+    Snakemake run what is out of date. ``-n``/``--dag`` write nothing (and take no lock)."""
     if getattr(args, "pilot", None):
         args.overrides = list(args.overrides) + pilot_overrides(args)
     P = _load(args)
     cmd = snakemake_command(args, P)  # resolves --until before anything is written
-    paths.write_if_changed(P.run.params_file, P.to_yaml())
-    if getattr(args, "dag", None):
-        return _write_dag(cmd, Path(args.dag).resolve())
-    rc = subprocess.run(cmd, cwd=paths.project_root()).returncode
-    if not args.dry_run and (rc != 0 or args.until):
-        _index_anyway(P)  # Snakemake's report rule did not run: show failed/'not run' stages
+    if args.dry_run or getattr(args, "dag", None):
+        return _plan(args, P, cmd)
+    folders = [P.run_path, runner.reports_dir(P.profile)]
+    try:
+        lock = runlock.RunLock.acquire(folders)
+    except runlock.RunLocked as err:
+        print(f"artsim: error: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except OSError as err:  # a run directory we may not write: one line, not a traceback
+        print(f"artsim: error: cannot take the run directory's lock: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    with lock:
+        for message in lock.broken:
+            print(f"artsim: {message}", file=sys.stderr)
+        _clean_up(folders)
+        paths.write_if_changed(P.run.params_file, P.to_yaml())
+        cmd.append(f"run_lock={lock.token}")  # --config is the last option: this joins it
+        env = {**os.environ, LOCK_ENV: lock.token}
+        rc, how = run_interruptible(cmd, paths.project_root(), env, on_start=lock.set_child)
+        if how:
+            _clean_up(folders, snakemake_killed=how == "SIGKILL")
+        if rc != 0 or args.until:
+            _index_anyway(P)  # Snakemake's report rule did not run: show failed/'not run' stages
+        if how:
+            print("artsim: the run was interrupted; run the same command again to go on "
+                  "(finished stages are kept)", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return rc
+
+
+def _clean_up(folders: list[Path], snakemake_killed: bool = True) -> None:
+    """What an interrupted or killed run leaves: temp files, Snakemake's stale locks."""
+    removed = runlock.clean_leftovers(folders)
+    if removed:
+        print(f"artsim: removed {len(removed)} temporary file(s) left by an interrupted run",
+              file=sys.stderr)
+    if snakemake_killed and runlock.clear_snakemake_locks(paths.project_root(), folders):
+        print("artsim: removed the Snakemake lock left by an interrupted run", file=sys.stderr)
+
+
+def _plan(args, P: config.Params, cmd: list[str]) -> int:
+    """``-n`` and ``--dag``: Snakemake's plan for the params as they are now, writing nothing
+    into the run directory. Params files that would change are written to a temporary folder
+    instead, so the plan shows the stages that changed params would re-run."""
+    real = {"params_file": P.run.params_file,
+            "stage_params_file": P.run.params_file.with_name("params.stages.yaml")}
+    texts = {"params_file": P.to_yaml(), "stage_params_file": cluster.stage_params_yaml(P)}
+    with tempfile.TemporaryDirectory(prefix="artsim-plan-") as tmp:
+        where = {}
+        for key, target in real.items():
+            same = target.exists() and target.read_text(encoding="utf-8") == texts[key]
+            where[key] = target if same else Path(tmp) / target.name
+            if not same:
+                where[key].write_text(texts[key], encoding="utf-8")
+        i = cmd.index("--config")
+        cmd = [c for c in cmd if not c.startswith("params_file=")]
+        cmd[i + 1:i + 1] = [f"{key}={where[key]}" for key in real]
+        if getattr(args, "dag", None):
+            return _write_dag(cmd, Path(args.dag).resolve())
+        return subprocess.run(cmd, cwd=paths.project_root()).returncode
+
+
+def run_interruptible(cmd: list[str], cwd, env=None, on_start=None,
+                      grace: tuple[float, float] = INTERRUPT_GRACE_S) -> tuple[int, str | None]:
+    """Run ``cmd`` in a process group of its own and return ``(returncode, how)``, ``how``
+    being None, or the last signal sent to the group when we were interrupted.
+
+    Ctrl-C (SIGINT), SIGTERM or SIGHUP here sends the group SIGINT, once: Snakemake and its jobs
+    stop through their own clean-up. A second signal, or ``grace[0]`` seconds without the group
+    ending, sends SIGTERM; a third, or ``grace[1]`` seconds more, SIGKILL."""
+    received: list[int] = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # before the child exists: a
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C now is not lost
+            handlers[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    steps = [(signal.SIGINT, grace[0]), (signal.SIGTERM, grace[1]), (signal.SIGKILL, None)]
+    sent, deadline, seen, how = 0, None, 0, None
+    try:
+        popen = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, **popen)
+        if on_start is not None:
+            on_start(proc.pid)
+        while True:
+            try:
+                return proc.wait(timeout=0.2), how
+            except subprocess.TimeoutExpired:
+                pass
+            overdue = deadline is not None and time.monotonic() > deadline
+            if (len(received) > seen or overdue) and sent < len(steps):
+                seen = len(received)
+                sig, wait = steps[sent]
+                sent += 1
+                how = sig.name
+                print(f"artsim: stopping Snakemake ({sig.name})" +
+                      (" – Ctrl-C again to stop it harder" if sig != signal.SIGKILL else ""),
+                      file=sys.stderr, flush=True)
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+                deadline = time.monotonic() + wait if wait is not None else None
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
 
 
 def _write_dag(cmd: list[str], target: Path) -> int:
@@ -182,7 +295,14 @@ def cmd_stage(args) -> int:
 def cmd_report(args) -> int:
     from . import report
 
-    print(report.build_index(_load(args)))
+    P = _load(args)
+    holder = runlock.holder_of(runner.reports_dir(P.profile))
+    if holder is not None and holder.get("token") != os.environ.get(LOCK_ENV):
+        lock_file = runner.reports_dir(P.profile) / runlock.LOCK_NAME
+        print(f"artsim: error: {lock_file.parent} is in use by {runlock.describe(holder, lock_file)}; "
+              "its index is written by that run", file=sys.stderr)
+        return EXIT_LOCKED
+    print(report.build_index(P))
     return 0
 
 

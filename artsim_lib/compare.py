@@ -19,8 +19,10 @@ Built-in measures and their mapping to [0, 1]:
 ``artsim compare``'s default (:data:`DEFAULT_MEASURE`) is the measure needing no trained model that
 stage 09 ranks best on the calibration set (see :data:`DEFAULT_MEASURE` and the README).
 
-Descriptor measures use the descriptor params of ``<run>/params.resolved.yaml`` when the run
-has one, else the defaults. Trained measures (a siamese head, ResNet variants) register a
+Descriptor measures use the default descriptor params unless a run directory is given, then
+that run's ``params.resolved.yaml`` (``descriptor_fitted`` always reads its run: the weights
+were fitted with its params). ``artsim compare``/``matrix`` say on stderr where the settings
+came from. Trained measures (a siamese head, ResNet variants) register a
 loader with :func:`register_measure`; they are usually :class:`EmbeddingMeasure` (raw: cosine of
 embeddings in [-1, 1]; ``similarity01 = (raw + 1) / 2``), and any object with ``embed`` or with
 ``similarity``/``similarity01`` is adapted (:func:`as_measure`). The modules in
@@ -100,28 +102,62 @@ def resolve_run_dir(run_dir: str | os.PathLike | None) -> Path:
         return Path("runs/smoke").resolve()
 
 
+# Measures computed from the image alone, whose only settings are the descriptor params: with
+# no run directory given they use the defaults, never whatever run happens to lie in runs/.
+DESCRIPTOR_MEASURES = ("descriptor", *FAMILIES)
+
+
 def load_measure(name: str, run_dir: str | os.PathLike | None = None) -> Measure:
-    """The measure called ``name``; trained ones read their model from ``run_dir``."""
+    """The measure called ``name``; trained ones read their model from ``run_dir`` (default:
+    :func:`resolve_run_dir`), descriptor ones its params (default: the defaults)."""
     if name not in _LOADERS:
         _load_plugins()
     if name not in _LOADERS:
         raise MeasureError(f"unknown measure {name!r} (known: {', '.join(available_measures())})")
+    if name in DESCRIPTOR_MEASURES and run_dir is None and _LOADERS[name].__name__ == "_descriptor":
+        return as_measure(_LOADERS[name](None))
     return as_measure(_LOADERS[name](resolve_run_dir(run_dir)))
 
 
-def descriptor_params(run_dir: Path):
-    """The descriptor params of a run (``params.resolved.yaml``), else the defaults."""
-    import yaml
-
-    resolved = Path(run_dir) / "params.resolved.yaml"
-    if resolved.exists():
-        data = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
+def descriptor_params(run_dir: Path | None):
+    """The descriptor params of a run (``params.resolved.yaml``), else (no run, or a run without
+    that file) the defaults."""
+    resolved = params_file(run_dir)
+    if resolved is not None:
+        data = config.read_yaml(resolved) or {}
         return config.validate(data, str(resolved)).descriptors
     return config.DescriptorParams()
 
 
+def params_file(run_dir: Path | None) -> Path | None:
+    """``<run_dir>/params.resolved.yaml`` when there is one."""
+    if run_dir is None:
+        return None
+    resolved = Path(run_dir) / "params.resolved.yaml"
+    return resolved if resolved.is_file() else None
+
+
+def settings_source(name: str, run_dir: str | os.PathLike | None) -> str:
+    """Where ``load_measure(name, run_dir)`` takes its settings from, in words."""
+    if name in DESCRIPTOR_MEASURES:
+        if run_dir is None:
+            return "the default descriptor params (no --run given)"
+        resolved = params_file(Path(run_dir).expanduser().resolve())
+        return (f"the descriptor params of {resolved}" if resolved else
+                f"the default descriptor params ({run_dir} has no params.resolved.yaml)")
+    run = resolve_run_dir(run_dir)
+    if name == "descriptor_fitted":
+        resolved = params_file(run)
+        params = f"the descriptor params of {resolved}" if resolved else "the default descriptor params"
+        return f"the weights fitted in {run} and {params}"
+    return f"the models of {run}" + ("" if run_dir is not None else " (the default run; pass --run DIR)")
+
+
 def _descriptor_loader(family: str | None, name: str):
-    return lambda run_dir: DescriptorMeasure(name, descriptor_params(run_dir), family)
+    def _descriptor(run_dir):
+        return DescriptorMeasure(name, descriptor_params(run_dir), family)
+
+    return _descriptor
 
 
 def _fitted_loader(run_dir: Path) -> Measure:
@@ -223,7 +259,10 @@ def write_matrix(folder: str | os.PathLike, measure: Measure | str, out_png: str
     from . import paths
 
     m = _as_measure(measure, run_dir)
-    files = list_images(folder)
+    files, skipped = readable_images(list_images(folder))
+    if not files:
+        raise MeasureError(f"{folder}: none of the {len(skipped)} image(s) can be read "
+                           f"(first: {skipped[0][0].name}: {skipped[0][1]})")
     names = [f.name for f in files]
     table = pd.DataFrame(m.matrix(files, normalised=True), index=names, columns=names)
     with paths.atomic_path(out_csv) as tmp:
@@ -232,7 +271,21 @@ def write_matrix(folder: str | os.PathLike, measure: Measure | str, out_png: str
     with paths.atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+    table.attrs["skipped"] = [(f.name, why) for f, why in skipped]
     return table
+
+
+def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(readable files, [(file, reason), ...])``: each file is read as the study reads images."""
+    good, bad = [], []
+    for f in files:
+        try:
+            read_image(f)
+        except ImageReadError as err:
+            bad.append((f, " ".join(str(err).split()).removeprefix(f"{f}: ")))
+        else:
+            good.append(f)
+    return good, bad
 
 
 # -- command lines -----------------------------------------------------------------------
@@ -274,7 +327,8 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"a measure name (default: {DEFAULT_MEASURE}; built-in: "
                         f"effnet_lite0, descriptor, descriptor_fitted, {', '.join(FAMILIES)}; trained ones need --run)")
     p.add_argument("--run", metavar="DIR", help="run directory holding trained models and params "
-                                                "(default: $ARTSIM_RUN_DIR or runs/smoke)")
+                                                "(default: descriptor measures use the default "
+                                                "params, trained ones $ARTSIM_RUN_DIR or runs/smoke)")
     return p
 
 
@@ -292,6 +346,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         for p in (args.a, args.b):
             read_image(p)  # fails early, naming the file, before any model is loaded
         m = _load_for_cli(args.measure, args.run)
+        print(f"artsim compare: settings: {settings_source(args.measure, args.run)}", file=sys.stderr)
         if isinstance(m, DescriptorMeasure):  # features once, for the total and the families
             fa, fb = m.features([args.a, args.b])
             raw = m.raw_from_features(fa, fb)
@@ -321,10 +376,18 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
         stem = f"{Path(args.dir).resolve().name}-{args.measure}"
         png, csv = Path(args.png or f"{stem}.png"), Path(args.csv or f"{stem}.csv")
         list_images(args.dir)  # a bad folder fails before any model is loaded
-        table = write_matrix(args.dir, _load_for_cli(args.measure, args.run), png, csv)
+        m = _load_for_cli(args.measure, args.run)
+        print(f"artsim matrix: settings: {settings_source(args.measure, args.run)}", file=sys.stderr)
+        table = write_matrix(args.dir, m, png, csv)
+        skipped = table.attrs.get("skipped", [])
+        if skipped:
+            print(f"artsim matrix: skipped {len(skipped)} file(s) that cannot be read:", file=sys.stderr)
+            for name, why in skipped:
+                print(f"  {name}: {why}", file=sys.stderr)
         if len(table) <= 12:
             print(table.round(3).to_string())
-        print(f"{len(table)} images · measure {args.measure} · wrote {png} and {csv}")
+        print(f"{len(table)} images · measure {args.measure} · wrote {png} and {csv}"
+              + (f" · {len(skipped)} skipped" if skipped else ""))
         return 0
 
     return _run_cli("artsim matrix", build, body, argv)

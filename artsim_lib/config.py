@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError
 from . import paths
 from .params_schema import (  # noqa: F401  (re-exported: config.DescriptorParams etc.)
     _Section,
+    KNOWN_MEASURES,
+    SectionError,
     SynthArtParams,
     DataParams,
     ModelParams,
@@ -141,16 +143,34 @@ def _apply(data: dict, keys: list[str], value: Any, origin: str) -> None:
     node[keys[-1]] = value
 
 
+def _error_key(error: dict) -> str:
+    """The dotted key an error is about; a section-level check names its offending key."""
+    loc = [str(x) for x in error["loc"]]
+    exc = (error.get("ctx") or {}).get("error")
+    if isinstance(exc, SectionError):
+        loc.append(exc.key)
+    return ".".join(loc) or "<root>"
+
+
+def _error_message(error: dict) -> str:
+    exc = (error.get("ctx") or {}).get("error")
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if isinstance(exc, SectionError):  # not the whole section as 'got ...'
+        return str(exc)
+    if error["type"] == "value_error" and exc is not None:
+        return str(exc)
+    msg = error["msg"]
+    if "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], dict):
+        got = repr(error["input"])
+        msg = f"{msg} (got {got if len(got) <= 80 else got[:77] + '...'})"
+    return msg
+
+
 def _format_error(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(x) for x in first["loc"]) or "<root>"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",):
-        msg = f"{msg} (got {first['input']!r})"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{origin}: {key}: {msg}{more}"
+    return f"{origin}: {_error_key(first)}: {' '.join(_error_message(first).split())}{more}"
 
 
 def validate(data: dict, origin: str = "<params>") -> Params:
@@ -159,6 +179,29 @@ def validate(data: dict, origin: str = "<params>") -> Params:
         return Params.model_validate(data)
     except ValidationError as err:
         raise ParamsError(_format_error(err, origin)) from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; any failure is a one-line :class:`ParamsError` naming the file
+    (and, for a syntax error, the line and column)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a directory, not a params file") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start})") from None
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (err.context, err.problem) if x) or "syntax error"
+        raise ParamsError(f"{path}{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
 
 
 def _merge_into(base: dict, over: dict) -> dict:
@@ -172,10 +215,9 @@ def _merge_into(base: dict, over: dict) -> dict:
 def read_profile(path: Path, _seen: tuple = ()) -> dict:
     """A profile file as a mapping; ``extends: <profile>`` at its top takes that profile's values
     first, so a profile lists only what it changes (the rehearsal profile extends ``full``)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml(path)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: the top level must be a mapping")
     base = data.pop("extends", None)
@@ -190,18 +232,38 @@ def read_profile(path: Path, _seen: tuple = ()) -> dict:
     return _merge_into(read_profile(base_path, _seen + (path,)), data)
 
 
+def _blame(err: ValidationError, overrides: Sequence[str], keys: list[list[str]]) -> str:
+    """The overrides an error is about: those on the error's key (or above or below it), else
+    those in the same section (a check across keys, such as split fractions that must sum to 1)."""
+    loc = _error_key(err.errors()[0]).split(".")
+
+    def on_key(k):
+        n = min(len(k), len(loc))
+        return k[:n] == loc[:n]
+
+    hits = [item for item, k in zip(overrides, keys) if on_key(k)]
+    if not hits and len(loc) > 1:
+        hits = [item for item, k in zip(overrides, keys) if k[:len(loc) - 1] == loc[:-1]]
+    return " ".join(f"--set {item}" for item in hits)
+
+
 def load_params(profile: str | os.PathLike = "smoke", overrides: Sequence[str] = ()) -> Params:
-    """Load a profile (a name under ``params/`` or a YAML path), apply ``key=value``
-    overrides and validate. Raises :class:`ParamsError` with a one-line message."""
+    """Load a profile (a name under ``params/`` or a YAML path), apply every ``key=value``
+    override, then validate the result once (so coupled keys can be changed together, in any
+    order). Raises :class:`ParamsError` with a one-line message naming the file and the key
+    (and the override, when the bad value came from one)."""
     path = profile_path(profile)
     data = read_profile(path)
     validate(data, str(path))  # report file errors against the file, before overrides
-    for item in overrides:
-        keys, value = parse_override(item)
+    if not overrides:
+        return validate(data, str(path))
+    parsed = [parse_override(item) for item in overrides]
+    for item, (keys, value) in zip(overrides, parsed):
         _apply(data, keys, value, f"{path} --set {item}")
+    try:
         # An override's value comes from the command line: let "3" stand for 3 and so on.
-        try:
-            data = Params.model_validate(data, strict=False).model_dump(mode="json")
-        except ValidationError as err:
-            raise ParamsError(_format_error(err, f"{path} --set {item}")) from None
+        data = Params.model_validate(data, strict=False).model_dump(mode="json")
+    except ValidationError as err:
+        blame = _blame(err, overrides, [k for k, _ in parsed])
+        raise ParamsError(_format_error(err, f"{path} {blame}".rstrip())) from None
     return validate(data, str(path))

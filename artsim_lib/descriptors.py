@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from skimage import color, feature, filters, measure, transform, util
 
 from . import paths
-from .data.preprocess import parallel_map, to_rgb
+from .data.preprocess import parallel_map
+from .images import ImageReadError, open_rgb, to_rgb  # noqa: F401 (ImageReadError: this module's API)
 
 FEATURE_VERSION = 1  # bump when the code below changes what a feature means
 FAMILIES = ("colour", "texture", "edges", "shape", "ssim")
@@ -53,22 +54,9 @@ FEATURE_PARAMS = ("size", "thumb_size", "hsv_bins", "lab_bins", "dominant_colour
                   "hog_cell", "canny_sigma")
 
 
-class ImageReadError(ValueError):
-    """An image that cannot be opened or decoded; the message starts with the file name."""
-
-
 # -- reading -------------------------------------------------------------------
 def _open(path: str | os.PathLike) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here
-            return to_rgb(ImageOps.exif_transpose(im))
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"{path}: is a directory, not an image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageReadError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+    return open_rgb(path)  # the study's one reader: EXIF, alpha, 16-bit, pixel limit
 
 
 def as_rgb_image(src: ImageLike) -> Image.Image:

@@ -207,8 +207,9 @@ def to_uint8(image) -> np.ndarray:
 
 
 def _open_rgb(path: str, size: int | None = None) -> Image.Image:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    from .images import open_rgb
+
+    im = open_rgb(path)  # the study's one reader: EXIF, alpha, 16-bit, pixel limit
     return im.resize((size, size), Image.Resampling.LANCZOS) if size and im.size != (size, size) else im
 
 

@@ -19,14 +19,16 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
+
+from . import images
 
 def open_rgb(image) -> Image.Image:
-    """A PIL RGB image from a path or a PIL image (EXIF orientation applied to files)."""
+    """A PIL RGB image from a path or a PIL image, read as every stage reads images
+    (:func:`artsim_lib.images.open_rgb`: EXIF orientation, alpha on white, 16-bit scaled)."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    with Image.open(os.fspath(image)) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+        return images.to_rgb(image)
+    return images.open_rgb(os.fspath(image))
 
 
 def _entry(size, key: str):

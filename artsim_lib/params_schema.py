@@ -6,7 +6,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The measures artsim_lib.compare knows (built-ins and the plugins it loads): a static list, so
+# the params load without importing torch; tests/test_config.py checks it against the registry.
+KNOWN_MEASURES = ("ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted",
+                  "clip", "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese",
+                  "resnet_regression")
+
+
+class SectionError(ValueError):
+    """A check across a section's keys that fails: ``key`` names the offending key (or keys)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 class _Section(BaseModel):
@@ -51,7 +65,8 @@ class SplitParams(_Section):
     def _sums_to_one(self) -> "SplitParams":
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + val + test must be 1, got {total:g}")
+            raise SectionError("train + val + test", f"must sum to 1, got {total:g} "
+                               f"({self.train:g} + {self.val:g} + {self.test:g})")
         return self
 
 
@@ -109,7 +124,7 @@ class PromptingParams(_Section):
     @model_validator(mode="after")
     def _target_within_limit(self) -> "PromptingParams":
         if self.target_tokens > self.max_tokens:
-            raise ValueError(f"target_tokens ({self.target_tokens}) must not exceed max_tokens ({self.max_tokens})")
+            raise SectionError("target_tokens", f"{self.target_tokens} must not exceed max_tokens ({self.max_tokens})")
         return self
 
 
@@ -137,10 +152,10 @@ class GenerationParams(_Section):
     @model_validator(mode="after")
     def _strengths(self) -> "GenerationParams":
         if set(self.strength) != {"moderate", "radical"}:
-            raise ValueError(f"strength needs exactly the keys moderate and radical, got {sorted(self.strength)}")
-        values = list(self.strength.values()) + list(self.augment_strengths)
-        if not all(0 <= v <= 1 for v in values):
-            raise ValueError(f"strengths must lie in [0, 1], got {values}")
+            raise SectionError("strength", f"needs exactly the keys moderate and radical, got {sorted(self.strength)}")
+        for key, values in (("strength", list(self.strength.values())), ("augment_strengths", self.augment_strengths)):
+            if not all(0 <= v <= 1 for v in values):
+                raise SectionError(key, f"strengths must lie in [0, 1], got {values}")
         return self
 
 
@@ -173,12 +188,12 @@ class DescriptorParams(_Section):
     def _check_weights(self) -> "DescriptorParams":
         known = {"colour", "texture", "edges", "shape", "ssim"}
         if set(self.weights) - known:
-            raise ValueError(f"weights: unknown famil(ies) {sorted(set(self.weights) - known)}, "
-                             f"known: {sorted(known)}")
+            raise SectionError("weights", f"unknown famil(ies) {sorted(set(self.weights) - known)}, "
+                                          f"known: {sorted(known)}")
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
-            raise ValueError("weights must be >= 0 with a positive sum")
+            raise SectionError("weights", f"must be >= 0 with a positive sum, got {self.weights}")
         if self.hog_cell * 2 > self.size:
-            raise ValueError(f"hog_cell ({self.hog_cell}) must be at most size/2 ({self.size // 2})")
+            raise SectionError("hog_cell", f"{self.hog_cell} must be at most size/2 ({self.size // 2})")
         return self
 
 
@@ -246,10 +261,20 @@ class EvaluationParams(_Section):
     batch_size: int = Field(32, ge=1)  # images per forward pass of the network measures
     workers: int = Field(2, ge=1)  # processes for the descriptor measures' pair scores
 
+    @field_validator("measures")
+    @classmethod
+    def _known_measures(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in KNOWN_MEASURES]
+        if unknown:
+            raise ValueError(f"unknown measure(s) {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(KNOWN_MEASURES)})")
+        return value
+
     @model_validator(mode="after")
     def _reference_is_measured(self) -> "EvaluationParams":
         if self.reference not in self.measures:
-            raise ValueError(f"reference {self.reference!r} must be one of the measures")
+            raise SectionError("reference", f"{self.reference!r} must be one of the measures "
+                                            f"({', '.join(self.measures)})")
         return self
 
 
@@ -280,7 +305,7 @@ class WorkflowParams(_Section):
                 raise ValueError(f"job_dtype: {stage!r} is not a two-digit stage number like '03'")
         for stage, n in self.shards.items():
             if not (len(stage) == 2 and stage.isdigit()):
-                raise ValueError(f"shards: {stage!r} is not a two-digit stage number like '03'")
+                raise SectionError(f"shards.{stage}", f"{stage!r} is not a two-digit stage number like '03'")
             if n < 1:
-                raise ValueError(f"shards: stage {stage} needs at least 1 shard, got {n}")
+                raise SectionError(f"shards.{stage}", f"needs at least 1 shard, got {n}")
         return self

@@ -7,7 +7,9 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
+
+from .images import DEFAULT_MAX_PIXELS, ImageReadError, open_rgb
 
 
 def bar_counts(values: pd.Series, title: str, top: int | None = 30, ax=None, color="#4C72B0"):
@@ -47,28 +49,31 @@ def size_distributions(df: pd.DataFrame, target: int | None = None):
     return fig
 
 
-def thumbnail(path: str, size: int) -> Image.Image:
-    """An RGB thumbnail no larger than ``size`` (EXIF orientation applied)."""
+BROKEN_TILE = (200, 0, 0)
+
+
+def thumbnail(path: str, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An RGB thumbnail no larger than ``size``, read as every stage reads images
+    (:func:`artsim_lib.images.open_rgb`). A file that cannot be read (corrupt, missing, over
+    ``max_pixels``) gets a red tile, so the grid shows what is broken instead of failing."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.thumbnail((size, size))
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError):
-        # A corrupt file still gets a tile, so the grid shows what is broken.
-        return Image.new("RGB", (size, size), (200, 0, 0))
+        im = open_rgb(path, max_pixels)
+    except ImageReadError:
+        return Image.new("RGB", (size, size), BROKEN_TILE)
+    im.thumbnail((size, size))
+    return im
 
 
 def image_grid(image_paths: Sequence[str], labels: Sequence[str] = (), ncols: int = 6,
-               thumb: int = 160, title: str | None = None):
-    """A grid of thumbnails with a caption under each."""
+               thumb: int = 160, title: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """A grid of thumbnails with a caption under each (unreadable files: a red tile)."""
     n = len(image_paths)
     nrows = max(1, int(np.ceil(n / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.6 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, path) in enumerate(zip(axes.flat, image_paths)):
-        ax.imshow(thumbnail(path, thumb))
+        ax.imshow(thumbnail(path, thumb, max_pixels))
         if i < len(labels):
             ax.set_title(textwrap.fill(str(labels[i]), 24), fontsize=7)
     if title:
@@ -77,12 +82,13 @@ def image_grid(image_paths: Sequence[str], labels: Sequence[str] = (), ncols: in
     return fig
 
 
-def before_after(pairs: Sequence[tuple[str, str]], labels: Sequence[str] = (), thumb: int = 200):
+def before_after(pairs: Sequence[tuple[str, str]], labels: Sequence[str] = (), thumb: int = 200,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Original (top) and its preprocessed version (bottom), column by column."""
     fig, axes = plt.subplots(2, len(pairs), figsize=(2.4 * len(pairs), 5), squeeze=False)
     for j, (src, dst) in enumerate(pairs):
         for i, p in enumerate((src, dst)):
-            axes[i, j].imshow(thumbnail(p, thumb))
+            axes[i, j].imshow(thumbnail(p, thumb, max_pixels))
             axes[i, j].axis("off")
         if j < len(labels):
             axes[0, j].set_title(textwrap.fill(str(labels[j]), 24), fontsize=7)

@@ -114,7 +114,11 @@ def start_stage(name: str, params) -> Stage:
     seed_everything(params.seed)
     run = params.run
     run.root.mkdir(parents=True, exist_ok=True)
-    paths.write_if_changed(run.params_file, params.to_yaml())
+    # Unchanged within a run; changed only by a notebook run on its own, which must not
+    # overwrite the params of a run that holds the run directory (artsim_lib.runlock).
+    from . import runlock
+
+    runlock.write_params(run.params_file, params.to_yaml(), run.root, os.environ.get(runlock.LOCK_ENV))
     prov = provenance(params)
     prov["updated"] = _now()
     paths.atomic_write_text(run.provenance_file, json.dumps(prov, indent=2))

@@ -192,3 +192,42 @@ def test_duck_typed_measures_are_adapted(images, monkeypatch, capsys):
     compare.register_measure("broken", lambda run: object())
     with pytest.raises(compare.MeasureError, match="not a measure"):
         compare.load_measure("broken")
+
+
+def _run_with_colour_only(run_dir):
+    """A run whose descriptor weights are colour only (not the defaults)."""
+    from artsim_lib import config
+
+    P = config.load_params("smoke", ["descriptors.weights={colour: 1.0}"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "params.resolved.yaml").write_text(P.to_yaml())
+    return run_dir
+
+
+def test_compare_uses_the_defaults_unless_a_run_is_given(images, tmp_path, monkeypatch, capsys):
+    run = _run_with_colour_only(tmp_path / "run")
+    monkeypatch.setenv("ARTSIM_RUN_DIR", str(run))  # the default run: it used to be read silently
+    argv = [str(images[0]), str(images[2])]
+    assert compare.compare_main(argv) == 0
+    out = capsys.readouterr()
+    default = compare.DescriptorMeasure("descriptor", compare.config.DescriptorParams())
+    assert float(_values(out.out)["raw"]) == pytest.approx(default.similarity(images[0], images[2]), abs=1e-6)
+    assert "the default descriptor params (no --run given)" in out.err
+    assert compare.compare_main(argv + ["--run", str(run)]) == 0
+    out = capsys.readouterr()
+    colour = compare.load_measure("colour").similarity(images[0], images[2])
+    assert float(_values(out.out)["raw"]) == pytest.approx(colour, abs=1e-6)
+    assert f"the descriptor params of {run / 'params.resolved.yaml'}" in out.err
+
+
+def test_matrix_skips_and_lists_unreadable_files(images, tmp_path, capsys):
+    folder = images[0].parent
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    png, csv = tmp_path / "m.png", tmp_path / "m.csv"
+    assert compare.matrix_main([str(folder), "--png", str(png), "--csv", str(csv)]) == 0
+    out = capsys.readouterr()
+    table = pd.read_csv(csv, index_col=0)
+    assert list(table.index) == ["a.png", "a_blur.png", "b.png"]
+    assert "skipped 2 file(s)" in out.err and "broken.png: cannot read image" in out.err
+    assert "empty.jpg" in out.err and "2 skipped" in out.out

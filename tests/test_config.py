@@ -74,3 +74,70 @@ def test_run_dir_env_var_wins(monkeypatch, tmp_path):
     assert load_params("smoke").run_path == tmp_path / "elsewhere"
     monkeypatch.delenv("ARTSIM_RUN_DIR")
     assert load_params("smoke").run_path == config.paths.project_root() / "runs" / "smoke"
+
+
+# -- errors that fail before anything runs -------------------------------------------------
+def test_measure_names_are_checked_at_load():
+    with pytest.raises(ParamsError) as err:
+        load_params("smoke", ["evaluation.measures=[ssim, clip_siamse]", "evaluation.reference=ssim"])
+    msg = str(err.value)
+    assert "evaluation.measures" in msg and "'clip_siamse'" in msg and "known: " in msg
+    assert "\n" not in msg
+
+
+def test_the_static_measure_list_is_the_registry():
+    from artsim_lib import compare
+
+    assert sorted(config.KNOWN_MEASURES) == compare.available_measures()
+
+
+def test_coupled_overrides_are_validated_together_in_any_order():
+    for order in (1, -1):
+        sets = ["preprocess.split.train=0.6", "preprocess.split.val=0.25"][::order]
+        P = load_params("smoke", sets)
+        assert (P.preprocess.split.train, P.preprocess.split.val) == (0.6, 0.25)
+        sets = ["evaluation.measures=[ssim, colour]", "evaluation.reference=ssim"][::order]
+        assert load_params("smoke", sets).evaluation.reference == "ssim"
+
+
+def test_a_bad_override_is_named_with_its_key():
+    with pytest.raises(ParamsError) as err:
+        load_params("smoke", ["seed=3", "preprocess.split.train=0.9"])
+    msg = str(err.value)
+    assert "--set preprocess.split.train=0.9" in msg and "--set seed=3" not in msg
+    assert "preprocess.split.train + val + test: must sum to 1, got 1.2" in msg
+    assert "stratify" not in msg  # the section is not printed
+
+
+def test_section_checks_name_the_offending_key(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("evaluation:\n  measures: [ssim]\n  reference: descriptor\n")
+    with pytest.raises(ParamsError, match=r"mine\.yaml: evaluation\.reference: 'descriptor' must be one of"):
+        load_params(bad)
+    bad.write_text("descriptors:\n  size: 32\n  hog_cell: 20\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(bad)
+    assert "descriptors.hog_cell: 20 must be at most size/2 (16)" in str(err.value)
+    assert "weights" not in str(err.value)
+
+
+def test_yaml_syntax_errors_give_file_line_and_column(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("profile: mine\npreprocess:\n  size: [1, 2\n  workers: 2\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{bad}:") and "not valid YAML" in msg
+    line, column = msg[len(str(bad)) + 1:].split(":")[:2]
+    assert line.isdigit() and column.isdigit() and int(line) in (3, 4)
+
+
+def test_unreadable_profiles_are_one_line(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("profile: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ParamsError, match=r"latin\.yaml: not UTF-8 text \(byte 0xe9"):
+        load_params(latin)
+    folder = tmp_path / "x.yaml"
+    folder.mkdir()
+    with pytest.raises(ParamsError, match=r"x\.yaml: is a directory, not a params file"):
+        load_params(folder)

@@ -233,3 +233,41 @@ def test_a_pilot_sample_spreads_over_a_few_styles_with_enough_paintings():
     assert pilot["id"].is_monotonic_increasing  # original order kept
     assert spread_sample(df, 24, seed=0).equals(pilot) and not spread_sample(df, 24, seed=1).equals(pilot)
     assert spread_sample(df, 500, seed=0).equals(df)
+
+
+def test_repeated_filenames_are_dropped_and_listed(kaggle_root):
+    again = "Cubism/anna-kovac_broken-still-life-1912.jpg,someone else,['Cubism'],,,640,480,1,test\n"
+    (kaggle_root / "classes.csv").write_text(HEADER + ROWS + again, encoding="utf-8")
+    with pytest.warns(UserWarning, match="1 repeated filename row"):
+        df = load_kaggle(kaggle_root)
+    assert len(df) == 6 and df["filename"].is_unique and not df["id"].str.endswith("-2").any()
+    assert df.loc[df["filename"].str.startswith("Cubism/anna"), "artist"].item() == "anna kovac"
+    decisions = loaders.kaggle_decisions(kaggle_root)
+    row = decisions[decisions["issue"].str.startswith("listed again")].iloc[0]
+    assert row["filename"] == "Cubism/anna-kovac_broken-still-life-1912.jpg"
+    assert "line 8" in row["issue"] and "someone else" in row["issue"]
+    assert row["action"] == "line 8 dropped, line 2 kept"
+
+
+def test_files_not_in_classes_csv_are_listed(kaggle_root):
+    (kaggle_root / "Cubism").mkdir()
+    Image.new("RGB", (8, 8)).save(kaggle_root / "Cubism" / "stray.jpg")
+    (kaggle_root / "notes.txt").write_text("not an image")
+    decisions = loaders.kaggle_decisions(kaggle_root)
+    assert decisions[["filename", "issue", "action"]].values.tolist() == [
+        ["Cubism/stray.jpg", "on disk but not in classes.csv", "ignored"]]
+
+
+def test_stage02_skipped_list_includes_the_data_decisions(run_dir):
+    from artsim_lib.data import preprocess as pp
+
+    P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24",
+                                     "preprocess.workers=1"])
+    raw = load_manifest(P)
+    root = P.path(P.data.root)
+    Image.new("RGB", (8, 8)).save(root / raw["filename"][0].split("/")[0] / "stray.jpg")
+    res = pp.preprocess(P, raw)
+    stray = res.skipped[res.skipped["filename"].str.endswith("stray.jpg")]
+    assert stray["reason"].tolist() == ["on disk but not in classes.csv: ignored"]
+    saved = pd.read_csv(P.run.root / "preprocess" / "skipped.csv")
+    assert saved["filename"].str.endswith("stray.jpg").sum() == 1

@@ -233,3 +233,18 @@ def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run
     assert P.run.manifest.stat().st_mtime_ns != mtime
     from PIL import Image
     assert Image.open(rebuilt["path"].iloc[0]).size == (20, 20)
+
+
+def test_a_rerun_on_cached_images_writes_the_same_manifest_byte_for_byte(run_dir):
+    """A rerun reuses every normalised image; it used to write orig_mode None for them."""
+    from artsim_lib import data
+
+    P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24",
+                                     "preprocess.workers=1"])
+    first = pp.preprocess(P, data.load_manifest(P))
+    out = P.run.root / "preprocess"
+    files = [P.run.manifest] + [out / f"{n}.csv" for n in ("missing", "dropped", "duplicates", "skipped")]
+    before = {f: f.read_bytes() for f in files}
+    again = pp.preprocess(P, data.load_manifest(P))
+    assert first.manifest["orig_mode"].notna().all() and again.manifest["orig_mode"].notna().all()
+    assert {f: f.read_bytes() for f in files} == before

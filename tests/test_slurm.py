@@ -108,7 +108,7 @@ def test_renamed_notebook_is_a_one_line_error(tmp_path):
     (root / "notebooks" / "03-captioning.ipynb").rename(root / "notebooks" / "03-captions.ipynb")
     problems = cluster.check_profile(cluster.load_profile(PROFILE),
                                      runner.discover_notebooks(root / "notebooks"))
-    assert len(problems) == 2  # stage_03_captioning and stage_03_captioning_shard
+    assert len(problems) == 3  # stage_03_captioning, its _shard and its _merge
     assert "stage_03_captions_shard" in problems[0]
     proc = artsim(root, "run", "--cluster", "slurm", "-n", check=False)
     assert proc.returncode == 2 and "no rule 'stage_03_captioning'" in proc.stderr

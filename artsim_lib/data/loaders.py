@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import paths
+from ..images import ImageReadError, open_image
 from .synthart import COLUMNS as KAGGLE_COLUMNS
 
 MANIFEST_COLUMNS = ["id", "path", "filename", "style", "styles", "genre", "artist", "title", "year",
@@ -38,6 +39,8 @@ INT_COLUMNS = ["year", "width", "height", "genre_count"]
 _YEAR = re.compile(r"-(\d{4})$")
 _BARE_STYLE = re.compile(r"[\w\- ]+")
 _MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PN": ".png"}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DECISION_COLUMNS = ["filename", "issue", "action"]
 
 
 def _cell(value) -> str | None:
@@ -140,6 +143,12 @@ def load_kaggle(root: str | os.PathLike) -> pd.DataFrame:
         warnings.warn(f"{root / 'classes.csv'}: {int(empty.sum())} row(s) without a filename dropped")
         raw = raw[~empty]
     files = [f.strip().replace("\\", "/") for f in raw["filename"]]
+    repeated = pd.Series(files, index=raw.index).duplicated(keep="first")
+    if repeated.any():  # one file, one row: the same image under two artists would leak across splits
+        warnings.warn(f"{root / 'classes.csv'}: {int(repeated.sum())} repeated filename row(s) dropped "
+                      "(the first row of each file is kept; see loaders.kaggle_decisions)")
+        raw = raw[~repeated.to_numpy()]
+        files = [f for f, r in zip(files, repeated) if not r]
     styles = [parse_styles(g) for g in raw["genre"]]
     counts = _ints(raw["genre_count"])
     df = pd.DataFrame({
@@ -161,6 +170,42 @@ def load_kaggle(root: str | os.PathLike) -> pd.DataFrame:
         "source": "kaggle",
     })
     return _finish(df)
+
+
+def kaggle_decisions(root: str | os.PathLike) -> pd.DataFrame:
+    """What :func:`load_kaggle` decided about the folder, one row per file (``filename``,
+    ``issue``, ``action``): images on disk that ``classes.csv`` does not list (ignored) and
+    filenames listed more than once (the first row kept, the others dropped)."""
+    root = Path(root).expanduser().resolve()
+    raw = read_classes_csv(root / "classes.csv")
+    files = pd.Series([f.strip().replace("\\", "/") for f in raw["filename"]])
+    rows = []
+    first_line: dict[str, int] = {}
+    for i, (f, artist) in enumerate(zip(files, raw["artist"])):
+        line = i + 2  # the header is line 1
+        if not f:
+            continue
+        if f in first_line:
+            rows.append({"filename": f, "issue": f"listed again in classes.csv (line {line}, artist "
+                                                 f"{artist or '<missing>'!s}; first on line {first_line[f]})",
+                         "action": f"line {line} dropped, line {first_line[f]} kept"})
+        else:
+            first_line[f] = line
+    listed = set(first_line)
+    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                     if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    for f in on_disk:
+        if f not in listed:
+            rows.append({"filename": f, "issue": "on disk but not in classes.csv", "action": "ignored"})
+    return pd.DataFrame(rows, columns=DECISION_COLUMNS)
+
+
+def source_decisions(P) -> pd.DataFrame:
+    """:func:`kaggle_decisions` for the params' data source (empty for ``huggan``, or when
+    there is no ``classes.csv``: a manifest made some other way)."""
+    if P.data.source not in ("kaggle", "synthart") or not (P.path(P.data.root) / "classes.csv").is_file():
+        return pd.DataFrame(columns=DECISION_COLUMNS)
+    return kaggle_decisions(P.path(P.data.root))
 
 
 # -- huggan/wikiart (Hugging Face datasets) ------------------------------------------------
@@ -244,9 +289,9 @@ def _write_image(image: dict, target_stem: Path) -> Path:
 
 def _measure(path: Path) -> tuple[int | None, int | None, str | None]:
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.width, im.height, str(imagehash.phash(im))
-    except (OSError, SyntaxError, ValueError):  # unreadable files are kept; stage 02 reports them
+    except (ImageReadError, OSError, SyntaxError, ValueError):  # kept: stage 02 reports them
         return None, None, None
 
 

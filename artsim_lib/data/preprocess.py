@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .. import paths
 from ..workers import worker_count
-
-# A truncated file must fail loudly here, not be silently padded with grey.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+from ..images import (DEFAULT_MAX_PIXELS, ImageReadError, OversizedImageError, image_mode,  # noqa: F401
+                      open_image, open_rgb, to_rgb)  # to_rgb: re-exported (part of this module's API)
 
 
 @dataclass
@@ -190,16 +189,6 @@ def find_duplicates(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "duplicate_of", "phash", "distance"])
 
 
-def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
-    """Any PIL mode to RGB: transparency is composited on ``background``, CMYK/L/P converted."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, tuple(background))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return img.convert("RGB") if img.mode != "RGB" else img
-
-
 def fit(img: Image.Image, size: int, mode: str, pad_color=(0, 0, 0)) -> Image.Image:
     """Resize to ``size``×``size`` with Lanczos: ``letterbox`` keeps the whole picture and pads,
     ``crop`` fills the square and cuts the centre."""
@@ -212,31 +201,33 @@ def fit(img: Image.Image, size: int, mode: str, pad_color=(0, 0, 0)) -> Image.Im
 
 
 def process_image(src: str, dst: str, size: int, mode: str, pad_color, max_pixels: int) -> dict:
-    """Normalise one image to ``dst``. Never raises for a bad image: returns its reason."""
+    """Normalise one image to ``dst``. Never raises for a bad image: returns its reason.
+    A cached ``dst`` is reused; its source's mode is still recorded, so a rerun's manifest is
+    the same as the first run's."""
     out = {"src": src, "status": "ok", "reason": "", "orig_mode": None, "sha256": None}
-    if os.path.exists(dst):
-        out["status"] = "cached"
-        out["sha256"] = paths.file_sha256(dst)  # written by an earlier run: read once, here
-        return out
+    if os.path.exists(dst):  # written by an earlier run: its fingerprint is read once, here
+        return {**out, "status": "cached", "orig_mode": image_mode(src), "sha256": paths.file_sha256(dst)}
     try:
-        with Image.open(src) as img:
-            out["orig_mode"] = img.mode
-            if img.width * img.height > max_pixels:
-                return {**out, "status": "skipped", "reason": f"oversized: {img.width}x{img.height} px"}
-            img.load()  # decode now: truncated files fail here
-            img = to_rgb(ImageOps.exif_transpose(img))  # rotate first: conversion may drop EXIF
-            result = fit(img, size, mode, pad_color)
-    except FileNotFoundError:
-        return {**out, "status": "skipped", "reason": "missing file"}
-    except Image.DecompressionBombError as err:
-        return {**out, "status": "skipped", "reason": f"oversized: {err}"}
-    except (OSError, SyntaxError, ValueError) as err:
-        return {**out, "status": "skipped", "reason": f"unreadable: {type(err).__name__}: {err}"}
+        out["orig_mode"] = image_mode(src)
+        result = fit(open_rgb(src, max_pixels), size, mode, pad_color)
+    except OversizedImageError as err:
+        return {**out, "status": "skipped", "reason": f"oversized: {_reason(err, src)}"}
+    except ImageReadError as err:
+        why = _reason(err, src)
+        if why == "no such file":
+            return {**out, "status": "skipped", "reason": "missing file"}
+        why = why.removeprefix("cannot read image (").removesuffix(")")
+        return {**out, "status": "skipped", "reason": f"unreadable: {why}"}
     buf = io.BytesIO()
     result.save(buf, format="PNG" if dst.endswith(".png") else "JPEG", quality=95)
     # The content fingerprint later stages key their caches by, computed from the bytes written.
     out["sha256"] = paths.write_bytes_fingerprinted(dst, buf.getvalue())
     return out
+
+
+def _reason(err: ImageReadError, src: str) -> str:
+    """The error's message without the leading ``<src>: `` (the table names the file)."""
+    return " ".join(str(err).split()).removeprefix(f"{src}: ").removeprefix("oversized: ")
 
 
 def image_params_key(size: int, mode: str, pad_color, fmt: str) -> str:
@@ -254,23 +245,29 @@ def parallel_map(fn, jobs: list[tuple], workers: int, desc: str) -> list:
         return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=chunks), total=len(jobs), desc=desc))
 
 
-def probe_file(path: str) -> dict:
-    """Format, colour mode, EXIF orientation and whether the image decodes completely."""
+def probe_file(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """Format, colour mode, EXIF orientation and whether the image can be read the way every
+    stage reads it (:func:`artsim_lib.images.open_rgb`); ``error`` says why not. Never raises."""
     out = {"path": path, "format": None, "mode": None, "exif_orientation": None, "readable": False, "error": ""}
     try:
-        with Image.open(path) as img:
-            out.update(format=img.format, mode=img.mode,
-                       exif_orientation=img.getexif().get(0x0112))
-            img.load()
+        open_rgb(path, max_pixels)  # refuses a bomb before decoding it
         out["readable"] = True
-    except Exception as err:  # noqa: BLE001 - any decoder failure is a finding, not a crash
-        out["error"] = f"{type(err).__name__}: {err}"
+    except ImageReadError as err:
+        out["error"] = " ".join(str(err).split()).removeprefix(f"{path}: ")
+    try:
+        with open_image(path, None) as img:  # the header: format and mode even of a broken file
+            out.update(format=img.format, mode=img.mode)
+            if out["readable"]:  # PNG's EXIF may sit after the pixels
+                out["exif_orientation"] = img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - not even a header: the error above says why
+        pass
     return out
 
 
-def probe_files(paths, workers: int = 1) -> pd.DataFrame:
+def probe_files(paths, workers: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     """:func:`probe_file` for every path, as a table."""
-    return pd.DataFrame(parallel_map(probe_file, [(str(p),) for p in paths], workers, "probe files"))
+    jobs = [(str(p), max_pixels) for p in paths]
+    return pd.DataFrame(parallel_map(probe_file, jobs, workers, "probe files"))
 
 
 def normalise_images(df: pd.DataFrame, out_dir: Path, size: int, mode: str = "letterbox",
@@ -361,12 +358,23 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     by = None if cfg.split.stratify == "none" else cfg.split.stratify
     kept["split"] = stratified_split(kept, fractions, by, P.seed)
     kept = kept.reset_index(drop=True)
+    skipped = pd.concat([skipped, _decisions_as_skipped(P)], ignore_index=True)
     out = P.run.sub("preprocess")
     for name, table in (("missing", missing), ("dropped", dropped), ("duplicates", dups), ("skipped", skipped)):
         with paths.atomic_path(out / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     paths.write_parquet(kept, P.run.manifest, manifest_key(P))
     return PreprocessResult(kept, missing, dropped, dups, skipped, image_dir)
+
+
+def _decisions_as_skipped(P) -> pd.DataFrame:
+    """The loader's decisions (files not in classes.csv, repeated rows) as skipped rows."""
+    from .loaders import source_decisions
+
+    decisions = source_decisions(P)
+    return pd.DataFrame({"id": pd.Series([None] * len(decisions), dtype="string"),
+                         "filename": decisions["filename"],
+                         "reason": decisions["issue"] + ": " + decisions["action"]})
 
 
 def manifest_key(P) -> dict:
