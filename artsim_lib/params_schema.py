@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # the params load without importing torch; tests/test_config.py checks it against the registry.
 KNOWN_MEASURES = ("ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted",
                   "clip", "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese",
-                  "resnet_regression")
+                  "resnet_regression", "effnet_lite0", "effnet_lite0_finetuned", "effnet_lite0_siamese",
+                  "effnet_lite0_regression")
 
 
 class SectionError(ValueError):

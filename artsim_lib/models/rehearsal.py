@@ -35,7 +35,7 @@ from .. import paths
 from . import bpe
 from .tiny import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, KINDS
 
-REHEARSAL_VERSION = 1  # bump when a layout changes: existing rehearsal dirs are rebuilt
+REHEARSAL_VERSION = 2  # bump when a layout changes: existing rehearsal dirs are rebuilt
 MARKER = "artsim_rehearsal.json"
 OPT_VOCAB = 50272  # Salesforce/blip2-opt-2.7b: OPT's 50265 tokens + <image>, padded to a multiple of 8
 CLIP_VOCAB = 49408
