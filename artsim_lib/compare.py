@@ -131,6 +131,22 @@ for _family in FAMILIES:
     register_measure(_family, _descriptor_loader(_family, _family))
 
 
+def _geometry_loader(run_dir: Path) -> Measure:
+    """The content-free baseline, with the run's padding colour when it has params."""
+    from .measures import GeometryMeasure
+
+    resolved = Path(run_dir) / "params.resolved.yaml"
+    pad = (0, 0, 0)
+    if resolved.exists():
+        import yaml
+        pad = tuple(config.validate(yaml.safe_load(resolved.read_text(encoding="utf-8")) or {},
+                                    str(resolved)).preprocess.pad_color)
+    return GeometryMeasure("geometry", pad)
+
+
+register_measure("geometry", _geometry_loader)
+
+
 # -- matrices ---------------------------------------------------------------------------
 def _as_measure(measure, run_dir=None) -> Measure:
     """A measure name, a Measure, or an object :func:`as_measure` adapts, as a Measure."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import config, descriptors, paths
 from . import descriptor_similarity as dsim
-from .measures import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureUnavailableError
+from .measures import DescriptorMeasure, EmbeddingMeasure, GeometryMeasure, Measure, MeasureUnavailableError
 
 PARALLEL_MIN_PAIRS = 20_000  # descriptor pair scores go to worker processes above this many pairs
 
@@ -254,6 +254,9 @@ def _descriptor_scores(group: dict[str, DescriptorMeasure], images, pairs, cache
 
 def _raw_scores(m: Measure, feats: list, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Raw scores of ``pairs`` (image indices) from per-image features. # [P]"""
+    if isinstance(m, GeometryMeasure):  # 1 / (1 + L1) of five numbers per image, vectorised
+        F = np.stack(feats) if feats else np.zeros((0, 5))
+        return 1.0 / (1.0 + np.abs(F[pairs[:, 0]] - F[pairs[:, 1]]).sum(1))
     if isinstance(m, EmbeddingMeasure) or isinstance(m, PairHeadMeasure):
         F = np.stack(feats) if feats else np.zeros((0, 1))  # [M, D]
         if isinstance(m, PairHeadMeasure):
@@ -268,7 +271,7 @@ def to01(m: Measure, raw: np.ndarray) -> np.ndarray:
     """``m.to01`` of every raw score, vectorised for the measure kinds whose mapping is known."""
     if type(m).to01 is EmbeddingMeasure.to01:
         return (raw + 1.0) / 2.0
-    if type(m).to01 in (DescriptorMeasure.to01, PairHeadMeasure.to01):
+    if type(m).to01 in (DescriptorMeasure.to01, PairHeadMeasure.to01, GeometryMeasure.to01):
         return np.clip(raw, 0.0, 1.0)
     return np.array([m.to01(r) for r in raw], float)
 

@@ -385,3 +385,40 @@ def test_figures_draw_and_show_the_worst_retrievals():
             eplots.style_bars(r), eplots.strength_curves(r)]  # images that do not exist show as red tiles
     assert all(isinstance(f, plt.Figure) for f in figs)
     plt.close("all")
+
+
+# -- geometry: what padding alone gives away ----------------------------------------------------------------
+def geometry_study(tmp_path, mode):
+    """Eight test originals of different aspect ratios written by stage 02's ``fit`` in ``mode``,
+    each with two derivatives that keep its frame (noise on the picture, as img2img keeps the bars)."""
+    from artsim_lib.data import preprocess as pp
+
+    manifest, pairs, trip = study(n_test=8, n_other=0)
+    rng = np.random.default_rng(0)
+    sides = {o: (int(w), 60) for o, w in zip(manifest["id"], np.linspace(30, 140, len(manifest)))}
+    paths = {}
+    for oid, (w, h) in sides.items():
+        src = Image.fromarray(rng.integers(20, 255, (h, w, 3), dtype=np.uint8))
+        paths[oid] = tmp_path / f"{oid}.png"
+        pp.fit(src, 48, mode).save(paths[oid])
+        for row in pairs[pairs["original_id"] == oid].itertuples():
+            noisy = np.asarray(pp.fit(Image.fromarray(rng.integers(20, 255, (h, w, 3), dtype=np.uint8)), 48, mode))
+            Image.fromarray(noisy).save(tmp_path / f"{row.pair_id.replace(':', '_')}.png")
+    manifest["path"] = [str(paths[i]) for i in manifest["id"]]
+    pairs["path"] = [str(tmp_path / f"{p.replace(':', '_')}.png") for p in pairs["pair_id"]]
+    return evaluation.test_set(manifest, pairs, trip, config.EvaluationParams(n_boot=0, copy_absent_share=0))
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+def test_geometry_alone_wins_with_padding_and_is_chance_without(tmp_path, mode):
+    from artsim_lib.measures import GeometryMeasure
+
+    es = geometry_study(tmp_path, mode)
+    cfg = config.EvaluationParams(n_boot=0, measures=["geometry"], reference="geometry", copy_absent_share=0)
+    r = evaluation.evaluate_set(es, {"geometry": GeometryMeasure()}, cfg)
+    r1, chance = value(r, "geometry", "R@1", "all"), 1 / len(es.gallery)
+    if mode == "letterbox":   # the pictures are noise: only the bars can tell the originals apart
+        assert r1 == 1
+    else:                     # no bars: every image has the same geometry, a constant measure
+        assert r1 == pytest.approx(chance)
+        assert value(r, "geometry", "triplet_acc", "random") == 0.5

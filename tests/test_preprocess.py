@@ -152,6 +152,9 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
     saved = pd.read_parquet(P.run.manifest)
     assert set(saved["split"]) <= {"train", "val", "test"} and saved["path"].map(os.path.exists).all()
     assert (P.run.root / "preprocess" / "skipped.csv").exists()
+    rgb = saved.set_index("id").loc["rgb"]     # every row records its painting's box in the square
+    assert (rgb["src_width"], rgb["src_height"]) == (300, 150)   # 300x150 into 32: 32x16, 8 px bars
+    assert tuple(rgb[["content_x0", "content_y0", "content_x1", "content_y1"]]) == (0, 8, 32, 24)
 
 
 def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run_dir):
@@ -167,3 +170,23 @@ def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run
     assert P.run.manifest.stat().st_mtime_ns != mtime
     from PIL import Image
     assert Image.open(rebuilt["path"].iloc[0]).size == (20, 20)
+
+
+@pytest.mark.parametrize("w,h,size", [(200, 100, 50), (100, 301, 64), (333, 250, 128), (12, 1000, 64), (90, 90, 32)])
+def test_content_box_is_where_fit_puts_the_picture(w, h, size):
+    arr = np.asarray(pp.fit(Image.new("RGB", (w, h), (255, 255, 255)), size, "letterbox", (0, 0, 0)))
+    ys, xs = np.nonzero(arr.max(-1) > 0)
+    assert pp.content_box(w, h, size, "letterbox") == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert pp.content_box(w, h, size, "crop") == pp.content_box(w, h, size, "stretch") == (0, 0, size, size)
+
+
+def test_stretch_fills_the_square_without_padding():
+    out = np.asarray(pp.fit(Image.new("RGB", (200, 50), (0, 255, 0)), 40, "stretch", (9, 9, 9)))
+    assert out.shape == (40, 40, 3) and (out == [0, 255, 0]).all()
+
+
+def test_source_geometry_reads_the_rotated_sides(files):
+    geo = pp.source_geometry(str(files["exif"]), 64, "letterbox")   # 200x100 stored, EXIF-rotated to portrait
+    assert (geo["src_width"], geo["src_height"]) == (100, 200)
+    assert (geo["content_x0"], geo["content_x1"], geo["content_y0"], geo["content_y1"]) == (16, 48, 0, 64)
+    assert np.isnan(pp.source_geometry(str(files["missing"]), 64, "letterbox")["src_width"])

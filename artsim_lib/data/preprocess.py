@@ -98,7 +98,10 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
 
 def fit(img: Image.Image, size: int, mode: str, pad_color=(0, 0, 0)) -> Image.Image:
     """Resize to ``size``×``size`` with Lanczos: ``letterbox`` keeps the whole picture and pads,
-    ``crop`` fills the square and cuts the centre."""
+    ``crop`` fills the square and cuts the centre, ``stretch`` (the seed study's own) scales each
+    side to ``size``: no padding, the aspect ratio given up."""
+    if mode == "stretch":
+        return img.resize((size, size), Image.Resampling.LANCZOS)
     if mode == "crop":
         return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
     inner = ImageOps.contain(img, (size, size), method=Image.Resampling.LANCZOS)
@@ -224,6 +227,7 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     image_dir = P.run.sub("preprocess", image_params_key(cfg.size, cfg.resize_mode, cfg.pad_color, cfg.image_format))
     kept, skipped = normalise_images(kept, image_dir, cfg.size, cfg.resize_mode, cfg.pad_color,
                                      cfg.image_format, cfg.max_pixels, cfg.workers)
+    kept = add_content_boxes(kept, cfg.size, cfg.resize_mode, cfg.workers)
     fractions = {"train": cfg.split.train, "val": cfg.split.val, "test": cfg.split.test}
     by = None if cfg.split.stratify == "none" else cfg.split.stratify
     kept["split"] = stratified_split(kept, fractions, by, P.seed)
@@ -234,6 +238,49 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
             table.to_csv(tmp, index=False)
     paths.write_parquet(kept, P.run.manifest, manifest_key(P))
     return PreprocessResult(kept, missing, dropped, dups, skipped, image_dir)
+
+
+# -- the content box: where the painting lies in the written square (the rest is padding) ---------------
+CONTENT_COLUMNS = ["src_width", "src_height", "content_x0", "content_y0", "content_x1", "content_y1"]
+
+
+def content_box(width: int, height: int, size: int, mode: str) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), x1/y1 exclusive, of the picture inside the ``size`` square that
+    :func:`fit` writes for a ``width``×``height`` source: the letterbox's inner image (the same
+    rounding as ``ImageOps.contain``), the whole square for ``crop`` and ``stretch``."""
+    if mode != "letterbox" or width == height or width <= 0 or height <= 0:
+        return 0, 0, size, size
+    if width > height:
+        w, h = size, round(height / width * size)
+    else:
+        w, h = round(width / height * size), size
+    x0, y0 = (size - w) // 2, (size - h) // 2
+    return x0, y0, x0 + w, y0 + h
+
+
+_SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def source_geometry(src: str, size: int, mode: str) -> dict:
+    """The source's width and height after its EXIF rotation, and its content box in the output
+    (header only: nothing is decoded). Unreadable: NaNs (the image was skipped anyway)."""
+    try:
+        with Image.open(src) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in _SWAPS_SIDES:
+                w, h = h, w
+    except (OSError, SyntaxError, ValueError):
+        return dict.fromkeys(CONTENT_COLUMNS, np.nan)
+    return dict(zip(CONTENT_COLUMNS, (w, h, *content_box(w, h, size, mode))))
+
+
+def add_content_boxes(kept: pd.DataFrame, size: int, mode: str, workers: int = 1) -> pd.DataFrame:
+    """``kept`` (rows with ``src_path``) with :data:`CONTENT_COLUMNS`: every measure and the
+    ``geometry`` baseline of stage 09 can tell the painting from its padding."""
+    jobs = [(str(src), size, mode) for src in kept["src_path"]]
+    geo = pd.DataFrame(parallel_map(source_geometry, jobs, workers, "content boxes"), index=kept.index,
+                       columns=CONTENT_COLUMNS)
+    return kept.drop(columns=[c for c in CONTENT_COLUMNS if c in kept]).join(geo)
 
 
 def manifest_key(P) -> dict:
