@@ -145,7 +145,7 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
         "artist": ["a", "b", None, "d", "e", "f"], "style": ["S", "S", "S", "T", "T", "T"],
         "subset": ["train"] * 6, "phash": [None] * 6,
     })
-    P = config.load_params("smoke", ["preprocess.size=32", "preprocess.workers=1"])
+    P = config.load_params("smoke", ["preprocess.size=32", "preprocess.workers=1", "preprocess.resize_mode=letterbox"])
     res = pp.preprocess(P, raw)
     assert sorted(res.manifest["id"]) == ["exif", "gray", "rgb", "rgba"]
     assert list(res.skipped["id"]) == ["truncated"] and list(res.dropped["id"]) == ["cmyk"]
