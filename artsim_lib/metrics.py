@@ -153,6 +153,34 @@ def bootstrap_ci(fn: Callable[[pd.DataFrame], float], df: pd.DataFrame, groups: 
 
 
 # -- copy detection: one global ranking of every (query, candidate) pair ---------------------------------
+def _ap_of_blocks(n, p, total) -> float:
+    """µAP from tie blocks in rank order: ``n`` items and ``p`` true ones per block (weighted counts
+    allowed), ``total`` true pairs in all. Within a block of n tied items holding p true ones, a true
+    item at block rank r has on average (r-1)(p-1)/(n-1) true ones above it, so the expected sum of
+    its precisions is closed-form with S = Σ_r 1/(k+r) = ψ(k+n+1) - ψ(k+1)."""
+    from scipy.special import digamma
+
+    n, p = np.asarray(n, float), np.asarray(p, float)
+    keep = n > 0
+    n, p = n[keep], p[keep]
+    if total <= 0:
+        return float("nan")
+    k = np.cumsum(n) - n                                          # items above each block
+    c = np.cumsum(p) - p                                          # true items above each block
+    S = digamma(k + n + 1) - digamma(k + 1)
+    inner = np.where(n > 1, (p - 1) / np.where(n > 1, n - 1, 1) * (n - (k + 1) * S), 0.0)
+    return float(np.sum(p / n * ((c + 1) * S + inner)) / total)
+
+
+def _recall_of_blocks(n, p, total, precision) -> float:
+    """The largest recall of a cut between blocks whose precision is at least ``precision``."""
+    if total <= 0:
+        return float("nan")
+    tp, kept = np.cumsum(p), np.cumsum(n)
+    ok = (tp / np.maximum(kept, 1e-12) >= precision - 1e-12) & (kept > 0)
+    return float(tp[ok].max() / total) if ok.any() else 0.0
+
+
 def _tie_blocks(scores, labels):
     """Scores sorted high to low (NaN last) cut into blocks of equal score: per block its size and
     its positives. # [B], [B]"""
@@ -171,21 +199,9 @@ def micro_ap(scores, labels, n_positives: int | None = None) -> float:
     the sum over true pairs of the precision at their rank, divided by ``n_positives`` (default:
     the true pairs given; pass more when some ground truth was never scored). Pairs of a query
     whose original is absent are all false, so its confident matches are false alarms that lower
-    every later precision. Expected value over random orderings of tied scores (exact: within a
-    block of n tied pairs holding p true ones, a true pair at block rank r has on average
-    (r-1)(p-1)/(n-1) true ones above it in the block)."""
+    every later precision. Exact expected value over random orderings of tied scores."""
     sizes, pos = _tie_blocks(scores, labels)
-    total = int(pos.sum()) if n_positives is None else int(n_positives)
-    if total <= 0:
-        return float("nan")
-    ap, above, true_above = 0.0, 0, 0
-    for n, p in zip(sizes, pos):
-        if p:
-            r = np.arange(1, n + 1)
-            inner = (r - 1) * (p - 1) / (n - 1) if n > 1 else np.zeros(1)
-            ap += p / n * float(np.sum((true_above + 1 + inner) / (above + r)))
-        above, true_above = above + n, true_above + p
-    return ap / total
+    return _ap_of_blocks(sizes, pos, int(pos.sum()) if n_positives is None else int(n_positives))
 
 
 def recall_at_precision(scores, labels, precision: float = 0.9, n_positives: int | None = None) -> float:
@@ -193,12 +209,53 @@ def recall_at_precision(scores, labels, precision: float = 0.9, n_positives: int
     (thresholds fall between distinct scores: a tie is taken whole or not at all); 0 when no
     threshold is that precise."""
     sizes, pos = _tie_blocks(scores, labels)
-    total = int(pos.sum()) if n_positives is None else int(n_positives)
-    if total <= 0:
-        return float("nan")
-    tp, kept = np.cumsum(pos), np.cumsum(sizes)
-    ok = tp / np.maximum(kept, 1) >= precision - 1e-12
-    return float(tp[ok].max() / total) if ok.any() else 0.0
+    return _recall_of_blocks(sizes, pos, int(pos.sum()) if n_positives is None else int(n_positives), precision)
+
+
+class RankedPairs:
+    """One global ranking of (query, candidate) pairs, sorted once, scored for any resample of the
+    queries (a query drawn m times counts m times): µAP and recall at precision in O(pairs)."""
+
+    def __init__(self, scores, labels, query, has_truth):
+        s = _nan_last(scores)
+        order = np.argsort(-s, kind="stable")
+        s = s[order]
+        self.lab = np.asarray(labels, bool)[order]
+        self.query = np.asarray(query, np.int64)[order]
+        self.has_truth = np.asarray(has_truth, bool)               # [Q] the query's original is in the gallery
+        self.block = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1 if len(s) else np.zeros(0, np.int64)
+        self.n_blocks = int(self.block[-1]) + 1 if len(s) else 0
+
+    def _blocks(self, rows=None):
+        m = (np.ones(len(self.has_truth)) if rows is None
+             else np.bincount(np.asarray(rows, np.int64), minlength=len(self.has_truth)).astype(float))
+        w = m[self.query]
+        n = np.bincount(self.block, weights=w, minlength=self.n_blocks)
+        p = np.bincount(self.block, weights=w * self.lab, minlength=self.n_blocks)
+        return n, p, float((m * self.has_truth).sum())
+
+    def micro_ap(self, rows=None) -> float:
+        """µAP of the queries ``rows`` (default: each once)."""
+        return _ap_of_blocks(*self._blocks(rows))
+
+    def recall_at_precision(self, precision: float = 0.9, rows=None) -> float:
+        """Recall at ``precision`` of the queries ``rows`` (default: each once)."""
+        n, p, total = self._blocks(rows)
+        return _recall_of_blocks(n, p, total, precision)
+
+
+def top_candidates(sim: np.ndarray, truth: np.ndarray, k: int):
+    """Each query's ``k`` best candidates (all of those tied with the k-th: a cut never splits a
+    tie) as flat pairs: (scores, labels, query). ``truth[q]`` is the true column or -1. A true
+    candidate left out still counts as a true pair never found. # [P], [P], [P]"""
+    sim = _nan_last(sim)
+    if sim.shape[1] > k:
+        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1]          # [Q] the k-th best score
+        keep = sim >= kth[:, None]
+    else:
+        keep = np.ones_like(sim, bool)
+    q, c = np.nonzero(keep)
+    return sim[q, c], c == np.asarray(truth)[q], q
 
 
 def query_anchored_accuracy(s_query_pos, s_query_neg) -> float:

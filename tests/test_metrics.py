@@ -202,3 +202,27 @@ def test_paired_difference_by_hand():
     ia = M.grouped_bootstrap(lambda r: a[r].mean(), groups, n_boot=200)
     ib = M.grouped_bootstrap(lambda r: b[r].mean(), groups, n_boot=200)
     assert ia["lo"] < ib["hi"]
+
+
+def test_ranked_pairs_equal_micro_ap_and_count_a_resampled_query_twice():
+    rng = np.random.default_rng(3)
+    sim = np.round(rng.random((6, 5)), 1)                              # coarse: many ties
+    truth = np.array([0, 1, 2, -1, 4, -1])                            # two queries whose original is absent
+    scores, labels, q = M.top_candidates(sim, truth, k=5)
+    rp = M.RankedPairs(scores, labels, q, truth >= 0)
+    assert rp.micro_ap() == pytest.approx(M.micro_ap(sim.ravel(), (np.arange(5)[None] == truth[:, None]).ravel()))
+    rows = np.array([0, 0, 3, 4])                                      # query 0 drawn twice
+    dup_scores = np.concatenate([sim[r] for r in rows])
+    dup_labels = np.concatenate([np.arange(5) == truth[r] for r in rows])
+    assert rp.micro_ap(rows) == pytest.approx(M.micro_ap(dup_scores, dup_labels))
+    assert rp.recall_at_precision(0.5, rows) == pytest.approx(M.recall_at_precision(dup_scores, dup_labels, 0.5))
+
+
+def test_top_candidates_keep_ties_at_the_cut_and_count_missed_truths():
+    sim = np.array([[0.9, 0.5, 0.5, 0.1], [0.2, 0.3, 0.4, 0.5]])
+    scores, labels, q = M.top_candidates(sim, np.array([3, 3]), k=2)
+    assert q.tolist() == [0, 0, 0, 1, 1] and labels.tolist() == [False] * 3 + [False, True]
+    rp = M.RankedPairs(scores, labels, q, [True, True])
+    # query 0's truth is cut off (1 of 2 true pairs found); query 1's ties with two of query 0's
+    # candidates below the false 0.9: rank 2, 3 or 4 with equal chance
+    assert rp.micro_ap() == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3 / 2)
