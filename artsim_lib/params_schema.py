@@ -42,6 +42,12 @@ class SplitParams(_Section):
     val: float = Field(0.15, ge=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     stratify: Literal["style", "genre", "artist", "none"] = "style"
+    # original: each original in one split (stratified by `stratify`); artist: every artist's paintings in
+    # one split, so no test artist was seen in training (rows without an artist are their own group).
+    group: Literal["original", "artist"] = "original"
+    # Near-copies across splits (phash Hamming distance <= this; stage 09's near_duplicate_phash) leave the
+    # val/test split; None: not checked.
+    cross_split_phash: int | None = Field(8, ge=0, le=64)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "SplitParams":

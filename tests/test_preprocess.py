@@ -190,3 +190,30 @@ def test_source_geometry_reads_the_rotated_sides(files):
     assert (geo["src_width"], geo["src_height"]) == (100, 200)
     assert (geo["content_x0"], geo["content_x1"], geo["content_y0"], geo["content_y1"]) == (16, 48, 0, 64)
     assert np.isnan(pp.source_geometry(str(files["missing"]), 64, "letterbox")["src_width"])
+
+
+def test_grouped_split_keeps_every_artist_in_one_split():
+    df = pd.DataFrame({"artist": [f"a{i % 12}" for i in range(120)] + [None, ""], "style": "s"})
+    split = pp.grouped_split(df, {"train": 0.7, "val": 0.15, "test": 0.15}, "artist", seed=3)
+    per_artist = pd.crosstab(df["artist"], split)
+    assert ((per_artist > 0).sum(1) == 1).all()                         # one split per artist
+    shares = split.value_counts(normalize=True)
+    assert abs(shares["train"] - 0.7) < 0.1 and shares["test"] > 0 and shares["val"] > 0
+    assert split.equals(pp.grouped_split(df, {"train": 0.7, "val": 0.15, "test": 0.15}, "artist", seed=3))
+    styled = df.assign(style=[f"s{i % 12 // 3}" for i in range(120)] + ["s0", "s0"])  # 3 artists per style
+    for seed in range(5):
+        split = pp.grouped_split(styled, {"train": 0.4, "val": 0.3, "test": 0.3}, "artist", seed, by="style")
+        assert (pd.crosstab(styled["style"], split)["train"] > 0).all()   # every style keeps a train artist
+
+
+def test_near_copies_across_splits_leave_val_and_test():
+    df = pd.DataFrame({"id": list("abcde"), "split": ["train", "test", "val", "test", "train"],
+                       "phash": ["0000000000000000", "0000000000000007",   # b: 3 bits from a (train)
+                                 "ffffffffffffffff", "fffffffffffffff0",   # d: 4 bits from c (val)
+                                 "00000000ffffffff"]})                     # e: far from all
+    cross = pp.cross_split_duplicates(df, 4)
+    assert cross[["id", "duplicate_of", "distance"]].values.tolist() == [["b", "a", 3], ["d", "c", 4]]
+    assert pp.cross_split_duplicates(df, 3)["id"].tolist() == ["b"]
+    assert pp.cross_split_duplicates(df, None).empty
+    same = df.assign(split="test")                                       # within one split: not this check
+    assert pp.cross_split_duplicates(same, 8).empty
