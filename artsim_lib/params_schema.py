@@ -18,6 +18,8 @@ class SynthArtParams(_Section):
     num_images: int = Field(100, ge=16, description="paintings to generate (defects included)")
     seed: int = 0
     max_side: int = Field(1400, ge=64, description="the largest image side; some exceed 1024")
+    series: int = Field(0, ge=0, description="groups of one artist's paintings: same composition, other palettes")
+    series_size: int = Field(3, ge=2)
 
 
 class DataParams(_Section):
