@@ -167,6 +167,8 @@ def _ap_of_blocks(n, p, total) -> float:
         return float("nan")
     k = np.cumsum(n) - n                                          # items above each block
     c = np.cumsum(p) - p                                          # true items above each block
+    hit = p > 0                                                   # only blocks with a true item add
+    n, p, k, c = n[hit], p[hit], k[hit], c[hit]
     S = digamma(k + n + 1) - digamma(k + 1)
     inner = np.where(n > 1, (p - 1) / np.where(n > 1, n - 1, 1) * (n - (k + 1) * S), 0.0)
     return float(np.sum(p / n * ((c + 1) * S + inner)) / total)
@@ -316,12 +318,30 @@ def _rows_of(drawn, order, counts, starts) -> np.ndarray:
     return order[np.repeat(starts[drawn] - (ends - lens), lens) + np.arange(ends[-1] if len(ends) else 0)]
 
 
+_DRAWS: dict = {}  # (groups' codes, n_boot, seed) -> (draws, jackknife rows): every measure reuses them
+
+
+def _cached(groups, n_boot: int, seed: int):
+    """The bootstrap draws and the leave-one-group-out rows of ``groups`` (computed once per
+    distinct grouping; the evaluation asks for the same ones for every measure and metric)."""
+    codes = pd.factorize(np.asarray(groups), sort=True)[0]
+    key = (codes.tobytes(), len(codes), n_boot, seed)
+    if key not in _DRAWS:
+        if len(_DRAWS) > 64:
+            _DRAWS.clear()
+        order, counts, starts = _group_index(groups)
+        rng = np.random.default_rng(seed)
+        draws = [_rows_of(rng.integers(0, len(counts), len(counts)), order, counts, starts) for _ in range(n_boot)]
+        jack = [_rows_of(np.delete(np.arange(len(counts)), g), order, counts, starts) for g in range(len(counts))] \
+            if len(counts) > 1 else []
+        _DRAWS[key] = (draws, jack)
+    return _DRAWS[key]
+
+
 def group_draws(groups, n_boot: int, seed: int = 0) -> list[np.ndarray]:
     """``n_boot`` resamples of whole groups, each as row indices: the same draws for every measure
     scored on the same rows, so paired differences compare like with like."""
-    order, counts, starts = _group_index(groups)
-    rng = np.random.default_rng(seed)
-    return [_rows_of(rng.integers(0, len(counts), len(counts)), order, counts, starts) for _ in range(n_boot)]
+    return _cached(groups, n_boot, seed)[0]
 
 
 def _bca(point: float, values: np.ndarray, jack: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -352,15 +372,15 @@ def grouped_bootstrap(stat: Callable[[np.ndarray], float], groups, n_boot: int =
     out = {"value": point, "lo": float("nan"), "hi": float("nan"), "n": int(len(counts))}
     if not len(order) or (n_boot == 0 and draws is None):
         return {**out, "values": np.zeros(0)}
-    draws = draws if draws is not None else group_draws(groups, n_boot, seed)
+    cached_draws, jack_rows = _cached(groups, n_boot, seed)
+    draws = draws if draws is not None else cached_draws
     values = np.array([stat(r) for r in draws], float)
     alpha = 1 - ci
     if method == "percentile":
         v = values[np.isfinite(values)]
         lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2]) if len(v) else (np.nan, np.nan)
     elif method == "bca":
-        jack = np.array([stat(_rows_of(np.delete(np.arange(len(counts)), g), order, counts, starts))
-                         for g in range(len(counts))], float) if len(counts) > 1 else np.zeros(0)
+        jack = np.array([stat(r) for r in jack_rows], float) if jack_rows else np.zeros(0)
         lo, hi = _bca(point, values, jack, alpha) if np.isfinite(point) else (np.nan, np.nan)
     else:
         raise ValueError(f"grouped_bootstrap: unknown method {method!r} (bca or percentile)")
