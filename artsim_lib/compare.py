@@ -41,7 +41,7 @@ from .descriptors import FAMILIES, ImageLike, ImageReadError  # noqa: F401 (API)
 from .measures import (DescriptorMeasure, EmbeddingMeasure, Measure, MeasureError,  # noqa: F401 (API)
                        MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, require_dir)
 
-PLUGIN_MODULES = ("artsim_lib.siamese", "artsim_lib.finetune", "artsim_lib.resnet_siamese")
+PLUGIN_MODULES = ("artsim_lib.siamese", "artsim_lib.finetune", "artsim_lib.resnet_siamese", "artsim_lib.sota")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _LOADERS: dict[str, Callable[[Path], "Measure"]] = {}
 _plugins_loaded = False

@@ -310,6 +310,8 @@ MEASURE_INFO = {
     "resnet": "ResNet-50 cosine before fine-tuning", "resnet_finetuned": "ResNet-50 cosine after fine-tuning",
     "clip_siamese": "CLIP siamese head", "resnet_siamese": "ResNet-50 siamese (triplet)",
     "resnet_regression": "ResNet-50 siamese (regression score)",
+    "dinov2": "DINOv2 cosine of the pooled CLS feature (Somepalli et al.'s replication detector)",
+    "sscd": "SSCD copy-detection descriptor (DISC21), cosine",
     "geometry": "content-free baseline: aspect ratio and content box only"}
 
 

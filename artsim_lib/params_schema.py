@@ -37,6 +37,8 @@ class ModelParams(_Section):
     blip2: str = "Salesforce/blip2-opt-2.7b"
     sdxl_refiner: str = "stabilityai/stable-diffusion-xl-refiner-1.0"
     resnet: str = "microsoft/resnet-50"
+    dinov2: str = "facebook/dinov2-base"  # stage 09's DINOv2 measure (transformers Dinov2Model)
+    sscd: str | None = None  # stage 09's SSCD measure: path of sscd_disc_mixup.torchscript.pt (None: skipped)
 
 
 class SplitParams(_Section):
@@ -236,7 +238,8 @@ class EvaluationParams(_Section):
     # Stage 09 scores every measure (compare.load_measure names) on the test split only.
     measures: list[str] = Field(default_factory=lambda: [
         "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "resnet",
-        "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "geometry"], min_length=1)
+        "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "dinov2", "sscd", "geometry"],
+        min_length=1)
     reference: str = "descriptor"  # MSE/MAE are measured against this measure's [0, 1] similarity
     n_boot: int = Field(1000, ge=0)  # bootstrap draws of whole test originals (0: no intervals)
     ci: float = Field(0.95, gt=0, lt=1)  # confidence level of the intervals
