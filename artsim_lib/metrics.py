@@ -395,3 +395,20 @@ def paired_difference(stat_a: Callable, stat_b: Callable, groups, n_boot: int = 
     out = grouped_bootstrap(lambda r: stat_a(r) - stat_b(r), groups, n_boot, ci, seed, method)
     out["excludes_0"] = bool(np.isfinite(out["lo"]) and (out["lo"] > 0 or out["hi"] < 0))
     return out
+
+
+# -- the seed study's text-image accuracies --------------------------------------------------------------
+def binary_text_image_accuracy(img_anchor, txt_pos, img_neg, txt_neg) -> dict:
+    """i2t and t2i as the seed study defined them, per triplet a binary choice (chance 0.5):
+    i2t: is cos(original, caption of its derivative) above cos(original, caption of the negative)?
+    t2i: is cos(caption of the derivative, original) above cos(caption of the derivative, negative
+    original)? Rows are L2-normalised embeddings ``[T, D]``; ties count half (:func:`triplet_accuracy`).
+    Stage 08's N-way retrieval (chance 1/N) is another, harder question."""
+    def unit(x):
+        x = np.asarray(x, float)
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(n > 0, n, 1)
+    a, tp, n_img, tn = unit(img_anchor), unit(txt_pos), unit(img_neg), unit(txt_neg)
+    cos = lambda x, y: np.einsum("td,td->t", x, y)               # noqa: E731 - row-wise cosine [T]
+    return {"i2t": triplet_accuracy(cos(a, tp), cos(a, tn)), "t2i": triplet_accuracy(cos(tp, a), cos(tp, n_img)),
+            "chance": 0.5, "triplets": int(len(a))}

@@ -226,3 +226,13 @@ def test_top_candidates_keep_ties_at_the_cut_and_count_missed_truths():
     # query 0's truth is cut off (1 of 2 true pairs found); query 1's ties with two of query 0's
     # candidates below the false 0.9: rank 2, 3 or 4 with equal chance
     assert rp.micro_ap() == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3 / 2)
+
+
+def test_binary_text_image_accuracy_by_hand():
+    # 2-d embeddings: the original [1, 0]; its derivative's caption [1, 1] (cos .707), the negative's
+    # caption [0, 1] (cos 0) -> i2t right; t2i: caption [1, 1] vs the negative original [1, 1] (cos 1) -> wrong
+    a, tp, n_img, tn = [[1, 0], [1, 0]], [[1, 1], [1, 0]], [[1, 1], [0, 1]], [[0, 1], [1, 0]]
+    out = M.binary_text_image_accuracy(a, tp, n_img, tn)
+    # second triplet: i2t cos(a, tp) = 1 ties cos(a, tn) = 1 -> half; t2i 1 vs 0 -> right
+    assert out["i2t"] == pytest.approx((1 + 0.5) / 2) and out["t2i"] == pytest.approx((0 + 1) / 2)
+    assert out["chance"] == 0.5 and out["triplets"] == 2
