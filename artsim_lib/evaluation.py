@@ -282,8 +282,10 @@ def style_breakdown(name: str, der, trip, ver, q_all) -> pd.DataFrame:
     for style, d in der.groupby("style", sort=True):
         t, v, q = trip[trip["style"] == style], ver[ver["style"] == style], q_all[q_all["style"] == style]
         hard, vh = t[t["negative_kind"].isin(HARD_KINDS)], v[v["label"] | v["kind"].isin(HARD_KINDS)]
+        # hard_triplets: a style whose test originals have no same-style/artist negative has an easier mix
         rows.append(dict(measure=name, style=style, originals=d["original_id"].nunique(), derivatives=len(d),
-                         triplets=len(t), triplet_acc=metrics.triplet_accuracy(t["s_pos"], t["s_neg"]),
+                         triplets=len(t), hard_triplets=len(hard),
+                         triplet_acc=metrics.triplet_accuracy(t["s_pos"], t["s_neg"]),
                          triplet_acc_hard=metrics.triplet_accuracy(hard["s_pos"], hard["s_neg"]),
                          **{"R@1": q["R@1"].mean() if len(q) else np.nan, "mAP": q["rr"].mean() if len(q) else np.nan},
                          auc_hard=metrics.roc_auc(vh["raw"], vh["label"]), positive_s01=d["s01"].mean()))
@@ -309,7 +311,8 @@ MEASURE_INFO = {
     "descriptor_fitted": "descriptor similarity, weights fitted on train", "clip": "raw CLIP cosine",
     "resnet": "ResNet-50 cosine before fine-tuning", "resnet_finetuned": "ResNet-50 cosine after fine-tuning",
     "clip_siamese": "CLIP siamese head", "resnet_siamese": "ResNet-50 siamese (triplet)",
-    "resnet_regression": "ResNet-50 siamese (regression score)",
+    "resnet_regression": "ResNet-50 siamese (regression score; trained on 0/1 labels, so its MSE to a continuous "
+                         "reference means little)",
     "dinov2": "DINOv2 cosine of the pooled CLS feature (Somepalli et al.'s replication detector)",
     "sscd": "SSCD copy-detection descriptor (DISC21), cosine",
     "geometry": "content-free baseline: aspect ratio and content box only"}
