@@ -252,11 +252,11 @@ def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, 
     st, s = der["strength"].to_numpy(float), der["raw"].to_numpy()
     add("spearman_strength", "all", lambda r: rank_correlation(st[r], s[r]), der["original_id"])
     for subset, by in (("original", ["original_id"]), ("original_family", ["original_id", "family"])):
-        per = der.groupby(by, sort=True).apply(lambda g: rank_correlation(g["strength"], g["raw"]),
-                                               include_groups=False)
-        rho, owner = per.to_numpy(float), per.index.get_level_values(0).to_numpy()
+        keys = der.groupby(by, sort=True).size().index
+        rho = metrics.per_group_spearman(der.assign(raw=np.nan_to_num(der["raw"], nan=-np.inf)), "strength", "raw", by)
+        owner = keys.get_level_values(0).to_numpy()
         add("spearman_within", subset, lambda r: float(np.nanmean(rho[r])) if np.isfinite(rho[r]).any() else np.nan,
-            owner, "ρ(strength, score) within each group, averaged")
+            owner, "ρ(strength, score) within each group, averaged (all-tied scores: 0)")
     if copy is not None and len(copy["has_truth"]):
         rp, groups = copy["ranking"], copy["groups"]
         add("µAP", "copy", lambda r: rp.micro_ap(r), groups, f"top {cfg.copy_topk} per query, absent originals")

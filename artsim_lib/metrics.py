@@ -269,17 +269,27 @@ def query_anchored_accuracy(s_query_pos, s_query_neg) -> float:
 
 
 def spearman_within(df: pd.DataFrame, x: str, y: str, by) -> tuple[float, int]:
-    """Spearman ρ of ``x`` and ``y`` within each group of ``by`` (e.g. ``original_id`` or
-    ``["original_id", "family"]``), averaged over the groups where it is defined; returns
-    (mean ρ, groups averaged). Pooling across originals mixes their levels and dilutes ρ."""
+    """Spearman ρ of ``x`` (e.g. strength) and ``y`` (the score) within each group of ``by`` (e.g.
+    ``original_id`` or ``["original_id", "family"]``), averaged over the groups; returns (mean ρ,
+    groups averaged). Pooling across originals mixes their levels and dilutes ρ. A group whose
+    scores are all tied counts 0 (the expected ρ of a random order of the ties, as everywhere in this
+    module); a group whose ``x`` is constant has no order to agree with and is left out."""
     rhos = per_group_spearman(df, x, y, by)
     rhos = rhos[np.isfinite(rhos)]
     return (float(rhos.mean()) if len(rhos) else float("nan")), int(len(rhos))
 
 
 def per_group_spearman(df: pd.DataFrame, x: str, y: str, by) -> np.ndarray:
-    """ρ of each group of ``by`` (NaN where a side is constant or the group has one row). # [G]"""
-    return np.array([spearman(g[x], g[y]) for _, g in df.groupby(by, sort=True)], float)
+    """ρ of each group of ``by``: 0 where its scores ``y`` are all tied, NaN where ``x`` is
+    constant (or the group has one row). # [G]"""
+    out = []
+    for _, g in df.groupby(by, sort=True):
+        xs, ys = g[x].to_numpy(float), g[y].to_numpy(float)
+        if len(xs) < 2 or np.all(xs == xs[0]):
+            out.append(np.nan)
+        else:
+            out.append(0.0 if np.all(ys == ys[0]) else spearman(xs, ys))
+    return np.array(out, float)
 
 
 # -- intervals -----------------------------------------------------------------------------------------

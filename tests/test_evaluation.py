@@ -113,6 +113,7 @@ def test_constant_measure_scores_exactly_chance():
     assert value(r, "const", "auc", "hard") == 0.5
     assert value(r, "const", "moderate_above_radical", "all") == 0.5
     assert np.isnan(value(r, "const", "spearman_strength", "all"))
+    assert value(r, "const", "spearman_within", "original_family") == 0   # all tied: the expected ρ, 0
     chance = r.chance()
     assert chance["R@1"] == pytest.approx(1 / n) and chance["mAP"] == pytest.approx(value(r, "const", "mAP", "all"))
 

@@ -153,8 +153,10 @@ def test_spearman_within_each_original_is_not_diluted_by_pooling():
     assert M.spearman(df["strength"], df["score"]) > -0.5     # pooled: the originals' levels mix in
     df.loc[df["original_id"] == "b", "score"] = [0.1, 0.2, 0.3]
     assert M.spearman_within(df, "strength", "score", "original_id")[0] == pytest.approx(0)
-    const = df.assign(score=[0.5, 0.5, 0.5, 0.3, 0.2, 0.1])    # a constant group is left out
-    assert M.spearman_within(const, "strength", "score", "original_id") == (pytest.approx(-1), 1)
+    const = df.assign(score=[0.5, 0.5, 0.5, 0.3, 0.2, 0.1])    # all-tied scores order nothing: 0
+    assert M.spearman_within(const, "strength", "score", "original_id") == (pytest.approx(-0.5), 2)
+    single = df.assign(strength=[1, 1, 1, 1, 2, 3])             # no strengths to order: left out
+    assert M.spearman_within(single, "strength", "score", "original_id") == (pytest.approx(1), 1)
 
 
 def test_exact_and_wilson_intervals_by_hand():
