@@ -156,7 +156,8 @@ class EvalSet:
     extra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "original_id", "kind"]))
     copy_gallery: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C] image indices
     copy_queries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [Qc] derivative rows
-    copy_truth: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))    # [Qc] column in copy_gallery, -1: absent
+    # [Qc] column in copy_gallery of each copy query's original, -1: absent
+    copy_truth: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bucket: np.ndarray | None = None  # [len(originals)] aspect-ratio bucket of each test original (None: unknown)
 
     @property

@@ -32,7 +32,8 @@ def family_table(held: str, test: pd.DataFrame, s_pos, s_neg, s_qneg) -> list[di
     rows = []
     for fam, idx in test.groupby("family", sort=True).indices.items():
         hard = test["negative_kind"].to_numpy()[idx] != "random"
-        rows.append(dict(trained_without=held, family=fam, triplets=len(idx), originals=test["anchor_id"].iloc[idx].nunique(),
+        rows.append(dict(trained_without=held, family=fam, triplets=len(idx),
+                         originals=test["anchor_id"].iloc[idx].nunique(),
                          acc=metrics.triplet_accuracy(s_pos[idx], s_neg[idx]),
                          acc_query=metrics.query_anchored_accuracy(s_pos[idx], s_qneg[idx]),
                          acc_query_hard=metrics.query_anchored_accuracy(s_pos[idx][hard], s_qneg[idx][hard])))

@@ -218,7 +218,8 @@ class SiameseParams(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)
-    train_splits: list[float] = Field(default_factory=lambda: [0.8, 0.4])  # the seed's 80/20 and 40/60 (VAL_SPLIT = 0.6)
+    # the seed's 80/20 and 40/60 train/val splits (its code: VAL_SPLIT = 0.6)
+    train_splits: list[float] = Field(default_factory=lambda: [0.8, 0.4])
     # CLIP siamese: the transformer head splits the CLIP embedding into `tokens` tokens.
     tokens: int = Field(4, ge=1)  # must divide the CLIP embedding size (512 full, 32 smoke)
     layers: int = Field(1, ge=1)  # transformer-head encoder layers

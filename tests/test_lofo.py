@@ -2,7 +2,6 @@
 it can recognise shows a drop once held out; the others do not."""
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from artsim_lib import config, lofo

@@ -21,8 +21,8 @@ next to ``classes.csv`` (nothing extra goes into the csv) and returned by :func:
 
 Series (``series`` > 0): that many groups of ``series_size`` paintings by one artist with the
 same composition in different palettes (the artist's palette rolled), the hard negatives of
-stage 09: the sidecar lists the non-first members as ``series_member`` and every member's
-group under ``series`` (a list of filename lists).
+stage 09: the sidecar lists every member under ``series`` and the non-first members under
+``series_member``; ``synthart_series.json`` holds the groups (a list of filename lists).
 
 Quirks, also in the sidecar: ``multi_style`` rows name two styles (``genre_count`` 2, file in
 the first style's folder); ``no_year`` names lack the trailing ``-YYYY``. ~10 % of rows are in
@@ -47,6 +47,7 @@ from .. import paths
 
 COLUMNS = ["filename", "artist", "genre", "description", "phash", "width", "height", "genre_count", "subset"]
 DEFECTS_FILE = "synthart_defects.json"
+SERIES_FILE = "synthart_series.json"  # the series as lists of filenames (only with series > 0)
 DEFECTS = ("missing_artist", "missing_genre", "missing_subset", "grayscale", "rgba_png", "cmyk",
            "exif_rotated", "truncated")
 WORK = 384  # paintings are drawn at this long side, then resized: fast at any output size
@@ -439,12 +440,13 @@ def generate(root: str | Path, num_images: int = 100, seed: int = 0, max_side: i
         sidecar = {"no_year": [r["filename"] for r in rows if r["year"] is None]}
         for r in filter(lambda r: r["defect"], rows):
             sidecar.setdefault(r["defect"], []).append(r["filename"])
-        if series:
+        if series:  # the sidecar stays {name: [filenames]}; the groups go to their own file
             groups: dict = {}
             for r in filter(lambda r: "series_of" in r, rows):
                 groups.setdefault(r["series_of"], []).append(r["filename"])
-            sidecar["series"] = sorted(sorted(g) for g in groups.values())
+            sidecar["series"] = sorted(f for g in groups.values() for f in g)
             sidecar["series_member"] = sorted(r["filename"] for r in rows if r.get("palette_shift"))
+            (tmp / SERIES_FILE).write_text(json.dumps(sorted(sorted(g) for g in groups.values()), indent=1) + "\n")
         (tmp / DEFECTS_FILE).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return csv_path
 
