@@ -141,7 +141,7 @@ def load_sscd(run_dir) -> EmbeddingMeasure:
     P = _run(run_dir)
     if not P.models.sscd:
         raise MeasureUnavailableError("measure 'sscd': models.sscd is not set (the path of the SSCD TorchScript file)")
-    path = Path(P.ref(P.models.sscd, run_dir))
+    path = P.path(P.models.sscd, run_dir)  # a file, never a hub id: relative to the project root
     if P.models.build_tiny and not path.exists():
         make_tiny_sscd(path, P.seed)
     return sscd_measure(path, P.evaluation.batch_size, _device(P))

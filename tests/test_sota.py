@@ -56,3 +56,14 @@ def test_loaders_build_tiny_models_for_a_smoke_run(run_dir):
     assert (run_dir / "models" / "tiny-dinov2" / "config.json").exists()
     full = config.load_params("full")
     assert full.models.dinov2 == "facebook/dinov2-base"
+
+
+def test_missing_models_are_skipped_with_a_reason(run_dir, tmp_path):
+    P = config.load_params("smoke", ["models.build_tiny=false", f"models.sscd={tmp_path}/none.pt",
+                                     "models.dinov2=no-such-org/dinov2-missing"])
+    P.run.root.mkdir(parents=True, exist_ok=True)
+    P.run.params_file.write_text(P.to_yaml())
+    with pytest.raises(MeasureUnavailableError, match="TorchScript"):
+        compare.load_measure("sscd", run_dir)
+    with pytest.raises(MeasureUnavailableError, match="dinov2"):
+        compare.load_measure("dinov2", run_dir)
