@@ -242,7 +242,8 @@ def copy_detection_set(es: EvalSet, manifest: pd.DataFrame, pairs: pd.DataFrame,
     """``es`` with the copy-detection protocol's gallery and queries: every original of the other
     splits (or a seeded sample) and a seeded sample of their derivatives as distractors, the test
     originals minus a seeded share left absent (their queries have no true match: a confident
-    match is a false alarm), and a seeded sample of each test original's derivatives as queries."""
+    match is a false alarm), and a seeded sample of each test original's derivatives as queries.
+    With ``retrieval_originals`` only the sampled test originals take part."""
     rng = np.random.default_rng([seed, 9])
     others = manifest[manifest["split"] != "test"].sort_values("id")
     if cfg.copy_distractor_originals is not None and cfg.copy_distractor_originals < len(others):
@@ -256,16 +257,20 @@ def copy_detection_set(es: EvalSet, manifest: pd.DataFrame, pairs: pd.DataFrame,
     extra = pd.concat([others[["path", "id"]].set_axis(["path", "original_id"], axis=1).assign(kind="original"),
                        oder[["path", "original_id"]].assign(kind="derivative")], ignore_index=True)
     n_orig = len(es.originals)
+    used = np.zeros(n_orig, bool)
+    used[es.gallery] = True            # the retrieval gallery's sample of test originals (all by default)
     absent = np.zeros(n_orig, bool)
-    if n_orig > 1 and cfg.copy_absent_share > 0:
-        absent[rng.choice(n_orig, int(round(cfg.copy_absent_share * n_orig)), replace=False)] = True
-    present = np.flatnonzero(~absent)
+    if len(es.gallery) > 1 and cfg.copy_absent_share > 0:
+        absent[rng.choice(es.gallery, int(round(cfg.copy_absent_share * len(es.gallery))), replace=False)] = True
+    present = np.flatnonzero(used & ~absent)
     base = n_orig + len(es.derivatives)
     gallery = np.concatenate([present, base + np.arange(len(extra))]).astype(np.int64)
     col = np.full(n_orig, -1)
     col[present] = np.arange(len(present))
     rows = []
-    for _, idx in es.derivatives.groupby("orig", sort=True).groups.items():
+    for orig, idx in es.derivatives.groupby("orig", sort=True).groups.items():
+        if not used[orig]:
+            continue
         idx = np.asarray(idx)
         k = cfg.copy_queries_per_original
         rows.append(np.sort(rng.choice(idx, k, replace=False)) if k is not None and len(idx) > k else idx)

@@ -463,3 +463,14 @@ def test_copy_detection_constant_is_chance_and_paired_marks_need_a_real_differen
                                  cfg.model_copy(update={"measures": ["oracle", "const"]}))
     assert r2.best()["µAP copy"] == ["oracle"] and r2.best()["R@1"] == ["oracle"]
     assert r2.paired["excludes_0"].all() and (r2.paired["diff"] > 0).all()
+
+
+def test_copy_detection_uses_only_the_sampled_test_originals():
+    manifest, pairs, trip = study(n_test=10)
+    cfg = config.EvaluationParams(retrieval_originals=4, copy_absent_share=0.25, copy_queries_per_original=1)
+    es = evaluation.test_set(manifest, pairs, trip, cfg, seed=3)
+    owners = es.derivatives["orig"].to_numpy()[es.copy_queries]
+    assert set(owners) == set(es.gallery) and len(es.copy_queries) == 4      # one query per sampled original
+    assert (es.copy_truth < 0).sum() == 1                                     # a quarter of 4 left absent
+    present = es.copy_gallery[es.copy_gallery < len(es.originals)]
+    assert set(present) < set(es.gallery) and len(present) == 3
