@@ -329,33 +329,64 @@ def _rows_of(drawn, order, counts, starts) -> np.ndarray:
 
 
 _DRAWS: dict = {}  # (groups' codes, n_boot, seed) -> (draws, jackknife rows): every measure reuses them
+CACHE_MAX_ROWS = 20_000_000  # row indices kept per grouping; larger ones are drawn again on each use
+MAX_JACKKNIFE = 200          # leave-one-out groups for BCa's acceleration (a seeded sample above this)
 
 
-def _cached(groups, n_boot: int, seed: int):
-    """The bootstrap draws and the leave-one-group-out rows of ``groups`` (computed once per
-    distinct grouping; the evaluation asks for the same ones for every measure and metric)."""
+class _Resamples:
+    """The bootstrap draws and the jackknife rows of one grouping, as row-index arrays: built once
+    and kept when small, otherwise re-drawn (identically, from the seed) each time they are read."""
+
+    def __init__(self, groups, n_boot: int, seed: int):
+        self.order, self.counts, self.starts = _group_index(groups)
+        self.n_boot, self.seed = n_boot, seed
+        g = len(self.counts)
+        self.jack_groups = (np.arange(g) if g <= MAX_JACKKNIFE else
+                            np.sort(np.random.default_rng([seed, 1]).choice(g, MAX_JACKKNIFE, replace=False)))
+        self.jack_scale = float(np.sqrt(len(self.jack_groups) / g)) if g else 1.0  # a from a sample: see _bca
+        small = len(self.order) * (n_boot + len(self.jack_groups)) <= CACHE_MAX_ROWS
+        self._draws = list(self._make_draws()) if small else None
+        self._jack = list(self._make_jack()) if small else None
+
+    def _make_draws(self):
+        rng, g = np.random.default_rng(self.seed), len(self.counts)
+        for _ in range(self.n_boot):
+            yield _rows_of(rng.integers(0, g, g), self.order, self.counts, self.starts)
+
+    def _make_jack(self):
+        if len(self.counts) < 2:
+            return
+        for k in self.jack_groups:
+            yield _rows_of(np.delete(np.arange(len(self.counts)), k), self.order, self.counts, self.starts)
+
+    def draws(self):
+        return self._draws if self._draws is not None else self._make_draws()
+
+    def jack(self):
+        return self._jack if self._jack is not None else self._make_jack()
+
+
+def _cached(groups, n_boot: int, seed: int) -> _Resamples:
+    """The resamples of ``groups`` (once per distinct grouping: the evaluation asks for the same
+    ones for every measure and metric)."""
     codes = pd.factorize(np.asarray(groups), sort=True)[0]
     key = (codes.tobytes(), len(codes), n_boot, seed)
     if key not in _DRAWS:
-        if len(_DRAWS) > 64:
+        if len(_DRAWS) > 32:
             _DRAWS.clear()
-        order, counts, starts = _group_index(groups)
-        rng = np.random.default_rng(seed)
-        draws = [_rows_of(rng.integers(0, len(counts), len(counts)), order, counts, starts) for _ in range(n_boot)]
-        jack = [_rows_of(np.delete(np.arange(len(counts)), g), order, counts, starts) for g in range(len(counts))] \
-            if len(counts) > 1 else []
-        _DRAWS[key] = (draws, jack)
+        _DRAWS[key] = _Resamples(groups, n_boot, seed)
     return _DRAWS[key]
 
 
 def group_draws(groups, n_boot: int, seed: int = 0) -> list[np.ndarray]:
     """``n_boot`` resamples of whole groups, each as row indices: the same draws for every measure
     scored on the same rows, so paired differences compare like with like."""
-    return _cached(groups, n_boot, seed)[0]
+    return list(_cached(groups, n_boot, seed).draws())
 
 
-def _bca(point: float, values: np.ndarray, jack: np.ndarray, alpha: float) -> tuple[float, float]:
-    """BCa quantiles of bootstrap ``values`` with the acceleration from the jackknife ``jack``."""
+def _bca(point: float, values: np.ndarray, jack: np.ndarray, alpha: float, scale: float = 1.0) -> tuple[float, float]:
+    """BCa quantiles of bootstrap ``values`` with the acceleration from the jackknife ``jack``; a
+    jackknife over m of n groups gives a about sqrt(n/m) times too large, so ``scale`` = sqrt(m/n)."""
     values, jack = values[np.isfinite(values)], jack[np.isfinite(jack)]
     if not len(values):
         return float("nan"), float("nan")
@@ -365,7 +396,7 @@ def _bca(point: float, values: np.ndarray, jack: np.ndarray, alpha: float) -> tu
     z0 = stats.norm.ppf(np.clip(prop, 1 / (2 * len(values)), 1 - 1 / (2 * len(values))))
     d = jack.mean() - jack if len(jack) > 1 else np.zeros(1)
     den = 6 * np.sum(d ** 2) ** 1.5
-    a = float(np.sum(d ** 3) / den) if den > 0 else 0.0
+    a = scale * float(np.sum(d ** 3) / den) if den > 0 else 0.0
     z = stats.norm.ppf([alpha / 2, 1 - alpha / 2])
     q = stats.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
     lo, hi = np.quantile(values, q)
@@ -382,16 +413,15 @@ def grouped_bootstrap(stat: Callable[[np.ndarray], float], groups, n_boot: int =
     out = {"value": point, "lo": float("nan"), "hi": float("nan"), "n": int(len(counts))}
     if not len(order) or (n_boot == 0 and draws is None):
         return {**out, "values": np.zeros(0)}
-    cached_draws, jack_rows = _cached(groups, n_boot, seed)
-    draws = draws if draws is not None else cached_draws
-    values = np.array([stat(r) for r in draws], float)
+    res = _cached(groups, n_boot, seed)
+    values = np.array([stat(r) for r in (draws if draws is not None else res.draws())], float)
     alpha = 1 - ci
     if method == "percentile":
         v = values[np.isfinite(values)]
         lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2]) if len(v) else (np.nan, np.nan)
     elif method == "bca":
-        jack = np.array([stat(r) for r in jack_rows], float) if jack_rows else np.zeros(0)
-        lo, hi = _bca(point, values, jack, alpha) if np.isfinite(point) else (np.nan, np.nan)
+        jack = np.array([stat(r) for r in res.jack()], float)
+        lo, hi = _bca(point, values, jack, alpha, res.jack_scale) if np.isfinite(point) else (np.nan, np.nan)
     else:
         raise ValueError(f"grouped_bootstrap: unknown method {method!r} (bca or percentile)")
     return {**out, "lo": float(lo), "hi": float(hi), "values": values}

@@ -238,3 +238,19 @@ def test_binary_text_image_accuracy_by_hand():
     # second triplet: i2t cos(a, tp) = 1 ties cos(a, tn) = 1 -> half; t2i 1 vs 0 -> right
     assert out["i2t"] == pytest.approx((1 + 0.5) / 2) and out["t2i"] == pytest.approx((0 + 1) / 2)
     assert out["chance"] == 0.5 and out["triplets"] == 2
+
+
+def test_large_groupings_are_redrawn_identically_and_the_jackknife_sampled(monkeypatch):
+    from scipy import stats
+    x = np.random.default_rng(5).exponential(size=600)
+    small = M.grouped_bootstrap(lambda r: x[r].mean(), np.arange(600), n_boot=300, seed=2)
+    M._DRAWS.clear()
+    monkeypatch.setattr(M, "CACHE_MAX_ROWS", 10)            # nothing kept: draws made again per use
+    again = M.grouped_bootstrap(lambda r: x[r].mean(), np.arange(600), n_boot=300, seed=2)
+    assert np.array_equal(small["values"], again["values"])
+    assert len(M.group_draws(np.arange(600), 5, seed=2)) == 5
+    # 600 groups > MAX_JACKKNIFE: the acceleration from 200 of them, rescaled, stays near the full one
+    ref = stats.bootstrap((x,), np.mean, n_resamples=3000, method="BCa", random_state=0).confidence_interval
+    out = M.grouped_bootstrap(lambda r: x[r].mean(), np.arange(600), n_boot=3000, seed=1)
+    assert out["lo"] == pytest.approx(ref.low, abs=0.03) and out["hi"] == pytest.approx(ref.high, abs=0.03)
+    M._DRAWS.clear()
