@@ -262,7 +262,6 @@ def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, 
         add("µAP", "copy", lambda r: rp.micro_ap(r), groups, f"top {cfg.copy_topk} per query, absent originals")
         add("recall_at_precision", "copy", lambda r: rp.recall_at_precision(cfg.precision_target, r), groups,
             f"recall at precision {cfg.precision_target:g}")
-    add("nan_scores", "all", lambda r: float(np.isnan(s[r]).sum()), der["original_id"], "NaN scores, ranked last")
     mar = _mod_above_rad(der)
     add("moderate_above_radical", "all", lambda r: float(np.mean(mar.to_numpy()[r])), mar.index.to_numpy())
     if (der["backend"] == "augment").any():
@@ -423,6 +422,8 @@ def evaluate_set(es: EvalSet, measures: dict[str, Measure], cfg=None, seed: int 
         stats[name] = {}
         rows += reference_metrics(name, sc, ref, pair_orig, is_pos, cfg, seed, in_test)
         rows += measure_metrics(name, der, trip, ver, ranks, cfg, seed, copy, stats[name])
+        rows.append(dict(measure=name, metric="nan_scores", subset="all", value=float(metrics.count_nan(sc.raw[name])),
+                         lo=np.nan, hi=np.nan, n=len(sc.pairs), note="NaN scores of all scored pairs, ranked last"))
         styles.append(style_breakdown(name, der, trip, ver, ranks["all"]))
         tables[name] = {"derivatives": der, "triplets": trip, "verification": ver, "queries": ranks["all"],
                         "retrieval": sim, "copy": copy["sim"]}

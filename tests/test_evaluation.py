@@ -474,3 +474,14 @@ def test_copy_detection_uses_only_the_sampled_test_originals():
     assert (es.copy_truth < 0).sum() == 1                                     # a quarter of 4 left absent
     present = es.copy_gallery[es.copy_gallery < len(es.originals)]
     assert set(present) < set(es.gallery) and len(present) == 3
+
+
+def test_nan_scores_are_counted_and_never_win():
+    es, table = hand_study()
+    table = dict(table)
+    table[frozenset(("B", "B'"))] = float("nan")     # B' against its own original: NaN
+    cfg = config.EvaluationParams(n_boot=0, measures=["table"], reference="table", ks=[1])
+    r = evaluation.evaluate_set(es, {"table": Table(table)}, cfg)
+    assert value(r, "table", "nan_scores", "all") == 1
+    q = r.tables["table"]["queries"]
+    assert q["rank"].iloc[1] == 3                    # B' ranks its NaN original last, never first
