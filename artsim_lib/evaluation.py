@@ -291,6 +291,34 @@ def style_breakdown(name: str, der, trip, ver, q_all) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# -- the seed's text-image accuracies ------------------------------------------------------------------------
+def text_image_binary(es: EvalSet, embed_images, embed_texts, captions: pd.DataFrame) -> pd.DataFrame:
+    """The seed's i2t and t2i on the test triplets whose derivative was made from a prompt (SDXL):
+    per triplet a binary choice, chance 0.5 (:func:`metrics.binary_text_image_accuracy`): the
+    original against its derivative's prompt and the negative's caption (i2t), the prompt against
+    the original and the negative (t2i). ``embed_images(paths)`` and ``embed_texts(texts)`` give
+    ``[N, D]`` embeddings in one space (CLIP). One row per kind of negative and 'all'; empty when
+    no test derivative has a prompt (the ``augment`` backend has none)."""
+    cols = ["negative_kind", "triplets", "originals", "i2t", "t2i", "chance"]
+    t, d = es.triplets, es.derivatives.set_index("pair_id")
+    prompt = t["positive_id"].map(d["prompt"]) if "prompt" in d else pd.Series(index=t.index, dtype=object)
+    neg_caption = t["negative_id"].map(captions.set_index("id")["caption"])
+    keep = (prompt.notna() & prompt.astype(str).str.strip().ne("") & neg_caption.notna()).to_numpy()
+    if not keep.any():
+        return pd.DataFrame(columns=cols)
+    t, prompt, neg_caption = t[keep], prompt[keep].astype(str), neg_caption[keep].astype(str)
+    path = es.originals["path"].to_numpy()
+    img_a, img_n = np.asarray(embed_images(list(path[t["a"]]))), np.asarray(embed_images(list(path[t["n"]])))
+    txt_p, txt_n = np.asarray(embed_texts(list(prompt))), np.asarray(embed_texts(list(neg_caption)))
+    rows = []
+    for kind in ["all", *sorted(t["negative_kind"].unique())]:
+        sel = np.ones(len(t), bool) if kind == "all" else (t["negative_kind"] == kind).to_numpy()
+        r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
+        rows.append(dict(negative_kind=kind, triplets=r["triplets"], originals=t.loc[sel, "anchor_id"].nunique(),
+                         i2t=r["i2t"], t2i=r["t2i"], chance=r["chance"]))
+    return pd.DataFrame(rows, columns=cols)
+
+
 # -- the whole evaluation ----------------------------------------------------------------------------------
 HEADLINE = [("µAP", "copy", "µAP copy"), ("recall_at_precision", "copy", "R@P90 copy"),
             ("triplet_acc", "random", "acc random"),

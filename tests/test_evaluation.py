@@ -485,3 +485,17 @@ def test_nan_scores_are_counted_and_never_win():
     assert value(r, "table", "nan_scores", "all") == 1
     q = r.tables["table"]["queries"]
     assert q["rank"].iloc[1] == 3                    # B' ranks its NaN original last, never first
+
+
+def test_seed_text_image_accuracy_on_prompted_derivatives_only():
+    es, _ = hand_study()
+    es.derivatives.loc[es.derivatives["pair_id"] == "A'", "prompt"] = "a red sky"
+    captions = pd.DataFrame({"id": ["A", "B", "C"], "caption": ["sky", "sea", "tree"]})
+    # one-hot spaces: originals A, B, C and the texts; "a red sky" sits with A, "sea" with B
+    img = {"A": [1, 0, 0], "B": [0, 1, 0], "C": [0, 0, 1]}
+    txt = {"a red sky": [1, 0, 0], "sea": [0, 1, 0], "tree": [0, 0, 1], "sky": [1, 0, 0]}
+    out = evaluation.text_image_binary(es, lambda ps: [img[p] for p in ps], lambda ts: [txt[x] for x in ts], captions)
+    # only t1 (A, A' prompted "a red sky", negative B captioned "sea"): i2t and t2i both right
+    assert out.set_index("negative_kind").loc["all", ["triplets", "i2t", "t2i", "chance"]].tolist() == [1, 1, 1, 0.5]
+    es.derivatives["prompt"] = None
+    assert evaluation.text_image_binary(es, None, None, captions).empty          # augment: no prompts
