@@ -50,7 +50,7 @@ from .descriptors import FAMILIES, ImageLike, ImageReadError  # noqa: F401 (API)
 from .measures import (DescriptorMeasure, EmbeddingMeasure, Measure, MeasureError,  # noqa: F401 (API)
                        MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, require_dir)
 
-PLUGIN_MODULES = ("artsim_lib.siamese", "artsim_lib.finetune", "artsim_lib.resnet_siamese")
+PLUGIN_MODULES = ("artsim_lib.siamese", "artsim_lib.finetune", "artsim_lib.resnet_siamese", "artsim_lib.sota")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _LOADERS: dict[str, Callable[[Path], "Measure"]] = {}
 _plugins_loaded = False
@@ -206,6 +206,21 @@ def _pretrained_cnn_loader(run_dir: Path) -> Measure:
 
 
 register_measure("effnet_lite0", _pretrained_cnn_loader)
+
+def _geometry_loader(run_dir: Path) -> Measure:
+    """The content-free baseline, with the run's padding colour when it has params."""
+    from .measures import GeometryMeasure
+
+    resolved = Path(run_dir) / "params.resolved.yaml"
+    pad = (0, 0, 0)
+    if resolved.exists():
+        import yaml
+        pad = tuple(config.validate(yaml.safe_load(resolved.read_text(encoding="utf-8")) or {},
+                                    str(resolved)).preprocess.pad_color)
+    return GeometryMeasure("geometry", pad)
+
+
+register_measure("geometry", _geometry_loader)
 
 
 # -- matrices ---------------------------------------------------------------------------

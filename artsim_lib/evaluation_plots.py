@@ -11,7 +11,8 @@ from .descriptor_plots import GROUP_COLOURS, GROUP_ORDER
 from .plots import thumbnail
 
 KIND_STYLE = {"random": ("o", "#937860"), "same_style": ("s", "#4C72B0"), "same_artist": ("D", "#8172B3"),
-              "all": ("o", "#4C72B0"), "dedup": ("s", "#DD8452"), "hard": ("D", "#8172B3")}
+              "all": ("o", "#4C72B0"), "dedup": ("s", "#DD8452"), "hard": ("D", "#8172B3"),
+              "aspect": ("^", "#55A868"), "copy": ("o", "#C44E52")}
 
 
 def _grid(n: int, ncols: int, w: float, h: float, **kw):
@@ -24,8 +25,11 @@ def _grid(n: int, ncols: int, w: float, h: float, **kw):
 
 def forest(result, panels=None):
     """Point estimates and 95% intervals of the main metrics, one row per measure, chance dashed."""
-    panels = panels or [("triplet_acc", ("random", "same_style", "same_artist"), "triplet accuracy", "acc random"),
-                        ("R@1", ("all", "dedup"), "retrieval R@1", "R@1"),
+    panels = panels or [("µAP", ("copy",), "copy detection µAP (global ranking)", "µAP copy"),
+                        ("triplet_acc", ("random", "same_style", "same_artist"), "triplet accuracy", "acc random"),
+                        ("triplet_acc_query", ("random", "same_style", "same_artist"),
+                         "triplet accuracy, query-anchored", "acc random"),
+                        ("R@1", ("all", "dedup", "aspect"), "retrieval R@1", "R@1"),
                         ("auc", ("hard",), "verification ROC-AUC, hard negatives", "AUC hard")]
     m = result.metrics
     names = list(dict.fromkeys(m["measure"]))[::-1]
@@ -38,7 +42,9 @@ def forest(result, panels=None):
             err = np.abs(np.vstack([rows["value"] - rows["lo"], rows["hi"] - rows["value"]]))
             ax.errorbar(rows["value"], y, xerr=np.nan_to_num(err), fmt=marker, color=colour, ms=4, lw=1,
                         capsize=2, label=subset.replace("_", " "))
-        ax.axvline(result.chance().get(chance_col, np.nan), ls="--", c="k", lw=0.8)
+        chance = result.chance().get(chance_col, np.nan)
+        if chance is not None and np.isfinite(chance):
+            ax.axvline(chance, ls="--", c="k", lw=0.8)
         ax.set(title=title, xlim=(-0.02, 1.02))
         ax.grid(axis="x", alpha=0.3)
         if len(subsets) > 1:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import config, descriptors, paths
 from . import descriptor_similarity as dsim
-from .measures import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureUnavailableError
+from .measures import DescriptorMeasure, EmbeddingMeasure, GeometryMeasure, Measure, MeasureUnavailableError
 
 PARALLEL_MIN_PAIRS = 20_000  # descriptor pair scores go to worker processes above this many pairs
 
@@ -155,10 +155,24 @@ class EvalSet:
     queries: np.ndarray        # [Q] derivative rows whose original is in the gallery
     truth: np.ndarray          # [Q] column of each query's original in the gallery
     near_dup: np.ndarray       # [G, G] bool: phash Hamming distance <= the threshold
+    # Copy detection: distractors from the other splits (never queries), after originals + derivatives.
+    extra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "original_id", "kind"]))
+    copy_gallery: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C] image indices
+    copy_queries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [Qc] derivative rows
+    # [Qc] column in copy_gallery of each copy query's original, -1: absent
+    copy_truth: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bucket: np.ndarray | None = None  # [len(originals)] aspect-ratio bucket of each test original (None: unknown)
 
     @property
     def images(self) -> list[str]:
-        return list(self.originals["path"]) + list(self.derivatives["path"])
+        return list(self.originals["path"]) + list(self.derivatives["path"]) + list(self.extra["path"])
+
+    def same_bucket_exclude(self) -> np.ndarray | None:
+        """[Q, G] gallery originals outside the query's aspect-ratio bucket (None: no sides known)."""
+        if self.bucket is None:
+            return None
+        b = self.bucket[self.gallery]
+        return b[None, :] != b[self.truth][:, None]
 
     def exclude(self) -> np.ndarray:
         """[Q, G] the near-duplicates of each query's own original (itself is kept by metrics)."""
@@ -210,7 +224,63 @@ def test_set(manifest: pd.DataFrame, pairs: pd.DataFrame, triplets: pd.DataFrame
     queries = np.flatnonzero(col[der["orig"].to_numpy()] >= 0)
     near = hamming(list(orig["phash"].iloc[gallery]) if "phash" in orig else [None] * len(gallery)) \
         <= cfg.near_duplicate_phash
-    return EvalSet(orig, der, trip, gallery, queries, col[der["orig"].to_numpy()[queries]], near)
+    es = EvalSet(orig, der, trip, gallery, queries, col[der["orig"].to_numpy()[queries]], near)
+    es.bucket = aspect_buckets(orig, cfg.aspect_bucket)
+    return copy_detection_set(es, manifest, pairs, cfg, seed, drop_flagged)
+
+
+def aspect_buckets(orig: pd.DataFrame, width: float) -> np.ndarray | None:
+    """Bucket of each original's source aspect ratio, ``round(log2(w / h) / width)`` (None
+    without the manifest's source sides); retrieval within a bucket cannot lean on the frame."""
+    if not {"src_width", "src_height"} <= set(orig.columns):
+        return None
+    ratio = orig["src_width"].to_numpy(float) / orig["src_height"].to_numpy(float)
+    if not np.isfinite(ratio).all():
+        return None
+    return np.round(np.log2(ratio) / width).astype(np.int64)
+
+
+def copy_detection_set(es: EvalSet, manifest: pd.DataFrame, pairs: pd.DataFrame, cfg, seed: int,
+                       drop_flagged: bool = True) -> EvalSet:
+    """``es`` with the copy-detection protocol's gallery and queries: every original of the other
+    splits (or a seeded sample) and a seeded sample of their derivatives as distractors, the test
+    originals minus a seeded share left absent (their queries have no true match: a confident
+    match is a false alarm), and a seeded sample of each test original's derivatives as queries.
+    With ``retrieval_originals`` only the sampled test originals take part."""
+    rng = np.random.default_rng([seed, 9])
+    others = manifest[manifest["split"] != "test"].sort_values("id")
+    if cfg.copy_distractor_originals is not None and cfg.copy_distractor_originals < len(others):
+        others = others.iloc[np.sort(rng.choice(len(others), cfg.copy_distractor_originals, replace=False))]
+    oder = pairs[pairs["original_id"].isin(set(manifest.loc[manifest["split"] != "test", "id"]))]
+    if drop_flagged and len(oder):
+        oder = oder[~(oder["nan_flag"].astype(bool) | oder["black_flag"].astype(bool))]
+    oder = oder.sort_values("pair_id")
+    if len(oder) > cfg.copy_distractor_derivatives:
+        oder = oder.iloc[np.sort(rng.choice(len(oder), cfg.copy_distractor_derivatives, replace=False))]
+    extra = pd.concat([others[["path", "id"]].set_axis(["path", "original_id"], axis=1).assign(kind="original"),
+                       oder[["path", "original_id"]].assign(kind="derivative")], ignore_index=True)
+    n_orig = len(es.originals)
+    used = np.zeros(n_orig, bool)
+    used[es.gallery] = True            # the retrieval gallery's sample of test originals (all by default)
+    absent = np.zeros(n_orig, bool)
+    if len(es.gallery) > 1 and cfg.copy_absent_share > 0:
+        absent[rng.choice(es.gallery, int(round(cfg.copy_absent_share * len(es.gallery))), replace=False)] = True
+    present = np.flatnonzero(used & ~absent)
+    base = n_orig + len(es.derivatives)
+    gallery = np.concatenate([present, base + np.arange(len(extra))]).astype(np.int64)
+    col = np.full(n_orig, -1)
+    col[present] = np.arange(len(present))
+    rows = []
+    for orig, idx in es.derivatives.groupby("orig", sort=True).groups.items():
+        if not used[orig]:
+            continue
+        idx = np.asarray(idx)
+        k = cfg.copy_queries_per_original
+        rows.append(np.sort(rng.choice(idx, k, replace=False)) if k is not None and len(idx) > k else idx)
+    queries = np.sort(np.concatenate(rows)).astype(np.int64) if rows else np.zeros(0, np.int64)
+    es.extra, es.copy_gallery, es.copy_queries = extra, gallery, queries
+    es.copy_truth = col[es.derivatives["orig"].to_numpy()[queries]] if len(queries) else np.zeros(0, np.int64)
+    return es
 
 
 def needed_pairs(es: EvalSet) -> np.ndarray:
@@ -220,7 +290,9 @@ def needed_pairs(es: EvalSet) -> np.ndarray:
     blocks = [np.stack([d["orig"], d["img"]], 1),                                   # derivative vs own
               np.stack([t["a"], t["n"]], 1), np.stack([t["n"], t["p"]], 1),        # triplet / verification
               np.stack(np.broadcast_arrays(es.gallery[None, :],                    # retrieval block
-                                           d["img"].to_numpy()[es.queries][:, None]), -1).reshape(-1, 2)]
+                                           d["img"].to_numpy()[es.queries][:, None]), -1).reshape(-1, 2),
+              np.stack(np.broadcast_arrays(es.copy_gallery[None, :],               # copy-detection block
+                                           d["img"].to_numpy()[es.copy_queries][:, None]), -1).reshape(-1, 2)]
     return np.unique(np.concatenate([b.astype(np.int64).reshape(-1, 2) for b in blocks]), axis=0)
 
 
@@ -257,6 +329,9 @@ def _descriptor_scores(group: dict[str, DescriptorMeasure], images, pairs, cache
 
 def _raw_scores(m: Measure, feats: list, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Raw scores of ``pairs`` (image indices) from per-image features. # [P]"""
+    if isinstance(m, GeometryMeasure):  # 1 / (1 + L1) of five numbers per image, vectorised
+        F = np.stack(feats) if feats else np.zeros((0, 5))
+        return 1.0 / (1.0 + np.abs(F[pairs[:, 0]] - F[pairs[:, 1]]).sum(1))
     if isinstance(m, EmbeddingMeasure) or isinstance(m, PairHeadMeasure):
         F = np.stack(feats) if feats else np.zeros((0, 1))  # [M, D]
         if isinstance(m, PairHeadMeasure):
@@ -271,7 +346,7 @@ def to01(m: Measure, raw: np.ndarray) -> np.ndarray:
     """``m.to01`` of every raw score, vectorised for the measure kinds whose mapping is known."""
     if type(m).to01 is EmbeddingMeasure.to01:
         return (raw + 1.0) / 2.0
-    if type(m).to01 in (DescriptorMeasure.to01, PairHeadMeasure.to01):
+    if type(m).to01 in (DescriptorMeasure.to01, PairHeadMeasure.to01, GeometryMeasure.to01):
         return np.clip(raw, 0.0, 1.0)
     return np.array([m.to01(r) for r in raw], float)
 

@@ -238,7 +238,51 @@ def measure_weights(name: str, P) -> str:
         return _model_weights(P, name)
     if name == "clip_siamese":
         return f"trained-here on {_model_weights(P, 'clip')} CLIP"
+    if name == "geometry":
+        return "content-free (no model)"
+    if name in ("dinov2", "sscd"):  # built tiny and random by the smoke and rehearsal profiles
+        return ("tiny-random" if P.models.build_tiny or P.models.build_rehearsal else "real-pretrained")
     for kind, label in (("effnet_lite0", "EfficientNet-Lite0"), ("resnet", "ResNet")):
         if name.startswith(kind + "_"):
             return f"trained-here on {_model_weights(P, kind)} {label}"
     return "unknown"
+
+# -- geometry: a content-free baseline -------------------------------------------------------------------
+# It looks only at where the picture lies in the frame (the non-padding box) and the frame's aspect
+# ratio, never at what is painted. What it scores is what geometry alone gives away: with letterboxed
+# images a derivative keeps its original's bars, so it can retrieve well without seeing the painting;
+# with images written without padding (resize_mode stretch) every box is the whole frame and it
+# scores exactly chance.
+def content_box_of(arr: np.ndarray, pad_color=(0, 0, 0), tol: int = 8) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), exclusive ends, of the pixels farther than ``tol`` from ``pad_color`` in
+    an ``[H, W, 3]`` uint8 array; (0, 0, 0, 0) when every pixel is padding."""
+    diff = np.abs(arr.astype(np.int16) - np.asarray(pad_color, np.int16)).max(-1) > tol  # [H, W]
+    rows, cols = np.flatnonzero(diff.any(1)), np.flatnonzero(diff.any(0))
+    if not len(rows):
+        return 0, 0, 0, 0
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+class GeometryMeasure(Measure):
+    """Similarity of two images' geometry only: the frame's log aspect ratio and the content box
+    (relative to the frame). Raw = 1 / (1 + L1 distance of those five numbers), in (0, 1]."""
+
+    mapping = "raw is already in (0, 1]; similarity01 = raw"
+
+    def __init__(self, name: str = "geometry", pad_color=(0, 0, 0), tol: int = 8):
+        self.name, self.pad_color, self.tol = name, tuple(pad_color), tol
+
+    def features(self, images: Sequence[ImageLike]) -> list:
+        out = []
+        for src in images:
+            arr = np.asarray(read_image(src))                                # [H, W, 3]
+            h, w = arr.shape[:2]
+            x0, y0, x1, y1 = content_box_of(arr, self.pad_color, self.tol)
+            out.append(np.array([np.log(w / h), x0 / w, y0 / h, x1 / w, y1 / h]))
+        return out
+
+    def raw_from_features(self, fa, fb) -> float:
+        return float(1.0 / (1.0 + np.abs(np.asarray(fa) - np.asarray(fb)).sum()))
+
+    def to01(self, raw: float) -> float:
+        return float(min(1.0, max(0.0, raw)))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 KNOWN_MEASURES = ("ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted",
                   "clip", "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese",
                   "resnet_regression", "effnet_lite0", "effnet_lite0_finetuned", "effnet_lite0_siamese",
-                  "effnet_lite0_regression")
+                  "effnet_lite0_regression", "dinov2", "sscd", "geometry")
 
 
 class SectionError(ValueError):
@@ -33,6 +33,8 @@ class SynthArtParams(_Section):
     num_images: int = Field(100, ge=16, description="paintings to generate (defects included)")
     seed: int = 0
     max_side: int = Field(1400, ge=64, description="the largest image side; some exceed 1024")
+    series: int = Field(0, ge=0, description="groups of one artist's paintings: same composition, other palettes")
+    series_size: int = Field(3, ge=2)
 
 
 class DataParams(_Section):
@@ -54,6 +56,8 @@ class ModelParams(_Section):
     blip2: str = "Salesforce/blip2-opt-2.7b"
     sdxl_refiner: str = "stabilityai/stable-diffusion-xl-refiner-1.0"
     resnet: str = "microsoft/resnet-50"
+    dinov2: str = "facebook/dinov2-base"  # stage 09's DINOv2 measure (transformers Dinov2Model)
+    sscd: str | None = None  # stage 09's SSCD measure: path of sscd_disc_mixup.torchscript.pt (None: skipped)
 
 
 class SplitParams(_Section):
@@ -61,6 +65,12 @@ class SplitParams(_Section):
     val: float = Field(0.15, ge=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     stratify: Literal["style", "genre", "artist", "none"] = "style"
+    # original: each original in one split (stratified by `stratify`); artist: every artist's paintings in
+    # one split, so no test artist was seen in training (rows without an artist are their own group).
+    group: Literal["original", "artist"] = "original"
+    # Near-copies across splits (phash Hamming distance <= this; stage 09's near_duplicate_phash) leave the
+    # val/test split; None: not checked.
+    cross_split_phash: int | None = Field(8, ge=0, le=64)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "SplitParams":
@@ -73,7 +83,9 @@ class SplitParams(_Section):
 
 class PreprocessParams(_Section):
     size: int = Field(1024, ge=16, le=4096)
-    resize_mode: Literal["letterbox", "crop"] = "letterbox"
+    # stretch: the seed's own resize, no padding (stage 09's measures then never see black bars);
+    # letterbox pads (the content box is in the manifest); crop cuts the centre.
+    resize_mode: Literal["letterbox", "crop", "stretch"] = "letterbox"
     pad_color: list[int] = Field(default_factory=lambda: [0, 0, 0], min_length=3, max_length=3)
     image_format: Literal["png", "jpg"] = "png"
     max_pixels: int = Field(178_956_970, ge=1, description="larger images are skipped as oversized")
@@ -232,7 +244,8 @@ class SiameseParams(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)
-    train_splits: list[float] = Field(default_factory=lambda: [0.8, 0.6])  # the study's 80/20 and 60/40
+    # the seed's 80/20 and 40/60 train/val splits (its code: VAL_SPLIT = 0.6)
+    train_splits: list[float] = Field(default_factory=lambda: [0.8, 0.4])
     # CLIP siamese: the transformer head splits the CLIP embedding into `tokens` tokens.
     tokens: int = Field(4, ge=1)  # must divide the CLIP embedding size (512 full, 32 smoke)
     layers: int = Field(1, ge=1)  # transformer-head encoder layers
@@ -252,7 +265,7 @@ class EvaluationParams(_Section):
     # Stage 09 scores every measure (compare.load_measure names) on the test split only.
     measures: list[str] = Field(default_factory=lambda: [
         "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "effnet_lite0",
-        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression"], min_length=1)
+        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "dinov2", "sscd", "geometry"], min_length=1)
     reference: str = "descriptor"  # MSE/MAE are measured against this measure's [0, 1] similarity
     n_boot: int = Field(1000, ge=0)  # bootstrap draws of whole test originals (0: no intervals)
     ci: float = Field(0.95, gt=0, lt=1)  # confidence level of the intervals
@@ -261,6 +274,18 @@ class EvaluationParams(_Section):
     retrieval_originals: int | None = Field(None, ge=2)  # a seeded sample of test originals as the gallery (None: all)
     batch_size: int = Field(32, ge=1)  # images per forward pass of the network measures
     workers: int = Field(2, ge=1)  # processes for the descriptor measures' pair scores
+    # Copy detection (DISC21-like): test derivatives as queries in one global ranking against every
+    # original of every split, derivatives of other originals, minus a share of the queries' originals.
+    copy_absent_share: float = Field(0.25, ge=0, lt=1)  # test originals left out: their queries must not match
+    copy_distractor_originals: int | None = Field(None, ge=0)  # originals of train/val as distractors (None: all)
+    copy_distractor_derivatives: int = Field(500, ge=0)  # a seeded sample of train/val derivatives as distractors
+    copy_queries_per_original: int | None = Field(4, ge=1)  # seeded sample of each test original's derivatives
+    copy_topk: int = Field(100, ge=1)  # candidates kept per query in the global ranking (ties at the cut kept)
+    precision_target: float = Field(0.9, gt=0, le=1)  # recall at this precision
+    aspect_bucket: float = Field(0.25, gt=0)  # width of the aspect-ratio buckets, in log2(width/height)
+    interval: Literal["bca", "percentile"] = "bca"  # grouped bootstrap interval over originals
+    paired_metrics: list[str] = Field(default_factory=lambda: [
+        "acc same artist", "acc same artist (query)", "R@1", "R@1 same aspect", "µAP copy", "R@P90 copy"])
 
     @field_validator("measures")
     @classmethod

@@ -32,6 +32,7 @@ STAGE_DESCRIPTIONS = {  # stage number -> what it does, in one line
     "09": "Evaluation of every measure on the held-out test split, with bootstrap confidence intervals.",
 }
 HEADLINE_LOWER_IS_BETTER = {"MSE", "MAE", "median rank", "Spearman strength"}
+NEVER_BEST = {"MSE", "MAE", "MSE affine"}  # circular against the descriptor reference: never bolded
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
@@ -175,24 +176,24 @@ def stages_table(stages: list[StageInfo]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _best(rows: list[dict], column: str) -> set[str]:
-    """The measures with the best value of ``column`` (lowest where lower is better)."""
-    values = {r["measure"]: (r.get("cells") or {}).get(column) or {} for r in rows}
-    values = {m: c["value"] for m, c in values.items() if isinstance(c.get("value"), (int, float))}
-    if len(values) < 2:
+def _best(head: dict, column: str) -> set[str]:
+    """The measure stage 09 called best in ``column``: only where its paired difference to every
+    other measure on the same test originals excludes 0 (``headline.best``), never a point-estimate
+    winner and never by MSE/MAE, which measure the [0, 1] mapping more than agreement."""
+    if column in NEVER_BEST:
         return set()
-    best = (min if column in HEADLINE_LOWER_IS_BETTER else max)(values.values())
-    return {m for m, v in values.items() if v == best}
+    return set((head.get("best") or {}).get(column) or [])
 
 
 def headline_html(doc: dict | None, link: str | None = None) -> str:
-    """The headline table of ``evaluation/metrics.json`` (best value per column in bold), or a note."""
+    """The headline table of ``evaluation/metrics.json`` (in bold: a measure whose paired difference
+    to every other excludes 0), or a note."""
     if not doc or "headline" not in doc:
         return ('<p class="note">Stage 09 (evaluation) has not run yet for this profile: there are no '
                 "results to show. Run <code>artsim run</code> to the end.</p>")
     head, ts = doc["headline"], doc.get("test_set", {})
     cols, rows = head.get("columns", []), head.get("rows", [])
-    best = {c: _best(rows, c) for c in cols}
+    best = {c: _best(head, c) for c in cols}
     th = "".join(f"<th>{escape(c)}</th>" for c in ["measure", "what it is", *cols])
     body = []
     for r in rows:
@@ -206,9 +207,17 @@ def headline_html(doc: dict | None, link: str | None = None) -> str:
     lines = [f"Held-out <b>{split}</b> split only: {ts.get('originals', '?')} originals, "
              f"{ts.get('derivatives', '?')} derivatives, {ts.get('triplets', '?')} triplets; each derivative queries "
              f"{ts.get('gallery', '?')} originals. Cells: value [95% interval], a bootstrap of "
-             f"{params.get('n_boot', '?')} draws resampling whole originals. MSE/MAE against "
-             f"<code>{escape(str(doc.get('reference')))}</code> (the reference); Spearman: negative is right. "
-             "Best per column in bold."]
+             f"{params.get('n_boot', '?')} draws resampling whole originals (proportions: at least the exact "
+             "interval at n originals). µAP copy: one global ranking of the copy queries "
+             f"({ts.get('copy_queries', '?')}, {ts.get('copy_queries_absent', '?')} of them with their original "
+             "absent) "
+             f"against {ts.get('copy_gallery', '?')} images of every split. MSE/MAE against "
+             f"<code>{escape(str(doc.get('reference')))}</code> (the reference) are shown as the seed asks, beside the "
+             "best constant (the chance row) and an affine calibration; they are never called best. "
+             "Spearman: negative is right. <code>geometry</code> sees only the frame and the content box: what "
+             "it scores, no measure earns by looking at the painting. In bold: the one measure whose paired "
+             "difference to every other measure, on the same test originals, excludes 0; no bold means no "
+             "measure is separable from the runner-up."]
     skipped = doc.get("skipped") or []
     if skipped:
         lines.append("Skipped (stage not run): " + "; ".join(

@@ -50,12 +50,13 @@ def original_of(es):
     """image path -> the id of its original (itself for an original)."""
     out = dict(zip(es.originals["path"], es.originals["id"]))
     out.update(zip(es.derivatives["path"], es.derivatives["original_id"]))
+    out.update(zip(es.extra["path"], es.extra["original_id"]))   # copy-detection distractors
     return out
 
 
 def one_hot_oracle(es):
     """Every image embeds as the one-hot vector of its original: derivative == its original exactly."""
-    ids = {o: i for i, o in enumerate(es.originals["id"])}
+    ids = {o: i for i, o in enumerate(sorted(set(original_of(es).values())))}
     orig = original_of(es)
     return EmbeddingMeasure("oracle", lambda imgs: np.eye(len(ids))[[ids[orig[p]] for p in imgs]],
                             pass_sources=True)
@@ -86,10 +87,16 @@ class Table(Measure):
 def test_perfect_measure_scores_one_everywhere():
     es = evaluation.test_set(*study())
     r = evaluate(es, {"oracle": one_hot_oracle(es)})
+    n = es.originals["id"].nunique()
     for metric, subset in [("triplet_acc", "random"), ("triplet_acc", "same_style"), ("triplet_acc", "same_artist"),
-                           ("R@1", "all"), ("R@1", "dedup"), ("mAP", "all"), ("auc", "hard"), ("auc", "random")]:
+                           ("triplet_acc_query", "same_artist"), ("R@1", "all"), ("R@1", "dedup"), ("mAP", "all"),
+                           ("auc", "hard"), ("auc", "random"), ("µAP", "copy"), ("recall_at_precision", "copy")]:
         row = r.metrics.set_index(["metric", "subset"]).loc[(metric, subset)]
-        assert (row["value"], row["lo"], row["hi"]) == (1, 1, 1), (metric, subset)
+        assert (row["value"], row["hi"]) == (1, 1), (metric, subset)
+        if metric.startswith(("triplet", "R@")):   # a proportion: at least the exact interval at n originals
+            assert row["lo"] <= metrics.clopper_pearson(row["n"], row["n"])[0] + 1e-12 and row["n"] <= n
+        else:
+            assert row["lo"] == 1
     assert value(r, "oracle", "median_rank", "all") == 1
 
 
@@ -106,6 +113,7 @@ def test_constant_measure_scores_exactly_chance():
     assert value(r, "const", "auc", "hard") == 0.5
     assert value(r, "const", "moderate_above_radical", "all") == 0.5
     assert np.isnan(value(r, "const", "spearman_strength", "all"))
+    assert value(r, "const", "spearman_within", "original_family") == 0   # all tied: the expected ρ, 0
     chance = r.chance()
     assert chance["R@1"] == pytest.approx(1 / n) and chance["mAP"] == pytest.approx(value(r, "const", "mAP", "all"))
 
@@ -154,6 +162,9 @@ def test_ties_and_every_metric_by_hand():
     # same-style triplets: 0.9 vs s(A, B) = 0.9 is a tie (half), 0.5 vs 0.9 is wrong; random: 0.7 > 0.3
     assert value(r, "table", "triplet_acc", "same_style") == pytest.approx(0.25)
     assert value(r, "table", "triplet_acc", "random") == 1
+    # anchored on the query: s(A', A) = .9 vs s(A', B) = .9 ties, s(B', B) = .5 < s(B', A) = .8, s(C', C) = .7 > .1
+    assert value(r, "table", "triplet_acc_query", "same_style") == pytest.approx(0.25)
+    assert value(r, "table", "triplet_acc_query", "random") == 1
     # verification: positives .9 .5 .7 against hard negatives s(B, A') = .9 and s(A, B') = .8
     assert value(r, "table", "auc", "hard") == pytest.approx(1.5 / 6)
     # MSE / MAE against a constant 0.5 over the 12 scored pairs: 9 (original, derivative) + 3 (original, original)
@@ -179,6 +190,8 @@ def test_ordering_metrics_by_hand():
 
     r = evaluate(es, {"fading": Fading()})
     assert value(r, "fading", "spearman_strength", "all") == pytest.approx(-1)
+    assert value(r, "fading", "spearman_within", "original") == pytest.approx(-1)
+    assert value(r, "fading", "spearman_within", "original_family") == pytest.approx(-1)
     assert value(r, "fading", "moderate_above_radical", "all") == 1
     for fam in FAMILIES:
         assert value(r, "fading", "monotonicity_spearman", fam) == pytest.approx(-1)
@@ -208,8 +221,14 @@ def test_only_test_images_are_scored_and_each_described_once():
     test_ids = set(manifest.loc[manifest["split"] == "test", "id"])
     allowed = (set(manifest.loc[manifest["split"] == "test", "path"])
                | set(pairs.loc[pairs["original_id"].isin(test_ids), "path"]))
-    assert set(rec.seen) == allowed  # every test image, nothing from train or val
+    distractors = set(es.extra["path"])  # other splits: copy-detection gallery items, nothing else
+    assert set(rec.seen) == allowed | distractors and not (allowed & distractors)
     assert len(rec.seen) == len(set(rec.seen))  # each image's features once
+    r = evaluate(es, {"rec": Table()})
+    n_img = len(es.originals) + len(es.derivatives)
+    touched = r.scores.pairs[(r.scores.pairs >= n_img).any(1)]
+    assert (touched[:, 1] < n_img).all() and set(touched[:, 1]) <= set(es.derivatives["img"].iloc[es.copy_queries])
+    assert not set(es.extra["original_id"]) & test_ids  # no test original or derivative is a distractor
 
 
 def test_a_triplet_reaching_outside_test_is_an_error():
@@ -385,3 +404,98 @@ def test_figures_draw_and_show_the_worst_retrievals():
             eplots.style_bars(r), eplots.strength_curves(r)]  # images that do not exist show as red tiles
     assert all(isinstance(f, plt.Figure) for f in figs)
     plt.close("all")
+
+
+# -- geometry: what padding alone gives away ----------------------------------------------------------------
+def geometry_study(tmp_path, mode):
+    """Eight test originals of different aspect ratios written by stage 02's ``fit`` in ``mode``,
+    each with two derivatives that keep its frame (noise on the picture, as img2img keeps the bars)."""
+    from artsim_lib.data import preprocess as pp
+
+    manifest, pairs, trip = study(n_test=8, n_other=0)
+    rng = np.random.default_rng(0)
+    sides = {o: (int(w), 60) for o, w in zip(manifest["id"], np.linspace(30, 140, len(manifest)))}
+    paths = {}
+    for oid, (w, h) in sides.items():
+        src = Image.fromarray(rng.integers(20, 255, (h, w, 3), dtype=np.uint8))
+        paths[oid] = tmp_path / f"{oid}.png"
+        pp.fit(src, 48, mode).save(paths[oid])
+        for row in pairs[pairs["original_id"] == oid].itertuples():
+            noisy = np.asarray(pp.fit(Image.fromarray(rng.integers(20, 255, (h, w, 3), dtype=np.uint8)), 48, mode))
+            Image.fromarray(noisy).save(tmp_path / f"{row.pair_id.replace(':', '_')}.png")
+    manifest["path"] = [str(paths[i]) for i in manifest["id"]]
+    pairs["path"] = [str(tmp_path / f"{p.replace(':', '_')}.png") for p in pairs["pair_id"]]
+    return evaluation.test_set(manifest, pairs, trip, config.EvaluationParams(n_boot=0, copy_absent_share=0))
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+def test_geometry_alone_wins_with_padding_and_is_chance_without(tmp_path, mode):
+    from artsim_lib.measures import GeometryMeasure
+
+    es = geometry_study(tmp_path, mode)
+    cfg = config.EvaluationParams(n_boot=0, measures=["geometry"], reference="geometry", copy_absent_share=0)
+    r = evaluation.evaluate_set(es, {"geometry": GeometryMeasure()}, cfg)
+    r1, chance = value(r, "geometry", "R@1", "all"), 1 / len(es.gallery)
+    if mode == "letterbox":   # the pictures are noise: only the bars can tell the originals apart
+        assert r1 == 1
+    else:                     # no bars: every image has the same geometry, a constant measure
+        assert r1 == pytest.approx(chance)
+        assert value(r, "geometry", "triplet_acc", "random") == 0.5
+
+
+def test_copy_detection_constant_is_chance_and_paired_marks_need_a_real_difference():
+    es = evaluation.test_set(*study(n_test=12, styles=3), config.EvaluationParams(copy_absent_share=0.25))
+    absent = es.derivatives["original_id"].to_numpy()[es.copy_queries][es.copy_truth < 0]
+    assert len(set(absent)) == 3 and len(es.extra) > 0
+    const = EmbeddingMeasure("const", lambda imgs: np.ones((len(imgs), 3)), pass_sources=True)
+    ms = {"oracle": one_hot_oracle(es), "const": const, "twin": one_hot_oracle(es)}
+    cfg = config.EvaluationParams(n_boot=60, measures=list(ms), reference="oracle", copy_absent_share=0.25)
+    r = evaluation.evaluate_set(es, ms, cfg)
+    assert value(r, "const", "µAP", "copy") == pytest.approx(r.chance()["µAP copy"])
+    assert value(r, "const", "recall_at_precision", "copy") == r.chance()["R@P90 copy"] == 0
+    assert value(r, "oracle", "µAP", "copy") == 1      # absent queries' best matches are distractors, all below
+    n = r.metrics.set_index(["measure", "metric", "subset"])["n"]
+    assert len(es.queries) == 48 and n[("oracle", "R@1", "all")] == 12  # independent originals, not queries
+    assert n[("oracle", "µAP", "copy")] == 12                           # absent originals' queries count too
+    # oracle and twin are equal: no 'best' although both beat const everywhere
+    assert all(v == [] for v in r.best().values())
+    r2 = evaluation.evaluate_set(es, {"oracle": ms["oracle"], "const": const},
+                                 cfg.model_copy(update={"measures": ["oracle", "const"]}))
+    assert r2.best()["µAP copy"] == ["oracle"] and r2.best()["R@1"] == ["oracle"]
+    assert r2.paired["excludes_0"].all() and (r2.paired["diff"] > 0).all()
+
+
+def test_copy_detection_uses_only_the_sampled_test_originals():
+    manifest, pairs, trip = study(n_test=10)
+    cfg = config.EvaluationParams(retrieval_originals=4, copy_absent_share=0.25, copy_queries_per_original=1)
+    es = evaluation.test_set(manifest, pairs, trip, cfg, seed=3)
+    owners = es.derivatives["orig"].to_numpy()[es.copy_queries]
+    assert set(owners) == set(es.gallery) and len(es.copy_queries) == 4      # one query per sampled original
+    assert (es.copy_truth < 0).sum() == 1                                     # a quarter of 4 left absent
+    present = es.copy_gallery[es.copy_gallery < len(es.originals)]
+    assert set(present) < set(es.gallery) and len(present) == 3
+
+
+def test_nan_scores_are_counted_and_never_win():
+    es, table = hand_study()
+    table = dict(table)
+    table[frozenset(("B", "B'"))] = float("nan")     # B' against its own original: NaN
+    cfg = config.EvaluationParams(n_boot=0, measures=["table"], reference="table", ks=[1])
+    r = evaluation.evaluate_set(es, {"table": Table(table)}, cfg)
+    assert value(r, "table", "nan_scores", "all") == 1
+    q = r.tables["table"]["queries"]
+    assert q["rank"].iloc[1] == 3                    # B' ranks its NaN original last, never first
+
+
+def test_seed_text_image_accuracy_on_prompted_derivatives_only():
+    es, _ = hand_study()
+    es.derivatives.loc[es.derivatives["pair_id"] == "A'", "prompt"] = "a red sky"
+    captions = pd.DataFrame({"id": ["A", "B", "C"], "caption": ["sky", "sea", "tree"]})
+    # one-hot spaces: originals A, B, C and the texts; "a red sky" sits with A, "sea" with B
+    img = {"A": [1, 0, 0], "B": [0, 1, 0], "C": [0, 0, 1]}
+    txt = {"a red sky": [1, 0, 0], "sea": [0, 1, 0], "tree": [0, 0, 1], "sky": [1, 0, 0]}
+    out = evaluation.text_image_binary(es, lambda ps: [img[p] for p in ps], lambda ts: [txt[x] for x in ts], captions)
+    # only t1 (A, A' prompted "a red sky", negative B captioned "sea"): i2t and t2i both right
+    assert out.set_index("negative_kind").loc["all", ["triplets", "i2t", "t2i", "chance"]].tolist() == [1, 1, 1, 0.5]
+    es.derivatives["prompt"] = None
+    assert evaluation.text_image_binary(es, None, None, captions).empty          # augment: no prompts

@@ -186,13 +186,16 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
         "artist": ["a", "b", None, "d", "e", "f"], "style": ["S", "S", "S", "T", "T", "T"],
         "subset": ["train"] * 6, "phash": [None] * 6,
     })
-    P = config.load_params("smoke", ["preprocess.size=32", "preprocess.workers=1"])
+    P = config.load_params("smoke", ["preprocess.size=32", "preprocess.workers=1", "preprocess.resize_mode=letterbox"])
     res = pp.preprocess(P, raw)
     assert sorted(res.manifest["id"]) == ["exif", "gray", "rgb", "rgba"]
     assert list(res.skipped["id"]) == ["truncated"] and list(res.dropped["id"]) == ["cmyk"]
     saved = pd.read_parquet(P.run.manifest)
     assert set(saved["split"]) <= {"train", "val", "test"} and saved["path"].map(os.path.exists).all()
     assert (P.run.root / "preprocess" / "skipped.csv").exists()
+    rgb = saved.set_index("id").loc["rgb"]     # every row records its painting's box in the square
+    assert (rgb["src_width"], rgb["src_height"]) == (300, 150)   # 300x150 into 32: 32x16, 8 px bars
+    assert tuple(rgb[["content_x0", "content_y0", "content_x1", "content_y1"]]) == (0, 8, 32, 24)
     # each written image's fingerprint is in the manifest, computed from the bytes it wrote
     from artsim_lib import paths
 
@@ -248,3 +251,49 @@ def test_a_rerun_on_cached_images_writes_the_same_manifest_byte_for_byte(run_dir
     again = pp.preprocess(P, data.load_manifest(P))
     assert first.manifest["orig_mode"].notna().all() and again.manifest["orig_mode"].notna().all()
     assert {f: f.read_bytes() for f in files} == before
+
+@pytest.mark.parametrize("w,h,size", [(200, 100, 50), (100, 301, 64), (333, 250, 128), (12, 1000, 64), (90, 90, 32)])
+def test_content_box_is_where_fit_puts_the_picture(w, h, size):
+    arr = np.asarray(pp.fit(Image.new("RGB", (w, h), (255, 255, 255)), size, "letterbox", (0, 0, 0)))
+    ys, xs = np.nonzero(arr.max(-1) > 0)
+    assert pp.content_box(w, h, size, "letterbox") == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert pp.content_box(w, h, size, "crop") == pp.content_box(w, h, size, "stretch") == (0, 0, size, size)
+
+
+def test_stretch_fills_the_square_without_padding():
+    out = np.asarray(pp.fit(Image.new("RGB", (200, 50), (0, 255, 0)), 40, "stretch", (9, 9, 9)))
+    assert out.shape == (40, 40, 3) and (out == [0, 255, 0]).all()
+
+
+def test_source_geometry_reads_the_rotated_sides(files):
+    geo = pp.source_geometry(str(files["exif"]), 64, "letterbox")   # 200x100 stored, EXIF-rotated to portrait
+    assert (geo["src_width"], geo["src_height"]) == (100, 200)
+    assert (geo["content_x0"], geo["content_x1"], geo["content_y0"], geo["content_y1"]) == (16, 48, 0, 64)
+    assert np.isnan(pp.source_geometry(str(files["missing"]), 64, "letterbox")["src_width"])
+
+
+def test_grouped_split_keeps_every_artist_in_one_split():
+    df = pd.DataFrame({"artist": [f"a{i % 12}" for i in range(120)] + [None, ""], "style": "s"})
+    split = pp.grouped_split(df, {"train": 0.7, "val": 0.15, "test": 0.15}, "artist", seed=3)
+    per_artist = pd.crosstab(df["artist"], split)
+    assert ((per_artist > 0).sum(1) == 1).all()                         # one split per artist
+    shares = split.value_counts(normalize=True)
+    assert abs(shares["train"] - 0.7) < 0.1 and shares["test"] > 0 and shares["val"] > 0
+    assert split.equals(pp.grouped_split(df, {"train": 0.7, "val": 0.15, "test": 0.15}, "artist", seed=3))
+    styled = df.assign(style=[f"s{i % 12 // 3}" for i in range(120)] + ["s0", "s0"])  # 3 artists per style
+    for seed in range(5):
+        split = pp.grouped_split(styled, {"train": 0.4, "val": 0.3, "test": 0.3}, "artist", seed, by="style")
+        assert (pd.crosstab(styled["style"], split)["train"] > 0).all()   # every style keeps a train artist
+
+
+def test_near_copies_across_splits_leave_val_and_test():
+    df = pd.DataFrame({"id": list("abcde"), "split": ["train", "test", "val", "test", "train"],
+                       "phash": ["0000000000000000", "0000000000000007",   # b: 3 bits from a (train)
+                                 "ffffffffffffffff", "fffffffffffffff0",   # d: 4 bits from c (val)
+                                 "00000000ffffffff"]})                     # e: far from all
+    cross = pp.cross_split_duplicates(df, 4)
+    assert cross[["id", "duplicate_of", "distance"]].values.tolist() == [["b", "a", 3], ["d", "c", 4]]
+    assert pp.cross_split_duplicates(df, 3)["id"].tolist() == ["b"]
+    assert pp.cross_split_duplicates(df, None).empty
+    same = df.assign(split="test")                                       # within one split: not this check
+    assert pp.cross_split_duplicates(same, 8).empty

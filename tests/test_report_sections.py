@@ -132,3 +132,14 @@ def test_without_evaluation_the_page_says_so(project):
     shutil.rmtree(P.run.root / "evaluation", ignore_errors=True)
     results = section(report.build_index(P).read_text(), "results")
     assert "has not run yet" in results and "<table" not in results
+
+
+def test_bold_only_where_a_paired_difference_excludes_0_and_never_for_mse():
+    cell = {"value": 0.1, "lo": 0.0, "hi": 0.2, "n": 5, "note": ""}
+    rows = [{"measure": m, "description": "", "text": {"MSE": t, "R@1": t, "acc random": t},
+             "cells": {"MSE": cell, "R@1": cell, "acc random": cell}} for m, t in (("a", "0.100"), ("b", "0.900"))]
+    doc = {"headline": {"columns": ["MSE", "R@1", "acc random"], "rows": rows, "chance": {},
+                        "best": {"MSE": ["a"], "R@1": ["b"], "acc random": []}}, "test_set": {}, "params": {}}
+    html = report.headline_html(doc)
+    assert html.count('class="num best"') == 1          # R@1 for b only: not MSE, not the tied column
+    assert re.search(r"<td>b</td><td></td><td class=\"num\">0.900</td><td class=\"num best\">0.900", html)

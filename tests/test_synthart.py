@@ -210,3 +210,26 @@ def test_refuses_foreign_folder_and_bad_args(tmp_path):
 def test_sidecar_is_json(sa):
     root, _, d = sa
     assert json.loads((root / synthart.DEFECTS_FILE).read_text()) == d
+
+
+def test_series_share_an_artist_a_composition_and_a_size_but_not_the_palette(tmp_path):
+    root = tmp_path / "series"
+    df = pd.read_csv(synthart.generate(root, num_images=100, seed=0, max_side=300, series=4)).set_index("filename")
+    side, groups = synthart.defects(root), json.loads((root / synthart.SERIES_FILE).read_text())
+    assert len(groups) == 4 and all(len(g) == 3 for g in groups)
+    assert len(side["series"]) == 12 and len(side["series_member"]) == 8
+
+    def grad(f):  # where the strokes are, whatever their colours: [64*64]
+        a = np.asarray(Image.open(root / f).convert("L").resize((64, 64)), float)
+        return np.hypot(*np.gradient(a)).ravel()
+
+    within, across = [], []
+    for g in groups:
+        assert df.loc[g, "artist"].nunique() == 1
+        assert df.loc[g, ["width", "height"]].drop_duplicates().shape[0] == 1
+        rgb = [np.asarray(Image.open(root / f).convert("RGB"), float) for f in g]
+        assert np.abs(rgb[0] - rgb[1]).mean() > 10                 # other palettes
+        others = [f for f in df.index[df["artist"] == df.loc[g[0], "artist"]] if f not in g]
+        within += [np.corrcoef(grad(g[0]), grad(f))[0, 1] for f in g[1:]]
+        across += [np.corrcoef(grad(g[0]), grad(f))[0, 1] for f in others]
+    assert np.mean(within) > np.mean(across) + 0.2                 # the same composition

@@ -61,7 +61,8 @@ def load_manifest(P) -> pd.DataFrame:
         root = P.path(P.data.root)
         if source == "synthart":
             s = P.data.synthart
-            generate(root, num_images=s.num_images, seed=s.seed, max_side=s.max_side)
+            generate(root, num_images=s.num_images, seed=s.seed, max_side=s.max_side, series=s.series,
+                     series_size=s.series_size)
         stamp = root / "classes.csv"
     if _cached(P, target, stamp):
         return read_manifest(target)

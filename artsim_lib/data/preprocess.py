@@ -36,6 +36,7 @@ class PreprocessResult:
     duplicates: pd.DataFrame   # id, duplicate_of, phash, distance
     skipped: pd.DataFrame      # id, filename, reason
     image_dir: Path
+    cross_split: pd.DataFrame | None = None  # val/test near-copies of another split's row, removed
 
 
 def null_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +192,10 @@ def find_duplicates(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFrame:
 
 def fit(img: Image.Image, size: int, mode: str, pad_color=(0, 0, 0)) -> Image.Image:
     """Resize to ``size``×``size`` with Lanczos: ``letterbox`` keeps the whole picture and pads,
-    ``crop`` fills the square and cuts the centre."""
+    ``crop`` fills the square and cuts the centre, ``stretch`` (the seed study's own) scales each
+    side to ``size``: no padding, the aspect ratio given up."""
+    if mode == "stretch":
+        return img.resize((size, size), Image.Resampling.LANCZOS)
     if mode == "crop":
         return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
     inner = ImageOps.contain(img, (size, size), method=Image.Resampling.LANCZOS)
@@ -354,17 +358,141 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     kept, skipped = normalise_images(kept, image_dir, cfg.size, cfg.resize_mode, cfg.pad_color,
                                      cfg.image_format, cfg.max_pixels,
                                      worker_count(cfg.workers))  # never more than the allocation
+    kept = add_content_boxes(kept, cfg.size, cfg.resize_mode, worker_count(cfg.workers))
     fractions = {"train": cfg.split.train, "val": cfg.split.val, "test": cfg.split.test}
     by = None if cfg.split.stratify == "none" else cfg.split.stratify
-    kept["split"] = stratified_split(kept, fractions, by, P.seed)
-    kept = kept.reset_index(drop=True)
+    if cfg.split.group == "artist":
+        kept["split"] = grouped_split(kept, fractions, "artist", P.seed, by)
+    else:
+        kept["split"] = stratified_split(kept, fractions, by, P.seed)
+    cross = cross_split_duplicates(kept, cfg.split.cross_split_phash)
+    kept = kept[~kept["id"].isin(cross["id"])].reset_index(drop=True)
     skipped = pd.concat([skipped, _decisions_as_skipped(P)], ignore_index=True)
     out = P.run.sub("preprocess")
-    for name, table in (("missing", missing), ("dropped", dropped), ("duplicates", dups), ("skipped", skipped)):
+    for name, table in (("missing", missing), ("dropped", dropped), ("duplicates", dups), ("skipped", skipped),
+                        ("cross_split_duplicates", cross)):
         with paths.atomic_path(out / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     paths.write_parquet(kept, P.run.manifest, manifest_key(P))
-    return PreprocessResult(kept, missing, dropped, dups, skipped, image_dir)
+    return PreprocessResult(kept, missing, dropped, dups, skipped, image_dir, cross)
+
+
+# -- splits by artist, and near-copies across splits ----------------------------------------------------
+def grouped_split(df: pd.DataFrame, fractions: dict[str, float], group: str, seed: int,
+                  by: str | None = None) -> pd.Series:
+    """A seeded split label per row that keeps every ``group`` (e.g. artist) whole: groups in a
+    seeded order, largest first, each to the split furthest below its share of rows. A row without
+    a group value is its own group. With ``by`` (e.g. style), each class first gets one group in
+    train, so that no class is left out of training."""
+    names = list(fractions)
+    keys = df[group].astype("string").fillna("").to_numpy(object)
+    keys = np.where(keys == "", "<row " + df.index.astype(str).to_numpy(object) + ">", keys)
+    sizes = pd.Series(keys).value_counts()
+    rng = np.random.default_rng(seed)
+    order = sizes.index.to_numpy(object)[rng.permutation(len(sizes))]
+    order = sorted(order, key=lambda k: -sizes[k])                    # stable: ties keep the seeded order
+    target = np.array([fractions[k] for k in names]) * len(df)
+    have = np.zeros(len(names))
+    label = {}
+    if by is not None:  # one group per class into train first (the class's largest, seeded ties)
+        cls = pd.Series(df[by].astype("string").fillna("<none>").to_numpy(object), index=keys)
+        classes_of = cls.groupby(level=0).agg(set)                     # group -> its classes
+        for c in sorted(set(cls)):
+            if any(c in classes_of[k] for k, v in label.items() if v == names[0]):
+                continue
+            k = next(k for k in order if c in classes_of[k])
+            label[k] = names[0]
+            have[0] += sizes[k]
+    for k in order:
+        if k in label:
+            continue
+        i = int(np.argmax((target - have) / np.maximum(target, 1e-9)))  # the most under-filled split
+        label[k] = names[i]
+        have[i] += sizes[k]
+    return pd.Series([label[k] for k in keys], index=df.index, dtype="object")
+
+
+def _phash_words(hashes) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit words of hex phashes (missing or unreadable: flagged). # [N, W] uint64, [N] bool"""
+    ok = np.array([isinstance(h, str) and len(h) > 0 and _phash_int(h) is not None for h in hashes], bool)
+    width = max((len(h) for h, k in zip(hashes, ok) if k), default=16)
+    words = np.array([[int(h.rjust(width, "0")[i:i + 16], 16) if k else 0 for i in range(0, width, 16)]
+                      for h, k in zip(hashes, ok)], np.uint64).reshape(len(ok), -1)
+    return words, ok
+
+
+def cross_split_duplicates(df: pd.DataFrame, max_distance: int | None, block: int = 512) -> pd.DataFrame:
+    """Rows of val/test within ``max_distance`` phash bits of a row in another split (id, split,
+    duplicate_of, its split, distance): near-copies (re-encodings, crops of one painting) that would
+    let a test query meet a painting seen in training. Train rows are kept; the val/test row goes.
+    Compared in blocks of rows: the full profile's N x N matrix would not fit."""
+    cols = ["id", "split", "duplicate_of", "duplicate_split", "distance"]
+    if max_distance is None or "phash" not in df or not len(df):
+        return pd.DataFrame(columns=cols)
+    words, ok = _phash_words(list(df["phash"]))
+    split = df["split"].to_numpy(object)
+    rank = np.array([{"train": 0, "val": 1, "test": 2}.get(s, 3) for s in split])
+    ids = df["id"].to_numpy(object)
+    rows, removed = [], np.zeros(len(df), bool)
+    for i0 in range(0, len(df), block):
+        sl = slice(i0, min(i0 + block, len(df)))
+        dist = np.bitwise_count(words[sl, None, :] ^ words[None, :, :]).sum(-1)        # [b, N]
+        for a in range(sl.start, sl.stop):
+            if not ok[a] or rank[a] == 0:
+                continue
+            # a partner in another split that is kept: a lower-ranked split (train first), or of the
+            # same rank order but earlier, so that of two near-copies in val and test only one goes
+            near = np.flatnonzero((dist[a - sl.start] <= max_distance) & ok & (split != split[a])
+                                  & (rank < rank[a]) & ~removed)
+            if len(near):
+                b = near[np.argmin(dist[a - sl.start][near])]
+                removed[a] = True
+                rows.append(dict(id=ids[a], split=split[a], duplicate_of=ids[b], duplicate_split=split[b],
+                                 distance=int(dist[a - sl.start][b])))
+    return pd.DataFrame(rows, columns=cols)
+
+
+# -- the content box: where the painting lies in the written square (the rest is padding) ---------------
+CONTENT_COLUMNS = ["src_width", "src_height", "content_x0", "content_y0", "content_x1", "content_y1"]
+
+
+def content_box(width: int, height: int, size: int, mode: str) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), x1/y1 exclusive, of the picture inside the ``size`` square that
+    :func:`fit` writes for a ``width``×``height`` source: the letterbox's inner image (the same
+    rounding as ``ImageOps.contain``), the whole square for ``crop`` and ``stretch``."""
+    if mode != "letterbox" or width == height or width <= 0 or height <= 0:
+        return 0, 0, size, size
+    if width > height:
+        w, h = size, round(height / width * size)
+    else:
+        w, h = round(width / height * size), size
+    x0, y0 = (size - w) // 2, (size - h) // 2
+    return x0, y0, x0 + w, y0 + h
+
+
+_SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def source_geometry(src: str, size: int, mode: str) -> dict:
+    """The source's width and height after its EXIF rotation, and its content box in the output
+    (header only: nothing is decoded). Unreadable: NaNs (the image was skipped anyway)."""
+    try:
+        with Image.open(src) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in _SWAPS_SIDES:
+                w, h = h, w
+    except (OSError, SyntaxError, ValueError):
+        return dict.fromkeys(CONTENT_COLUMNS, np.nan)
+    return dict(zip(CONTENT_COLUMNS, (w, h, *content_box(w, h, size, mode))))
+
+
+def add_content_boxes(kept: pd.DataFrame, size: int, mode: str, workers: int = 1) -> pd.DataFrame:
+    """``kept`` (rows with ``src_path``) with :data:`CONTENT_COLUMNS`: every measure and the
+    ``geometry`` baseline of stage 09 can tell the painting from its padding."""
+    jobs = [(str(src), size, mode) for src in kept["src_path"]]
+    geo = pd.DataFrame(parallel_map(source_geometry, jobs, workers, "content boxes"), index=kept.index,
+                       columns=CONTENT_COLUMNS)
+    return kept.drop(columns=[c for c in CONTENT_COLUMNS if c in kept]).join(geo)
 
 
 def _decisions_as_skipped(P) -> pd.DataFrame:

@@ -19,6 +19,11 @@ next to ``classes.csv`` (nothing extra goes into the csv) and returned by :func:
   (``ImageOps.exif_transpose`` makes it upright; width/height are the stored size).
 - ``truncated``: the first half of a JPEG (Pillow raises on load); its phash cell is empty.
 
+Series (``series`` > 0): that many groups of ``series_size`` paintings by one artist with the
+same composition in different palettes (the artist's palette rolled), the hard negatives of
+stage 09: the sidecar lists every member under ``series`` and the non-first members under
+``series_member``; ``synthart_series.json`` holds the groups (a list of filename lists).
+
 Quirks, also in the sidecar: ``multi_style`` rows name two styles (``genre_count`` 2, file in
 the first style's folder); ``no_year`` names lack the trailing ``-YYYY``. ~10 % of rows are in
 the ``uncertain artist`` subset, ~10 % are tiny (40-90 px), ~15 % large (>1024 px up to
@@ -30,7 +35,7 @@ import colorsys
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import imagehash
@@ -42,6 +47,7 @@ from .. import paths
 
 COLUMNS = ["filename", "artist", "genre", "description", "phash", "width", "height", "genre_count", "subset"]
 DEFECTS_FILE = "synthart_defects.json"
+SERIES_FILE = "synthart_series.json"  # the series as lists of filenames (only with series > 0)
 DEFECTS = ("missing_artist", "missing_genre", "missing_subset", "grayscale", "rgba_png", "cmyk",
            "exif_rotated", "truncated")
 WORK = 384  # paintings are drawn at this long side, then resized: fast at any output size
@@ -321,10 +327,31 @@ def _plan(rng, n: int, max_side: int) -> list[dict]:
     return rows
 
 
+def _series(rng, rows: list[dict], n_series: int, size: int) -> None:
+    """Mark ``n_series`` groups of ``size`` defect-free rows by one artist as a series: every member
+    after the first paints the first one's composition (``series_of``) with its artist's palette
+    rolled by its place in the series (``palette_shift``), at the first one's size."""
+    free = [i for i in rng.permutation(len(rows)) if rows[i]["defect"] is None and not rows[i]["candidate"]]
+    made = 0
+    while made < n_series:
+        base = next((i for i in free if sum(rows[j]["artist"] is rows[i]["artist"] for j in free) >= size), None)
+        if base is None:
+            break
+        members = [j for j in free if rows[j]["artist"] is rows[base]["artist"] and j != base][: size - 1]
+        for k, j in enumerate(members, 1):
+            rows[j].update(series_of=int(base), palette_shift=k, size=rows[base]["size"])
+        rows[base]["series_of"] = int(base)
+        free = [i for i in free if i != base and i not in members]
+        made += 1
+
+
 def _paint(row: dict, seed: int, i: int) -> tuple[Image.Image, int]:
     """Draw one row's painting at the work size and resize it; also return a JPEG quality."""
-    rng = np.random.default_rng([seed, i])  # per image: one painting never shifts another
+    # per image: one painting never shifts another; a series member repeats its first one's draws
+    rng = np.random.default_rng([seed, row.get("series_of", i)])
     (tw, th), a = row["size"], row["artist"]
+    if row.get("palette_shift"):
+        a = replace(a, palette=np.roll(a.palette, row["palette_shift"], axis=0))
     ww, wh = (max(16, round(v * WORK / max(tw, th))) for v in (tw, th))
     img = STYLES[row["style"]][0](rng, ww, wh, a)
     arr = np.asarray(img, float) + rng.normal(0, a.grain, (wh, ww, 1))  # canvas grain
@@ -382,9 +409,11 @@ def _record(root: Path, row: dict) -> dict:
             "subset": "" if d == "missing_subset" else row["subset"]}
 
 
-def generate(root: str | Path, num_images: int = 100, seed: int = 0, max_side: int = 1400) -> Path:
+def generate(root: str | Path, num_images: int = 100, seed: int = 0, max_side: int = 1400,
+             series: int = 0, series_size: int = 3) -> Path:
     """Write SynthArt under ``root`` atomically and return ``root/classes.csv``; does nothing
-    when that exists already. The same arguments give the same bytes."""
+    when that exists already. The same arguments give the same bytes (``series=0``: the same as
+    before series existed)."""
     root, csv_path = Path(root), Path(root) / "classes.csv"
     if csv_path.exists():
         return csv_path
@@ -395,6 +424,8 @@ def generate(root: str | Path, num_images: int = 100, seed: int = 0, max_side: i
             raise FileExistsError(f"{root}: exists and is not empty but has no classes.csv")
         root.rmdir()
     rows = _plan(np.random.default_rng([seed, 2**31]), num_images, max_side)
+    if series:
+        _series(np.random.default_rng([seed, 2**31 + 1]), rows, series, series_size)
     with paths.atomic_dir(root) as tmp:
         tmp.chmod(0o755)
         for i, row in enumerate(rows):
@@ -409,6 +440,13 @@ def generate(root: str | Path, num_images: int = 100, seed: int = 0, max_side: i
         sidecar = {"no_year": [r["filename"] for r in rows if r["year"] is None]}
         for r in filter(lambda r: r["defect"], rows):
             sidecar.setdefault(r["defect"], []).append(r["filename"])
+        if series:  # the sidecar stays {name: [filenames]}; the groups go to their own file
+            groups: dict = {}
+            for r in filter(lambda r: "series_of" in r, rows):
+                groups.setdefault(r["series_of"], []).append(r["filename"])
+            sidecar["series"] = sorted(f for g in groups.values() for f in g)
+            sidecar["series_member"] = sorted(r["filename"] for r in rows if r.get("palette_shift"))
+            (tmp / SERIES_FILE).write_text(json.dumps(sorted(sorted(g) for g in groups.values()), indent=1) + "\n")
         (tmp / DEFECTS_FILE).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return csv_path
 
