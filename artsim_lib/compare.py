@@ -64,6 +64,10 @@ def register_measure(name: str, loader: Callable[[Path], Measure], replace: bool
     if name in _LOADERS and not replace:
         raise MeasureError(f"measure {name!r} is already registered (pass replace=True)")
     _LOADERS[name] = loader
+    from .params_schema import EXTRA_MEASURES, KNOWN_MEASURES
+
+    if name not in KNOWN_MEASURES:
+        EXTRA_MEASURES.add(name)
 
 
 def _load_plugins() -> None:

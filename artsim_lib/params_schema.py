@@ -14,6 +14,9 @@ KNOWN_MEASURES = ("ssim", "colour", "texture", "edges", "shape", "descriptor", "
                   "clip", "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese",
                   "resnet_regression", "effnet_lite0", "effnet_lite0_finetuned", "effnet_lite0_siamese",
                   "effnet_lite0_regression", "dinov2", "sscd", "geometry")
+# Names a program registered itself (compare.register_measure): allowed too, so a library user's own
+# measure (or a test's) validates; profiles can name only what is registered when they are loaded.
+EXTRA_MEASURES: set[str] = set()
 
 
 class SectionError(ValueError):
@@ -290,7 +293,7 @@ class EvaluationParams(_Section):
     @field_validator("measures")
     @classmethod
     def _known_measures(cls, value: list[str]) -> list[str]:
-        unknown = [m for m in value if m not in KNOWN_MEASURES]
+        unknown = [m for m in value if m not in KNOWN_MEASURES and m not in EXTRA_MEASURES]
         if unknown:
             raise ValueError(f"unknown measure(s) {', '.join(map(repr, unknown))} "
                              f"(known: {', '.join(KNOWN_MEASURES)})")

@@ -93,9 +93,11 @@ def test_the_static_measure_list_is_the_registry():
 
 def test_coupled_overrides_are_validated_together_in_any_order():
     for order in (1, -1):
-        sets = ["preprocess.split.train=0.6", "preprocess.split.val=0.25"][::order]
-        P = load_params("smoke", sets)
-        assert (P.preprocess.split.train, P.preprocess.split.val) == (0.6, 0.25)
+        test = load_params("smoke").preprocess.split.test
+        train, val = round(0.6 * (1 - test), 4), round(1 - test - round(0.6 * (1 - test), 4), 4)
+        sets = [f"preprocess.split.train={train}", f"preprocess.split.val={val}"][::order]
+        P = load_params("smoke", sets)  # each override alone would break the sum; together they do not
+        assert (P.preprocess.split.train, P.preprocess.split.val) == (train, val)
         sets = ["evaluation.measures=[ssim, colour]", "evaluation.reference=ssim"][::order]
         assert load_params("smoke", sets).evaluation.reference == "ssim"
 
@@ -105,7 +107,8 @@ def test_a_bad_override_is_named_with_its_key():
         load_params("smoke", ["seed=3", "preprocess.split.train=0.9"])
     msg = str(err.value)
     assert "--set preprocess.split.train=0.9" in msg and "--set seed=3" not in msg
-    assert "preprocess.split.train + val + test: must sum to 1, got 1.2" in msg
+    split = load_params("smoke").preprocess.split
+    assert f"preprocess.split.train + val + test: must sum to 1, got {0.9 + split.val + split.test:g}" in msg
     assert "stratify" not in msg  # the section is not printed
 
 

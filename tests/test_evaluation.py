@@ -16,6 +16,20 @@ FAMILIES = ("photometric", "geometric")
 STRENGTHS = (0.25, 1.0)
 
 
+
+class _AnyName(set):
+    def __contains__(self, name):
+        return True
+
+
+@pytest.fixture(autouse=True)
+def _test_measures(monkeypatch):
+    """These tests hand stage 09 in-memory measures under made-up names, as a library user with a
+    registered measure would: accept any name here (name checks at load are test_config's)."""
+    from artsim_lib import params_schema
+
+    monkeypatch.setattr(params_schema, "EXTRA_MEASURES", _AnyName())
+
 def study(n_test=6, n_other=4, styles=2, seed=0):
     """Manifest, pairs and triplets frames: ``n_test`` test originals and ``n_other`` each in train and val,
     with one derivative per (family, strength). Paths are names only: these measures never open a file."""
