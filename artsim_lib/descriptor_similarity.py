@@ -336,20 +336,29 @@ def triplet_scores(pairs: pd.DataFrame, measure: str) -> pd.DataFrame:
     return meta.join(wide.rename(columns={"positive": "s_pos", "negative": "s_neg"}))
 
 
-def accuracy_table(pairs: pd.DataFrame, measures, by: str = "split") -> pd.DataFrame:
+TRIPLET_CHANCE = 0.5  # a binary choice, ties counted half: a constant or random measure scores this
+
+
+def accuracy_table(pairs: pd.DataFrame, measures, by: str = "split", chance: bool = False) -> pd.DataFrame:
     """Triplet accuracy (``losses.triplet_accuracy``: share with s+ > s-) per value of ``by``
-    (rows, plus 'all') and measure (columns)."""
+    (rows, plus 'all') and measure (columns). With ``chance``, the columns ``triplets`` (count)
+    and ``chance`` (:data:`TRIPLET_CHANCE`) come first, for tables that are shown."""
     import torch
 
     from .losses import triplet_accuracy
 
-    out = {}
+    out, count = {}, {}
     for m in measures:
         t = triplet_scores(pairs, m)
         groups = [(k, g) for k, g in t.groupby(by, sort=True)] + [("all", t)]
         out[m] = {k: triplet_accuracy(torch.tensor(g["s_pos"].to_numpy()), torch.tensor(g["s_neg"].to_numpy()))
                   for k, g in groups}
-    return pd.DataFrame(out)
+        count = {k: len(g) for k, g in groups}
+    table = pd.DataFrame(out)
+    if chance:
+        table.insert(0, "chance", TRIPLET_CHANCE)
+        table.insert(0, "triplets", pd.Series(count))
+    return table
 
 
 def fitted_weights_path(run_root) -> Path:
