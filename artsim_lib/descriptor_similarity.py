@@ -391,6 +391,10 @@ def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
     ``descriptors/fitted_weights.json`` under the run directory."""
     from . import paths, workers
 
+    if not (triplets["split"] == "train").any():  # before any work: descriptor_fitted never fits on val/test
+        present = ", ".join(sorted(map(str, triplets["split"].unique()))) or "none"
+        raise ValueError(f"descriptors: the triplets have no 'train' split (splits: {present}); descriptor_fitted "
+                         "is fitted on train only")
     cfg, out_dir = P.descriptors, P.run.sub("descriptors")
     table = pair_rows(triplets)
     n_workers = workers.worker_count(cfg.workers)  # never more processes than the allocation has CPUs
@@ -398,8 +402,8 @@ def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
     t1 = time.perf_counter()
     pairs = _with_scores(table, streamed.scored, cfg.weights)
     train = pairs[pairs["split"] == "train"]
-    fitted = fit_weights(train if len(train) else pairs, cfg.fit_l2)
-    fitted.update(fit_split="train" if len(train) else "all", param_weights=normalise_weights(cfg.weights))
+    fitted = fit_weights(train, cfg.fit_l2)
+    fitted.update(fit_split="train", param_weights=normalise_weights(cfg.weights))
     pairs["descriptor_fitted"] = combine(pairs, fitted["weights"])
     accuracy = accuracy_table(pairs, MEASURES + ("descriptor_fitted",))
     fitted["accuracy"] = {m: {k: (None if np.isnan(v) else float(v)) for k, v in col.items()}

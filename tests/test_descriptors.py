@@ -269,6 +269,18 @@ def test_stage_writes_the_pair_table_and_the_fitted_weights(paintings, tmp_path,
     assert dsim.run(P, trip, progress=False).n_cached == 18
 
 
+def test_without_a_train_split_the_stage_refuses_to_fit_on_the_rest(paintings, tmp_path, run_dir):
+    P = config.load_params("smoke", ["descriptors.workers=1"])
+    trip = tiny_triplets(paintings, tmp_path).assign(split=lambda t: t["split"].replace({"train": "val"}))
+    with pytest.raises(ValueError, match=r"no 'train' split \(splits: test, val\)") as err:
+        dsim.run(P, trip, progress=False)
+    assert "\n" not in str(err.value)
+    # It fails before any work: no pair table, no fitted weights, no feature cache.
+    assert not dsim.fitted_weights_path(P.run.root).exists()
+    assert not (P.run.root / "descriptors" / "pair_similarity.parquet").exists()
+    assert not (P.run.root / "descriptors" / "cache").exists()
+
+
 def test_streamed_parts_score_as_all_features_in_memory(paintings, tmp_path, run_dir, monkeypatch):
     trip = tiny_triplets(paintings, tmp_path)
     table = dsim.pair_rows(trip)
