@@ -124,11 +124,7 @@ def triplet_loss(za, zp, zn, tau, groups: torch.Tensor | None = None, in_batch: 
     s_pos, s_neg = losses.triplet_similarities(za, zp, zn)  # [B], [B]
     negs = s_neg[:, None]
     if in_batch and len(za) > 1:
-        extra = losses.in_batch_negatives(za, zp)  # [B, B-1]
-        if groups is not None:
-            same = (groups[:, None] == groups[None, :])[~torch.eye(len(za), dtype=torch.bool, device=za.device)]
-            extra = extra.masked_fill(same.view(len(za), -1), float("-inf"))
-        negs = torch.cat([negs, extra], dim=1)
+        negs = torch.cat([negs, losses.in_batch_negatives(za, zp, groups)], dim=1)  # [B, 1 + B-1]
     return losses.infonce_triplet_loss(s_pos, negs, tau), s_pos, s_neg
 
 
