@@ -336,20 +336,29 @@ def triplet_scores(pairs: pd.DataFrame, measure: str) -> pd.DataFrame:
     return meta.join(wide.rename(columns={"positive": "s_pos", "negative": "s_neg"}))
 
 
-def accuracy_table(pairs: pd.DataFrame, measures, by: str = "split") -> pd.DataFrame:
+TRIPLET_CHANCE = 0.5  # a binary choice, ties counted half: a constant or random measure scores this
+
+
+def accuracy_table(pairs: pd.DataFrame, measures, by: str = "split", chance: bool = False) -> pd.DataFrame:
     """Triplet accuracy (``losses.triplet_accuracy``: share with s+ > s-) per value of ``by``
-    (rows, plus 'all') and measure (columns)."""
+    (rows, plus 'all') and measure (columns). With ``chance``, the columns ``triplets`` (count)
+    and ``chance`` (:data:`TRIPLET_CHANCE`) come first, for tables that are shown."""
     import torch
 
     from .losses import triplet_accuracy
 
-    out = {}
+    out, count = {}, {}
     for m in measures:
         t = triplet_scores(pairs, m)
         groups = [(k, g) for k, g in t.groupby(by, sort=True)] + [("all", t)]
         out[m] = {k: triplet_accuracy(torch.tensor(g["s_pos"].to_numpy()), torch.tensor(g["s_neg"].to_numpy()))
                   for k, g in groups}
-    return pd.DataFrame(out)
+        count = {k: len(g) for k, g in groups}
+    table = pd.DataFrame(out)
+    if chance:
+        table.insert(0, "chance", TRIPLET_CHANCE)
+        table.insert(0, "triplets", pd.Series(count))
+    return table
 
 
 def fitted_weights_path(run_root) -> Path:
@@ -382,6 +391,10 @@ def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
     ``descriptors/fitted_weights.json`` under the run directory."""
     from . import paths, workers
 
+    if not (triplets["split"] == "train").any():  # before any work: descriptor_fitted never fits on val/test
+        present = ", ".join(sorted(map(str, triplets["split"].unique()))) or "none"
+        raise ValueError(f"descriptors: the triplets have no 'train' split (splits: {present}); descriptor_fitted "
+                         "is fitted on train only")
     cfg, out_dir = P.descriptors, P.run.sub("descriptors")
     table = pair_rows(triplets)
     n_workers = workers.worker_count(cfg.workers)  # never more processes than the allocation has CPUs
@@ -389,8 +402,8 @@ def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
     t1 = time.perf_counter()
     pairs = _with_scores(table, streamed.scored, cfg.weights)
     train = pairs[pairs["split"] == "train"]
-    fitted = fit_weights(train if len(train) else pairs, cfg.fit_l2)
-    fitted.update(fit_split="train" if len(train) else "all", param_weights=normalise_weights(cfg.weights))
+    fitted = fit_weights(train, cfg.fit_l2)
+    fitted.update(fit_split="train", param_weights=normalise_weights(cfg.weights))
     pairs["descriptor_fitted"] = combine(pairs, fitted["weights"])
     accuracy = accuracy_table(pairs, MEASURES + ("descriptor_fitted",))
     fitted["accuracy"] = {m: {k: (None if np.isnan(v) else float(v)) for k, v in col.items()}

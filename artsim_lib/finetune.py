@@ -149,6 +149,12 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> fl
     return (top == targets[:, None]).any(dim=1).float().mean().item()
 
 
+def topk_chance(k: int, num_classes: int) -> float:
+    """Top-k accuracy of a uniformly random ranking of ``num_classes`` classes: k/K (8 classes:
+    top-1 0.125, top-5 0.625), whatever the split's class balance."""
+    return min(k, num_classes) / num_classes if num_classes else float("nan")
+
+
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
     """Counts ``[true, predicted]``. # [K, K]"""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -164,7 +170,8 @@ def per_class_f1(cm: np.ndarray) -> np.ndarray:
 
 
 def split_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
-    """top-1, top-5 (only with 5+ classes), macro F1, per-class F1 and the confusion matrix."""
+    """top-1, top-5 (only with 5+ classes), each with its chance (:func:`topk_chance`), macro F1,
+    per-class F1 and the confusion matrix."""
     cm = confusion_matrix(targets.numpy(), logits.argmax(1).numpy(), len(classes))
     f1 = per_class_f1(cm)
     present = cm.sum(1) > 0  # macro F1 over the classes the split holds
@@ -172,10 +179,29 @@ def split_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str
         "n": int(len(targets)),
         "top1": topk_accuracy(logits, targets, 1),
         "top5": topk_accuracy(logits, targets, 5) if len(classes) >= 5 else None,
+        "top1_chance": topk_chance(1, len(classes)),
+        "top5_chance": topk_chance(5, len(classes)) if len(classes) >= 5 else None,
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
         "per_class_f1": {c: float(v) for c, v in zip(classes, f1)},
         "confusion": cm.tolist(),
     }
+
+
+def results_table(metrics: dict) -> pd.DataFrame:
+    """The val and test rows of ``metrics.json``: images, top-1 and top-5 each beside its chance
+    (k/K of the ``num_labels`` classes; top-5 only with 5+ classes) and macro F1."""
+    k = metrics["num_labels"]
+    rows = []
+    for s in ("val", "test"):
+        m = metrics.get(s)
+        if not m:
+            continue
+        five = m.get("top5") is not None
+        rows.append({"split": s, "images": m["n"], "top-1": m["top1"], "top-1 chance": topk_chance(1, k),
+                     "top-5": m["top5"] if five else None, "top-5 chance": topk_chance(5, k) if five else None,
+                     "macro F1": m["macro_f1"]})
+    return pd.DataFrame(rows, columns=["split", "images", "top-1", "top-1 chance", "top-5", "top-5 chance",
+                                       "macro F1"])
 
 
 # -- the loop -------------------------------------------------------------------------------------------

@@ -25,10 +25,18 @@ def infonce_triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, tau: float | 
     return loss.mean() if reduction == "mean" else loss
 
 
-def in_batch_negatives(anchor: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Similarities of each anchor with every *other* positive in the batch. # [B, B-1]"""
+def in_batch_negatives(anchor: torch.Tensor, positive: torch.Tensor,
+                       groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Similarities of each anchor with every *other* positive in the batch. # [B, B-1]
+
+    ``groups`` ``[B]`` names each item's original (the anchor's painting): another item's positive of
+    the same original is a derivative of this anchor's painting, not a negative, and is set to
+    ``-inf`` (it then adds nothing to the InfoNCE denominator)."""
     a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
     sim = a @ p.T                                              # [B, B]
+    if groups is not None:
+        groups = torch.as_tensor(groups, device=a.device)
+        sim = sim.masked_fill(groups[:, None] == groups[None, :], float("-inf"))
     mask = ~torch.eye(len(a), dtype=torch.bool, device=a.device)
     return sim[mask].view(len(a), len(a) - 1)
 

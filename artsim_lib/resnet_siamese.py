@@ -196,11 +196,13 @@ def _targets(part: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def batch_loss(model: ResNetSiamese, ea, ep, en, t_pos=None, t_neg=None, in_batch: bool = False,
-               regression_loss: str = "bce") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The variant's loss on one batch of embeddings, and the scores ``(s+, s-)`` it implies."""
+               regression_loss: str = "bce", groups: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The variant's loss on one batch of embeddings, and the scores ``(s+, s-)`` it implies.
+    ``groups`` ``[B]``: each item's original; in-batch negatives of the same original are masked."""
     if model.variant == "triplet":
         s_pos, s_neg = losses.triplet_similarities(ea, ep, en)  # [B], [B]
-        negs = torch.cat([s_neg[:, None], losses.in_batch_negatives(ea, ep)], 1) \
+        negs = torch.cat([s_neg[:, None], losses.in_batch_negatives(ea, ep, groups)], 1) \
             if in_batch and len(ea) > 1 else s_neg
         return losses.infonce_triplet_loss(s_pos, negs, model.tau), s_pos, s_neg
     l_pos, l_neg = model.pair_logit(ea, ep).float(), model.pair_logit(ea, en).float()  # [B], [B]
@@ -231,7 +233,7 @@ def _run_epoch(model, data: dict, setup, cfg, optimizer=None, scheduler=None, se
             with setup.autocast():
                 ea, ep, en = model(*branches, from_features=data["cached"])
                 loss, sp, sn = batch_loss(model, ea, ep, en, data["t_pos"][idx], data["t_neg"][idx],
-                                          cfg.in_batch_negatives, cfg.resnet_regression_loss)
+                                          cfg.in_batch_negatives, cfg.resnet_regression_loss, data["group"][idx])
             if train:
                 setup.step(loss, optimizer, scheduler)
             total += loss.item() * len(idx)
@@ -249,7 +251,11 @@ def _split_data(part: pd.DataFrame, index: np.ndarray, source, cached: bool) -> 
     t_pos, t_neg = _targets(part)
     kinds = part["negative_kind"].astype(str).to_numpy() if "negative_kind" in part else \
         np.full(len(part), "random")
-    return {"index": index, "source": source, "cached": cached, "t_pos": t_pos, "t_neg": t_neg, "kinds": kinds}
+    # the anchor's original: masks the in-batch negatives that are derivatives of the same painting
+    group = torch.as_tensor(pd.factorize(part["anchor_id"].astype(str))[0] if "anchor_id" in part
+                            else np.arange(len(part)), dtype=torch.long)
+    return {"index": index, "source": source, "cached": cached, "t_pos": t_pos, "t_neg": t_neg, "kinds": kinds,
+            "group": group}
 
 
 PIXEL_CACHE_BYTES = 2 * 1024**3  # keep every image's pixels in memory below this size

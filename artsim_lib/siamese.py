@@ -3,7 +3,8 @@
 Anchor (an original), positive (its derivative) and negative (another original) go through the
 *same* frozen CLIP and the *same* head, trained with the study's InfoNCE triplet loss. CLIP being
 frozen, the head trains on cached embeddings (:mod:`artsim_lib.embeddings`), never on pixels.
-The 80/20 and 60/40 train/val splits are re-drawn per original; test is left to stage 09::
+The seed's 80/20 and 40/60 train/val splits (``siamese.train_splits: [0.8, 0.4]``, named '80-20' and
+'40-60') are re-drawn per original; test is left to stage 09::
 
     res = train_clip_siamese(P, triplets, ext.table, 0.8, ext.key)  # -> <run>/siamese/clip-head-80-20/
     measure = load_clip_siamese(P.run_path)                          # .similarity(a, b), .embed(images)
@@ -123,11 +124,7 @@ def triplet_loss(za, zp, zn, tau, groups: torch.Tensor | None = None, in_batch: 
     s_pos, s_neg = losses.triplet_similarities(za, zp, zn)  # [B], [B]
     negs = s_neg[:, None]
     if in_batch and len(za) > 1:
-        extra = losses.in_batch_negatives(za, zp)  # [B, B-1]
-        if groups is not None:
-            same = (groups[:, None] == groups[None, :])[~torch.eye(len(za), dtype=torch.bool, device=za.device)]
-            extra = extra.masked_fill(same.view(len(za), -1), float("-inf"))
-        negs = torch.cat([negs, extra], dim=1)
+        negs = torch.cat([negs, losses.in_batch_negatives(za, zp, groups)], dim=1)  # [B, 1 + B-1]
     return losses.infonce_triplet_loss(s_pos, negs, tau), s_pos, s_neg
 
 
@@ -349,7 +346,8 @@ def batched_retrieval(img: np.ndarray, txt: np.ndarray, n: int, seed: int = 0) -
 
 def text_image_accuracy(encoder: embeddings.Encoder, table: pd.DataFrame, manifest: pd.DataFrame,
                         captions: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """CLIP i2t/t2i accuracy of the originals and their captions, per split, in batches of ``n``."""
+    """CLIP N-way i2t/t2i accuracy of the originals and their captions, per split, in batches of
+    ``n`` (chance 1/N). Not the seed's form: that is :func:`seed_text_image_accuracy`."""
     df = (manifest[["id", "split"]].merge(captions[["id", "caption"]], on="id")
           .merge(table[["id", "embedding"]], on="id"))
     rows = []
@@ -358,6 +356,69 @@ def text_image_accuracy(encoder: embeddings.Encoder, table: pd.DataFrame, manife
                               for c in shards.batches(list(part["caption"]), 64)])  # [n, D]
         rows.append({"split": split, **batched_retrieval(embeddings.embedding_matrix(part), txt, n, seed)})
     return pd.DataFrame(rows)
+
+
+def clip_text_embedder(encoder: embeddings.Encoder, batch: int = 64):
+    """``texts -> [N, D]`` L2-normalised CLIP text embeddings, in batches."""
+    def embed(texts):
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, encoder.dim), np.float32)
+        return np.concatenate([models.clip_text_embeddings(encoder.model, encoder.processor, b).numpy()
+                               for b in shards.batches(texts, batch)])
+    return embed
+
+
+SEED_TI_COLUMNS = ["split", "negative_kind", "triplets", "originals", "i2t", "t2i", "chance"]
+
+
+def seed_text_image_accuracy(embed_texts, table: pd.DataFrame, triplets: pd.DataFrame, prompts: pd.Series,
+                             captions: pd.DataFrame) -> pd.DataFrame:
+    """The seed's i2t/t2i per split and kind of negative ('all' first): per triplet a binary choice,
+    chance 0.5 (:func:`metrics.binary_text_image_accuracy`), of the original's cached CLIP image
+    embedding (``table``) against its derivative's prompt and the negative's caption, and of the
+    prompt against the original and the negative. ``prompts`` maps a derivative (``positive_id``)
+    to the prompt it was made from; triplets without one (the ``augment`` backend) or without a
+    negative caption are left out, so the result may be empty."""
+    prompt = triplets["positive_id"].map(prompts)
+    neg_caption = triplets["negative_id"].map(captions.set_index("id")["caption"])
+    keep = (prompt.notna() & prompt.astype(str).str.strip().ne("") & neg_caption.notna()).to_numpy()
+    if not keep.any():
+        return pd.DataFrame(columns=SEED_TI_COLUMNS)
+    t = triplets[keep].reset_index(drop=True)
+    rows = pd.Index(table["id"])
+    where = {k: rows.get_indexer(t[f"{k}_id"]) for k in ("anchor", "negative")}
+    if any((w < 0).any() for w in where.values()):
+        raise KeyError("some triplet originals have no cached CLIP embedding; run the extraction step first")
+    emb = embeddings.embedding_matrix(table)  # [M, D]
+    img_a, img_n = emb[where["anchor"]], emb[where["negative"]]
+    txt_p = np.asarray(embed_texts(list(prompt[keep].astype(str))))
+    txt_n = np.asarray(embed_texts(list(neg_caption[keep].astype(str))))
+    out = []
+    for split in [s for s in ("train", "val", "test") if (t["split"] == s).any()]:
+        in_split = (t["split"] == split).to_numpy()
+        for kind in ["all", *sorted(t.loc[in_split, "negative_kind"].unique())]:
+            sel = in_split & ((t["negative_kind"] == kind).to_numpy() if kind != "all" else True)
+            r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
+            out.append({"split": split, "negative_kind": kind, "triplets": r["triplets"],
+                        "originals": t.loc[sel, "anchor_id"].nunique(), "i2t": r["i2t"], "t2i": r["t2i"],
+                        "chance": r["chance"]})
+    return pd.DataFrame(out, columns=SEED_TI_COLUMNS)
+
+
+def text_image_table(nway: pd.DataFrame, binary: pd.DataFrame) -> pd.DataFrame:
+    """Both forms side by side, each with its chance: the seed's binary one ('all' negatives) and
+    the N-way retrieval of :func:`text_image_accuracy`. Columns: form, split, n, i2t, t2i, chance."""
+    cols = ["form", "split", "n", "i2t", "t2i", "chance"]
+    b = binary[binary["negative_kind"] == "all"] if len(binary) else binary
+    parts = [pd.DataFrame({"form": "seed: binary (original vs derivative's prompt / negative's caption)",
+                           "split": b["split"], "n": b["triplets"], "i2t": b["i2t"], "t2i": b["t2i"],
+                           "chance": b["chance"]}) if len(b) else None,
+             pd.DataFrame({"form": [f"N-way retrieval (N = {n})" for n in nway["N"]], "split": nway["split"],
+                           "n": nway["pairs"], "i2t": nway["i2t"], "t2i": nway["t2i"],
+                           "chance": nway["chance"]}) if len(nway) else None]
+    parts = [x for x in parts if x is not None]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 # -- the 'clip_siamese' measure ------------------------------------------------------------------------

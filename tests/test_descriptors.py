@@ -228,6 +228,21 @@ def tiny_triplets(paintings, out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_accuracy_table_by_hand_with_its_chance():
+    # Three triplets: s+ above s- (1), a tie (1/2), s+ below s- (0); the first two in train.
+    s_pos, s_neg, split = [0.9, 0.5, 0.2], [0.1, 0.5, 0.7], ["train", "train", "test"]
+    rows = [dict(triplet_id=f"t{i}", role=role, descriptor=v, anchor_id=f"o{i}", split=split[i], level="moderate",
+                 negative_kind="random")
+            for i in range(3) for role, v in (("positive", s_pos[i]), ("negative", s_neg[i]))]
+    pairs = pd.DataFrame(rows)
+    plain = dsim.accuracy_table(pairs, ["descriptor"])
+    assert list(plain.columns) == ["descriptor"]  # what stage 06 stores in fitted_weights.json
+    shown = dsim.accuracy_table(pairs, ["descriptor"], chance=True)
+    assert list(shown.columns) == ["triplets", "chance", "descriptor"] and list(shown.index) == ["test", "train", "all"]
+    assert shown["descriptor"].tolist() == pytest.approx([0.0, 0.75, 0.5])
+    assert shown["triplets"].tolist() == [1, 2, 3] and (shown["chance"] == 0.5).all()
+
+
 def test_stage_writes_the_pair_table_and_the_fitted_weights(paintings, tmp_path, run_dir):
     P = config.load_params("smoke", ["descriptors.workers=1"])
     trip = tiny_triplets(paintings, tmp_path)
@@ -252,6 +267,18 @@ def test_stage_writes_the_pair_table_and_the_fitted_weights(paintings, tmp_path,
     P2 = config.load_params("smoke", ["descriptors.workers=1", "descriptors.weights.colour=1.0"])
     assert not paths.is_current(target, dsim.stage_meta(P2, trip))
     assert dsim.run(P, trip, progress=False).n_cached == 18
+
+
+def test_without_a_train_split_the_stage_refuses_to_fit_on_the_rest(paintings, tmp_path, run_dir):
+    P = config.load_params("smoke", ["descriptors.workers=1"])
+    trip = tiny_triplets(paintings, tmp_path).assign(split=lambda t: t["split"].replace({"train": "val"}))
+    with pytest.raises(ValueError, match=r"no 'train' split \(splits: test, val\)") as err:
+        dsim.run(P, trip, progress=False)
+    assert "\n" not in str(err.value)
+    # It fails before any work: no pair table, no fitted weights, no feature cache.
+    assert not dsim.fitted_weights_path(P.run.root).exists()
+    assert not (P.run.root / "descriptors" / "pair_similarity.parquet").exists()
+    assert not (P.run.root / "descriptors" / "cache").exists()
 
 
 def test_streamed_parts_score_as_all_features_in_memory(paintings, tmp_path, run_dir, monkeypatch):

@@ -104,6 +104,22 @@ def test_confusion_and_f1_hand_case():
     assert finetune.per_class_f1(cm).tolist() == pytest.approx([2 / 3, 2 / 3, 0.0])
     m = finetune.split_metrics(torch.eye(3)[[0, 1, 1, 1, 1]], torch.tensor([0, 0, 1, 1, 2]), ["a", "b", "c"])
     assert m["macro_f1"] == pytest.approx(4 / 9) and m["top5"] is None and m["n"] == 5
+    assert m["top1_chance"] == pytest.approx(1 / 3) and m["top5_chance"] is None
+
+
+def test_topk_chance_and_the_results_table_show_chance_beside_accuracy():
+    assert finetune.topk_chance(5, 8) == 0.625 and finetune.topk_chance(1, 8) == 0.125
+    assert finetune.topk_chance(5, 3) == 1.0  # k >= K: every class is in the top k
+    logits = torch.eye(8)[[0, 1, 2, 3]]  # 4 test images of 8 classes, two right at top-1
+    m = finetune.split_metrics(logits, torch.tensor([0, 1, 5, 6]), list("abcdefgh"))
+    assert m["top5_chance"] == 0.625 and m["top1_chance"] == 0.125
+    table = finetune.results_table({"num_labels": 8, "val": None, "test": m})
+    assert list(table["split"]) == ["test"] and table["images"].iloc[0] == 4
+    assert table[["top-1", "top-1 chance", "top-5 chance"]].iloc[0].tolist() == pytest.approx([0.5, 0.125, 0.625])
+    three = finetune.split_metrics(torch.eye(3)[[0, 1]], torch.tensor([0, 2]), ["a", "b", "c"])
+    t3 = finetune.results_table({"num_labels": 3, "val": three, "test": three})
+    assert list(t3["split"]) == ["val", "test"] and t3["top-1 chance"].tolist() == pytest.approx([1 / 3, 1 / 3])
+    assert t3["top-5"].isna().all() and t3["top-5 chance"].isna().all()  # no top-5 below five classes
 
 
 # -- training -------------------------------------------------------------------------------------------

@@ -39,3 +39,21 @@ def test_similarities_in_batch_negatives_and_accuracy():
     assert losses.triplet_accuracy(s_pos, s_pos) == 0.5  # a tie is a coin flip, not a success
     negs = losses.in_batch_negatives(a, a)
     assert negs.shape == (4, 3) and (negs < 1 - 1e-6).all()
+
+
+def test_in_batch_negatives_of_the_same_original_are_masked_by_hand():
+    # Four items, the first two from one original: a_0 must not see p_1 (a derivative of its own
+    # painting) as a negative, nor a_1 p_0; every other entry is the plain cosine a_i . p_j.
+    a = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]])
+    p = torch.tensor([[1.0, 1.0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    r = 2 ** -0.5
+    full = torch.tensor([[r, 1, 0, 0], [r, 0, 1, 0], [0, 0, 0, 1], [1, r, r, 0]])  # cos(a_i, p_j) by hand
+    off = ~torch.eye(4, dtype=torch.bool)
+    plain = losses.in_batch_negatives(a, p)
+    assert torch.allclose(plain, full[off].view(4, 3), atol=1e-6)
+    masked = losses.in_batch_negatives(a, p, torch.tensor([7, 7, 3, 5]))
+    expect = full[off].view(4, 3).clone()
+    expect[0, 0] = expect[1, 0] = float("-inf")  # row 0: j = 1; row 1: j = 0
+    assert torch.equal(torch.isinf(masked), torch.isinf(expect))
+    assert torch.allclose(masked[~torch.isinf(masked)], expect[~torch.isinf(expect)], atol=1e-6)
+    assert torch.allclose(losses.in_batch_negatives(a, p, torch.arange(4)), plain)  # all distinct: nothing masked

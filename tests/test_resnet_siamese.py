@@ -115,7 +115,8 @@ def test_frozen_backbone_is_unchanged_and_training_lowers_the_loss(run_dir, back
 
 
 def test_layer4_unfreeze_changes_only_layer4(run_dir, backbone_dir, triplets):
-    P = _params(["siamese.resnet_unfreeze=layer4", "siamese.resnet_epochs=2"])
+    # in-batch negatives on: the training loop's per-batch original groups take that path too
+    P = _params(["siamese.resnet_unfreeze=layer4", "siamese.resnet_epochs=2", "siamese.in_batch_negatives=true"])
     rs.train_resnet_siamese(P, triplets, backbone_dir=backbone_dir, variant="triplet", progress=False)
     before, after = _backbone_state(backbone_dir), rs.load_resnet_siamese(P.run.root, "triplet").backbone.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -137,6 +138,28 @@ def test_regression_variant_scores_in_unit_interval(run_dir, backbone_dir, tripl
     s_pos = model.similarity(list(val["anchor_path"]), list(val["positive_path"]))
     s_neg = model.similarity(list(val["anchor_path"]), list(val["negative_path"]))
     assert (s_pos.mean() > s_neg.mean()).item()
+
+
+def test_in_batch_negatives_skip_derivatives_of_the_same_original(backbone_dir):
+    model = _model(backbone_dir)  # triplet variant
+    torch.manual_seed(3)
+    ea, ep, en = (torch.nn.functional.normalize(torch.randn(4, 8), dim=-1) for _ in range(3))
+    groups = torch.tensor([0, 0, 1, 1])  # two originals, two triplets each
+    loss, s_pos, s_neg = rs.batch_loss(model, ea, ep, en, in_batch=True, groups=groups)
+    tau, sim = model.tau.item(), (ea @ ep.T).numpy()  # [B, B] cosines (unit rows)
+    by_hand = []
+    for i in range(4):  # the own negative, and the positives of the *other* original only
+        negs = [float(s_neg[i])] + [sim[i, j] for j in range(4) if groups[j] != groups[i]]
+        logits = np.array([float(s_pos[i])] + negs) / tau
+        by_hand.append(np.log(np.exp(logits).sum()) - logits[0])
+    assert loss.item() == pytest.approx(np.mean(by_hand), rel=1e-5)
+    unmasked, _, _ = rs.batch_loss(model, ea, ep, en, in_batch=True)
+    assert unmasked.item() > loss.item()  # the derivatives of one's own painting counted as negatives
+    one, _, _ = rs.batch_loss(model, ea, ep, en, in_batch=True, groups=torch.zeros(4, dtype=torch.long))
+    plain, _, _ = rs.batch_loss(model, ea, ep, en)
+    assert one.item() == pytest.approx(plain.item(), rel=1e-6)  # one painting: no in-batch negative left
+    part = pd.DataFrame({"anchor_id": ["x", "y", "x"], "negative_kind": ["random"] * 3})
+    assert rs._split_data(part, np.zeros((3, 3), int), None, True)["group"].tolist() == [0, 1, 0]
 
 
 def test_regression_targets_come_from_columns(backbone_dir):

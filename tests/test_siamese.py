@@ -212,9 +212,56 @@ def test_text_image_accuracy_on_hand_made_cases():
     assert siamese.batched_retrieval(eye, eye, n=4) == {"pairs": 6, "N": 4, "i2t": 1.0, "t2i": 1.0, "chance": 1 / 6}
 
 
-# -- the 80/20 and 60/40 splits ----------------------------------------------------------------------------------
+def seed_ti_case():
+    r = 2 ** -0.5
+    table = pd.DataFrame({"id": ["o0", "o1", "o2", "o3"],
+                          "embedding": [np.array([1.0, 0]), np.array([0, 1.0]), np.array([r, r]), np.array([1.0, 0])]})
+    texts = {"pa": [1.0, 0], "pb": [1.0, 0], "pc": [0, 1.0], "c0": [1.0, 0], "c1": [0, 1.0]}
+    captions = pd.DataFrame({"id": ["o0", "o1", "o2"], "caption": ["c0", "c1", "c2"]})  # o3 has none
+    rows = [("o0", "o1", "train", "random", "d0"), ("o1", "o0", "train", "same_style", "d1"),
+            ("o2", "o0", "val", "random", "d2"), ("o2", "o3", "val", "same_artist", "d3"),
+            ("o2", "o1", "val", "random", "d4")]
+    triplets = pd.DataFrame(rows, columns=["anchor_id", "negative_id", "split", "negative_kind", "positive_id"])
+    prompts = pd.Series({"d0": "pa", "d1": "pb", "d2": None, "d3": "pc", "d4": "pc"})
+    return table, triplets, prompts, captions, (lambda ts: np.array([texts[t] for t in ts]).reshape(-1, 2))
 
-@pytest.mark.parametrize("share", [0.8, 0.6])
+
+def test_seed_binary_text_image_accuracy_by_hand():
+    table, triplets, prompts, captions, embed = seed_ti_case()
+    out = siamese.seed_text_image_accuracy(embed, table, triplets, prompts, captions)
+    # d2 has no prompt (augment), d3's negative no caption: both left out. By hand, with ties at 1/2:
+    # d0: i2t cos(o0,pa)=1 > cos(o0,c1)=0, t2i cos(pa,o0)=1 > cos(pa,o1)=0      -> 1, 1
+    # d1: i2t cos(o1,pb)=0 = cos(o1,c0)=0,  t2i cos(pb,o1)=0 < cos(pb,o0)=1      -> 1/2, 0
+    # d4: i2t cos(o2,pc)=.71 = cos(o2,c1),  t2i cos(pc,o2)=.71 < cos(pc,o1)=1    -> 1/2, 0
+    assert list(zip(out["split"], out["negative_kind"])) == [("train", "all"), ("train", "random"),
+                                                             ("train", "same_style"), ("val", "all"), ("val", "random")]
+    assert list(out["triplets"]) == [2, 1, 1, 1, 1] and list(out["originals"]) == [2, 1, 1, 1, 1]
+    assert out["i2t"].tolist() == pytest.approx([0.75, 1, 0.5, 0.5, 0.5])
+    assert out["t2i"].tolist() == pytest.approx([0.5, 1, 0, 0, 0])
+    assert (out["chance"] == 0.5).all()
+    none = siamese.seed_text_image_accuracy(embed, table, triplets, pd.Series(dtype=object), captions)
+    assert none.empty and list(none.columns) == siamese.SEED_TI_COLUMNS  # augment: no prompts
+    with pytest.raises(KeyError, match="no cached CLIP embedding"):
+        siamese.seed_text_image_accuracy(embed, table[table["id"] != "o1"], triplets, prompts, captions)
+
+
+def test_text_image_table_shows_both_forms_with_their_chance():
+    table, triplets, prompts, captions, embed = seed_ti_case()
+    binary = siamese.seed_text_image_accuracy(embed, table, triplets, prompts, captions)
+    eye = np.eye(6)
+    nway = pd.DataFrame([{"split": "train", **siamese.batched_retrieval(eye, eye, n=3)}])
+    out = siamese.text_image_table(nway, binary)
+    assert list(out["split"]) == ["train", "val", "train"]
+    assert out["chance"].tolist() == pytest.approx([0.5, 0.5, 1 / 3])
+    assert out["n"].tolist() == [2, 1, 6] and out["i2t"].tolist() == pytest.approx([0.75, 0.5, 1.0])
+    assert out["form"].str.startswith("seed: binary").sum() == 2 and out["form"].iloc[2] == "N-way retrieval (N = 3)"
+    only = siamese.text_image_table(nway, binary.iloc[:0])
+    assert len(only) == 1 and only["chance"].iloc[0] == pytest.approx(1 / 3)
+
+
+# -- the seed's 80/20 and 40/60 splits ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("share", [0.8, 0.4])
 def test_resplitting_keeps_proportions_per_original_and_nothing_leaks(share):
     manifest = make_manifest(90, seed=3)
     trip = siamese.split_triplets(make_triplets(manifest), manifest, share, seed=7)
@@ -240,7 +287,8 @@ def test_resplitting_keeps_proportions_per_original_and_nothing_leaks(share):
 
 def test_the_two_splits_differ():
     manifest = make_manifest(90, seed=3)
-    a, b = (siamese.resplit_originals(manifest, s, 7) for s in (0.8, 0.6))
+    a, b = (siamese.resplit_originals(manifest, s, 7) for s in (0.8, 0.4))
+    assert [siamese.split_name(x) for x in (0.8, 0.4)] == ["80-20", "40-60"]
     assert (a == "val").sum() < (b == "val").sum()
 
 
