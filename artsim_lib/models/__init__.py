@@ -22,7 +22,9 @@ from .hub import (
     pick_dtype,
     resolve_model_ref,
 )
-from .tiny import KINDS, build_tiny, ensure_tiny_checkpoints, make_tiny, tiny_marker
+from .rehearsal import ensure_rehearsal_checkpoints
+from .tiny import KINDS, build_tiny, make_tiny, tiny_marker
+from .tiny import ensure_tiny_checkpoints as _ensure_tiny
 from .backbones import KINDS as BACKBONE_KINDS
 from .backbones import (
     Backbone,
@@ -33,6 +35,17 @@ from .backbones import (
     load_backbone,
     wrap_backbone,
 )
+
+
+
+def ensure_tiny_checkpoints(P, kinds=None, seed: int = 0) -> dict:
+    """Build the checkpoints a profile asks for at ``P.model_ref(kind)``: the rehearsal's
+    hub-layout ones (``models.build_rehearsal``), else the tiny ones (``models.build_tiny``);
+    ``{}`` when it asks for neither. Returns ``{kind: path}``."""
+    if P.models.build_rehearsal:
+        return ensure_rehearsal_checkpoints(P, kinds, seed)
+    return _ensure_tiny(P, kinds, seed)
+
 
 __all__ = [
     "BACKBONE_KINDS",

@@ -286,12 +286,7 @@ def _needs_build(path: Path, kind: str, seed: int) -> bool:
 
 def ensure_tiny_checkpoints(P, kinds: Iterable[str] | None = None, seed: int = 0) -> dict[str, Path]:
     """When ``P.models.build_tiny`` is true, build each missing (or outdated) tiny checkpoint
-    at ``P.model_ref(kind)``. Returns ``{kind: path}`` for the kinds checked ({} when off).
-    With ``P.models.build_rehearsal`` the rehearsal's hub-layout checkpoints are built instead."""
-    if P.models.build_rehearsal:
-        from .rehearsal import ensure_rehearsal_checkpoints
-
-        return ensure_rehearsal_checkpoints(P, kinds, seed)
+    at ``P.model_ref(kind)``. Returns ``{kind: path}`` for the kinds checked ({} when off)."""
     if not P.models.build_tiny:
         return {}
     out = {}
