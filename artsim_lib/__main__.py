@@ -1,6 +1,6 @@
 """``python -m artsim_lib``: the ``artsim`` command."""
 import sys
 
-from .cli import main
+from artsim_lib.cli import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@
     artsim params --profile smoke --set seed=7
 
 A params error prints one line naming the file and the key, and exits with status 2.
-``artsim run`` holds the run directory's lock (:mod:`artsim_lib.runlock`) for the whole run: a
+``artsim run`` holds the run directory's lock (:mod:`artsim_lib.io.runlock`) for the whole run: a
 second run on the same run directory is refused (status 3) and changes nothing. Ctrl-C stops
 Snakemake through its own shutdown (SIGINT; a second Ctrl-C or a minute without progress:
 SIGTERM; then SIGKILL), and the next run cleans up whatever a killed run left.
@@ -29,7 +29,9 @@ from typing import Callable, Sequence
 
 import yaml
 
-from . import cluster, config, paths, runlock, runner
+from artsim_lib.workflow import cluster, runner
+from artsim_lib import config
+from artsim_lib.io import paths, runlock
 
 EXIT_PARAMS = 2
 EXIT_LOCKED = 3
@@ -238,7 +240,7 @@ def _write_dag(cmd: list[str], target: Path) -> int:
 
 
 def _index_anyway(P: config.Params) -> None:
-    from . import report
+    from artsim_lib.workflow import report
 
     try:
         print(f"artsim: index: {report.build_index(P)}", file=sys.stderr)
@@ -277,7 +279,7 @@ def cmd_stage(args) -> int:
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
     _setup_logging(args.log)
     if args.log:  # the kernel inherits it: model loads and computed items per job
-        from . import worklog
+        from artsim_lib.io import worklog
 
         worklog.start(args.log)
     extra = {name: _parse_value(value) for name, value in args.parameters}
@@ -293,7 +295,7 @@ def cmd_stage(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import report
+    from artsim_lib.workflow import report
 
     P = _load(args)
     holder = runlock.holder_of(runner.reports_dir(P.profile))
@@ -355,7 +357,7 @@ def _add_stage(sub, parent) -> None:
     p.add_argument("--no-html", action="store_true", help="skip the HTML export")
 
 
-# Subcommands with their own argument parser in artsim_lib.compare (see `artsim compare -h`).
+# Subcommands with their own argument parser in artsim_lib.measures.registry (see `artsim compare -h`).
 DELEGATED = {
     "compare": ("similarity of two images: A B [--measure NAME] [--run DIR]", "compare_main"),
     "matrix": ("similarity matrix of a folder of images: DIR -> heatmap PNG + CSV", "matrix_main"),
@@ -388,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("--")
         argv, passthrough = argv[:i], argv[i + 1:]
     if argv and argv[0] in DELEGATED:
-        from . import compare
+        from artsim_lib.measures import registry as compare
 
         return getattr(compare, DELEGATED[argv[0]][1])(argv[1:])
     parser, handlers = build_parser()

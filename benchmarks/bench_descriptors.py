@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from artsim_lib import config, descriptors
-from artsim_lib.data import synthart
+from artsim_lib import config
+from artsim_lib.core import descriptors
+from artsim_lib.io import synthart
 
 
 def make_images(folder: Path, n: int, size: int) -> list[Path]:

@@ -9,7 +9,7 @@ hub's ``config.json`` says) and initialised at random, so speed and memory are t
 the outputs are noise. Sections:
 
 * ``sdxl``   -- SDXL-refiner img2img (UNet 2.26 B, fp16-fix VAE, OpenCLIP-bigG text encoder) at
-  1024² through :func:`artsim_lib.generation.sdxl_images` with the full profile's generation
+  1024² through :func:`artsim_lib.stages.s05_generation.sdxl_images` with the full profile's generation
   params (30 steps, CFG 7.5, negative prompt), at ``strength`` 0.35 (moderate: 10 steps) and
   0.65 (radical: 19 steps), batch 1/2/4/8;
 * ``blip2``  -- BLIP-2 OPT-2.7b captioning, batch 8/32, greedy, exactly ``max_new_tokens`` (30)
@@ -296,7 +296,8 @@ def section_sdxl(bench: Bench, batches, image_side: int) -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
     from PIL import Image
 
-    from artsim_lib import config, generation
+    from artsim_lib import config
+    from artsim_lib.stages import s05_generation as generation
 
     cfg = configs(bench.tiny)
     g = config.load_params("full").generation  # steps 30, guidance 7.5, aesthetic scores, negative prompt

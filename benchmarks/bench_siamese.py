@@ -25,8 +25,11 @@ import pandas as pd
 import torch
 from PIL import Image, ImageEnhance
 
-from artsim_lib import embeddings, losses, siamese, training
-from artsim_lib.data import synthart
+from artsim_lib.measures import embeddings
+from artsim_lib.core import losses
+from artsim_lib.stages import s08_siamese as siamese
+from artsim_lib.models import training
+from artsim_lib.io import synthart
 from artsim_lib.models import build_tiny, freeze
 
 

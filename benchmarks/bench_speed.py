@@ -30,9 +30,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from artsim_lib import captioning, config, descriptors, shards, workers
-from artsim_lib import descriptor_similarity as dsim
-from artsim_lib.data import preprocess
+from artsim_lib.stages import s03_captioning as captioning
+from artsim_lib import config
+from artsim_lib.core import descriptors
+from artsim_lib.io import shards, workers
+from artsim_lib.core import descriptor_similarity as dsim
+from artsim_lib.stages import s02_preprocess as preprocess
 
 FULL_IMAGES = 81_444 + 162_888  # originals + derivatives that stage 06 describes
 

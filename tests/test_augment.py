@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artsim_lib import augment
+from artsim_lib.core import augment
 
 STRENGTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 

@@ -6,8 +6,10 @@ import shutil
 import pandas as pd
 import pytest
 
-from artsim_lib import captioning, config, data, paths, shards
-from artsim_lib.captioning import MissingCaptionsError
+from artsim_lib.stages import s03_captioning as captioning
+from artsim_lib import config
+from artsim_lib.io import manifest as data, paths, shards
+from artsim_lib.stages.s03_captioning import MissingCaptionsError
 
 SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=160", "preprocess.size=32",
          "captioning.batch_size=3", "captioning.max_new_tokens=5"]
@@ -134,7 +136,7 @@ def test_a_prompt_prefix_starts_every_caption(run):
 
 @pytest.mark.parametrize("prompt", [None, "a painting of"])
 def test_prefetching_workers_change_no_caption(run, monkeypatch, prompt):
-    from artsim_lib import workers
+    from artsim_lib.io import workers
 
     extra = [f"captioning.prompt={prompt}"] if prompt else []
     counts, captions = [], []

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from artsim_lib import compare
+from artsim_lib.measures import registry as compare
 
 
 def _painting(seed: int, size: int = 96) -> Image.Image:

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image, ImageFilter
 from skimage import color, filters
 
-from artsim_lib import config, descriptors, paths
-from artsim_lib import descriptor_similarity as dsim
-from artsim_lib.data import synthart
+from artsim_lib import config
+from artsim_lib.core import descriptors
+from artsim_lib.io import paths
+from artsim_lib.core import descriptor_similarity as dsim
+from artsim_lib.io import synthart
 
 CFG = config.DescriptorParams()
 SKIP = ("truncated", "grayscale", "phash_duplicate")  # unreadable, colourless, a copy
@@ -311,7 +313,7 @@ def test_streamed_parts_score_as_all_features_in_memory(paintings, tmp_path, run
 
 
 def test_require_pair_similarity_reuses_a_current_table(paintings, tmp_path, run_dir, monkeypatch):
-    from artsim_lib import triplets
+    from artsim_lib.stages import s05_triplets as triplets
 
     P = config.load_params("smoke", ["descriptors.workers=1"])
     trip = tiny_triplets(paintings, tmp_path)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from artsim_lib import embeddings, shards
+from artsim_lib.measures import embeddings
+from artsim_lib.io import shards
 from artsim_lib.models import build_tiny, clip_image_embeddings
 
 BATCH = 4  # 10 images: two full batches and a padded one

@@ -8,9 +8,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artsim_lib import compare, config, evaluation, evaluation_scoring, metrics
-from artsim_lib.measures import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureUnavailableError
-from artsim_lib.triplets import build_triplets
+from artsim_lib.measures import registry as compare, scoring as evaluation_scoring
+from artsim_lib import config
+from artsim_lib.stages import s09_evaluation as evaluation
+from artsim_lib.core import metrics
+from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureUnavailableError
+from artsim_lib.stages.s05_triplets import build_triplets
 
 FAMILIES = ("photometric", "geometric")
 STRENGTHS = (0.25, 1.0)
@@ -26,7 +29,7 @@ class _AnyName(set):
 def _test_measures(monkeypatch):
     """These tests hand stage 09 in-memory measures under made-up names, as a library user with a
     registered measure would: accept any name here (name checks at load are test_config's)."""
-    from artsim_lib import params_schema
+    from artsim_lib.config import schema as params_schema
 
     monkeypatch.setattr(params_schema, "EXTRA_MEASURES", _AnyName())
 
@@ -351,7 +354,8 @@ def test_unavailable_measures_are_skipped_and_listed(run_dir):
 def test_resnet_measures_from_a_run(run_dir, image_study):
     import torch
 
-    from artsim_lib import finetune, models, resnet_siamese
+    from artsim_lib.stages import s07_finetune as finetune, s08_resnet_siamese as resnet_siamese
+    from artsim_lib import models
 
     P = config.load_params("smoke", ["evaluation.batch_size=2"])
     P.run.root.mkdir(parents=True, exist_ok=True)
@@ -403,7 +407,7 @@ def test_outputs_have_the_promised_columns(run_dir):
 def test_figures_draw_and_show_the_worst_retrievals():
     import matplotlib.pyplot as plt
 
-    from artsim_lib import evaluation_plots as eplots
+    from artsim_lib.plots import evaluation as eplots
 
     es, table = hand_study()
     cfg = config.EvaluationParams(n_boot=10, measures=["table", "half"], reference="half", ks=[1, 2])
@@ -424,7 +428,7 @@ def test_figures_draw_and_show_the_worst_retrievals():
 def geometry_study(tmp_path, mode):
     """Eight test originals of different aspect ratios written by stage 02's ``fit`` in ``mode``,
     each with two derivatives that keep its frame (noise on the picture, as img2img keeps the bars)."""
-    from artsim_lib.data import preprocess as pp
+    from artsim_lib.stages import s02_preprocess as pp
 
     manifest, pairs, trip = study(n_test=8, n_other=0)
     rng = np.random.default_rng(0)
@@ -444,7 +448,7 @@ def geometry_study(tmp_path, mode):
 
 @pytest.mark.parametrize("mode", ["letterbox", "stretch"])
 def test_geometry_alone_wins_with_padding_and_is_chance_without(tmp_path, mode):
-    from artsim_lib.measures import GeometryMeasure
+    from artsim_lib.measures.base import GeometryMeasure
 
     es = geometry_study(tmp_path, mode)
     cfg = config.EvaluationParams(n_boot=0, measures=["geometry"], reference="geometry", copy_absent_share=0)

@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from artsim_lib import config, finetune, training
-from artsim_lib.image_batches import ImageTransform, make_loader
+from artsim_lib import config
+from artsim_lib.stages import s07_finetune as finetune
+from artsim_lib.models import training
+from artsim_lib.models.image_batches import ImageTransform, make_loader
 from artsim_lib.models import build_tiny, load_resnet
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
@@ -198,7 +200,7 @@ def test_finetune_end_to_end(run_dir, backbone):
     labels = torch.tensor([result.classes.index(s) for s in test["style"]])
     assert finetune.topk_accuracy(logits, labels, 1) == pytest.approx(metrics["test"]["top1"])
     # The measure is named after the backbone it fine-tuned; the other backbone's name is unavailable.
-    from artsim_lib import compare
+    from artsim_lib.measures import registry as compare
 
     P.run.params_file.write_text(P.to_yaml())
     measure = compare.load_measure(f"{backbone}_finetuned", P.run.root)

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artsim_lib import config, data, generation, paths, prompting, shards
+from artsim_lib import config
+from artsim_lib.io import manifest as data, paths, shards
+from artsim_lib.stages import s05_generation as generation, s04_prompting as prompting
 
 FIXTURE = Path(__file__).parent / "fixtures" / "precomputed"
 SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=96", "preprocess.size=32", "preprocess.workers=1",
@@ -260,7 +262,7 @@ def test_sdxl_backend_end_to_end(tiny_sdxl, run_dir, tmp_path, monkeypatch):
     assert set(pairs["family"]) == {"colour", "surreal"} and not pairs["nan_flag"].any()
     with Image.open(pairs["path"].iloc[0]) as im:
         assert im.size == (32, 32)  # made at generation.size=64, saved at the originals' size
-    from artsim_lib import paths
+    from artsim_lib.io import paths
 
     assert list(pairs["sha256"]) == [paths.file_sha256(p) for p in pairs["path"]]  # recorded when written
     assert set(pairs["dtype"]) == {"float32"} and set(pairs["device"]) == {"cpu"}  # provenance, per image

@@ -1,4 +1,4 @@
-"""The one image reader (artsim_lib.images.open_rgb) and the places that use it."""
+"""The one image reader (artsim_lib.io.images.open_rgb) and the places that use it."""
 import struct
 import zlib
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artsim_lib import images, plots
-from artsim_lib.data import preprocess as pp
+from artsim_lib.io import images
+from artsim_lib.plots import common as plots
+from artsim_lib.stages import s02_preprocess as pp
 
 
 def _png16(path, arr):
@@ -63,7 +64,7 @@ def test_16bit_rgb_png_matches_its_8bit_copy(tmp_path, gradient16):
 
 
 def test_compare_of_a_16bit_png_and_its_8bit_copy_is_near_one(tmp_path, gradient16, capsys):
-    from artsim_lib import compare
+    from artsim_lib.measures import registry as compare
 
     big = np.kron(gradient16, np.ones((2, 2), np.uint16))
     Image.fromarray(big).save(tmp_path / "g16.png")

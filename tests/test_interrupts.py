@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from artsim_lib import runlock
+from artsim_lib.io import runlock
 from test_workflow import REPO, artsim, project_env
 
 SETS = ["--set", "data.synthart.num_images=24", "--set", "preprocess.size=32", "--set", "num_workers=1",

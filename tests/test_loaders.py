@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from artsim_lib import config
-from artsim_lib.data import MANIFEST_COLUMNS, load_huggan, load_kaggle, load_manifest, loaders
+from artsim_lib.io.manifest import MANIFEST_COLUMNS, load_huggan, load_kaggle, load_manifest
+from artsim_lib.io import datasets as loaders
 
 HEADER = "filename,artist,genre,description,phash,width,height,genre_count,subset\n"
 ROWS = """\
@@ -199,7 +200,7 @@ def test_load_manifest_synthart_and_cache(run_dir, monkeypatch):
     assert P.run.raw_manifest.exists() and len(df) == 16
     assert list(df.columns) == MANIFEST_COLUMNS
     with monkeypatch.context() as m:  # not monkeypatch.undo(): that would also undo run_dir
-        m.setattr("artsim_lib.data.load_kaggle", lambda root: pytest.fail("cache not used"))
+        m.setattr("artsim_lib.io.manifest.load_kaggle", lambda root: pytest.fail("cache not used"))
         again = load_manifest(P)
     pd.testing.assert_frame_equal(df, again)
     assert isinstance(again["styles"][0], list)
@@ -208,7 +209,7 @@ def test_load_manifest_synthart_and_cache(run_dir, monkeypatch):
     pd.testing.assert_frame_equal(limited, df.head(5))
     os.utime(csv, ns=(P.run.raw_manifest.stat().st_mtime_ns + 10**9,) * 2)  # csv newer: rebuilt
     reloaded = []
-    monkeypatch.setattr("artsim_lib.data.load_kaggle", lambda root: reloaded.append(root) or df)
+    monkeypatch.setattr("artsim_lib.io.manifest.load_kaggle", lambda root: reloaded.append(root) or df)
     assert len(load_manifest(_params("data.limit=5"))) == 5 and len(reloaded) == 1
     assert [p.name for p in P.run.raw_manifest.parent.iterdir()] == ["raw.parquet"]  # no temp files
 
@@ -223,7 +224,7 @@ def test_load_manifest_huggan(run_dir, hf_folders):
 def test_a_pilot_sample_spreads_over_a_few_styles_with_enough_paintings():
     import pandas as pd
 
-    from artsim_lib.data import spread_sample
+    from artsim_lib.io.manifest import spread_sample
 
     df = pd.DataFrame({"id": [f"i{k:03d}" for k in range(300)],
                        "style": [f"s{k % 27:02d}" for k in range(270)] + ["rare"] * 3 + ["s00"] * 27})
@@ -259,7 +260,7 @@ def test_files_not_in_classes_csv_are_listed(kaggle_root):
 
 
 def test_stage02_skipped_list_includes_the_data_decisions(run_dir):
-    from artsim_lib.data import preprocess as pp
+    from artsim_lib.stages import s02_preprocess as pp
 
     P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24",
                                      "preprocess.workers=1"])

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from artsim_lib import config, lofo
+from artsim_lib import config
+from artsim_lib.core import lofo
 
 
 def synthetic(n_orig=80, dim=8, seed=0):

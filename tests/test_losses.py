@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from artsim_lib import losses
+from artsim_lib.core import losses
 
 
 def test_loss_matches_the_formula_by_hand():

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from artsim_lib import metrics as M
+from artsim_lib.core import metrics as M
 
 
 def test_mse_mae_by_hand():

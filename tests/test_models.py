@@ -9,23 +9,7 @@ import torch
 from PIL import Image
 
 from artsim_lib.config import load_params
-from artsim_lib.models import (
-    KINDS,
-    ModelNotAvailableError,
-    build_tiny,
-    check_blip2_processor,
-    clip_image_embeddings,
-    clip_text_embeddings,
-    ensure_tiny_checkpoints,
-    load_blip2,
-    load_clip,
-    load_resnet,
-    load_sdxl_refiner,
-    pick_device,
-    pick_dtype,
-    resolve_model_ref,
-    tiny_marker,
-)
+from artsim_lib.models import KINDS, ModelNotAvailableError, build_tiny, check_blip2_processor, clip_image_embeddings, clip_text_embeddings, ensure_tiny_checkpoints, load_blip2, load_clip, load_resnet, load_sdxl_refiner, pick_device, pick_dtype, resolve_model_ref, tiny_marker
 from artsim_lib.models import bpe, tiny
 
 # 20 ordinary words, not a line of the corpus (one token a word plus the two specials: 22).

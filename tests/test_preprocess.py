@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from artsim_lib import config
-from artsim_lib.data import preprocess as pp
+from artsim_lib.stages import s02_preprocess as pp
 
 
 def _painting(w, h, seed=0, mode="RGB"):
@@ -197,7 +197,7 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
     assert (rgb["src_width"], rgb["src_height"]) == (300, 150)   # 300x150 into 32: 32x16, 8 px bars
     assert tuple(rgb[["content_x0", "content_y0", "content_x1", "content_y1"]]) == (0, 8, 32, 24)
     # each written image's fingerprint is in the manifest, computed from the bytes it wrote
-    from artsim_lib import paths
+    from artsim_lib.io import paths
 
     assert list(saved["sha256"]) == [paths.file_sha256(p) for p in saved["path"]]
     again = pp.preprocess(P, raw)  # images reused: the fingerprints of the files on disk
@@ -224,7 +224,7 @@ def test_the_manifest_key_leaves_out_how_the_work_was_scheduled():
 
 
 def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run_dir):
-    from artsim_lib import data
+    from artsim_lib.io import manifest as data
 
     P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24"])
     first = data.require_manifest(P)
@@ -240,7 +240,7 @@ def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run
 
 def test_a_rerun_on_cached_images_writes_the_same_manifest_byte_for_byte(run_dir):
     """A rerun reuses every normalised image; it used to write orig_mode None for them."""
-    from artsim_lib import data
+    from artsim_lib.io import manifest as data
 
     P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24",
                                      "preprocess.workers=1"])

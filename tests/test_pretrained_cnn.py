@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from artsim_lib import augment, compare
-from artsim_lib.data import synthart
+from artsim_lib.core import augment
+from artsim_lib.measures import registry as compare
+from artsim_lib.io import synthart
 from artsim_lib.models import backbone_from_spec, embed_images, load_backbone
 
 SIZE = 128  # cheap on a CPU; the features at 224 rank the same way on these images
@@ -101,7 +102,7 @@ def test_compare_measure_needs_no_run(tmp_path, paintings, capsys):
 
 def test_every_evaluation_row_says_what_its_weights_are():
     from artsim_lib import config
-    from artsim_lib.measures import measure_weights
+    from artsim_lib.measures.base import measure_weights
 
     smoke, full = config.load_params("smoke"), config.load_params("full")
     w = {n: measure_weights(n, smoke) for n in smoke.evaluation.measures}

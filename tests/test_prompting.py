@@ -6,10 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from artsim_lib import config, prompt_compress, prompt_grammar, prompt_llm, prompting, shards, tiny_lm
+from artsim_lib import config
+from artsim_lib.core import prompt_compress, prompt_grammar
+from artsim_lib.models import prompt_llm, tiny_lm
+from artsim_lib.stages import s04_prompting as prompting
+from artsim_lib.io import shards
 from artsim_lib.models import build_tiny
-from artsim_lib.prompt_compress import Clause, compress
-from artsim_lib.prompt_grammar import MODERATE_FAMILIES, RADICAL_FAMILIES
+from artsim_lib.core.prompt_compress import Clause, compress
+from artsim_lib.core.prompt_grammar import MODERATE_FAMILIES, RADICAL_FAMILIES
 
 CAPTIONS = [
     "a painting of a woman in a red dress sitting on a chair", "an oil painting of a landscape with trees and a river",

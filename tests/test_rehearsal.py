@@ -4,7 +4,7 @@ The full profile's code paths -- hub-layout checkpoints at real sizes (random we
 captions, SDXL-refiner img2img with fp16 weight files and a separate VAE, 1024 px images, 03/05/08
 sharded, GPU-node jobs in another dtype (bfloat16) than the CPU jobs (float32) -- run as SLURM
 jobs, and must give the artifacts of one unsharded local run. Each job's work log
-(artsim_lib.worklog) shows that no job recomputes, re-keys or regenerates what an earlier one made.
+(artsim_lib.io.worklog) shows that no job recomputes, re-keys or regenerates what an earlier one made.
 """
 import os
 import shutil
@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from artsim_lib import cluster, config, worklog
+from artsim_lib.workflow import cluster
+from artsim_lib import config
+from artsim_lib.io import worklog
 from test_slurm import PROFILE, slurm  # noqa: F401  (the fixture)
 from test_workflow import REPO, project_env
 from test_workflow_sharding import artifact_hashes, make_study

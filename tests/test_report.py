@@ -9,7 +9,8 @@ import zlib
 import nbformat
 import pytest
 
-from artsim_lib import config, report, runner
+from artsim_lib import config
+from artsim_lib.workflow import report, runner
 from test_workflow import make_project
 
 

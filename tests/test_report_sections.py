@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from artsim_lib import config, evaluation, report, runner
+from artsim_lib import config
+from artsim_lib.stages import s09_evaluation as evaluation
+from artsim_lib.workflow import report, runner
 from test_evaluation import Table, hand_study
 from test_report import PNG_B64, executed_notebook, tiny_png
 from test_workflow import make_project

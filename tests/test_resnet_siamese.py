@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from artsim_lib import config, losses
-from artsim_lib import resnet_siamese as rs
+from artsim_lib import config
+from artsim_lib.core import losses
+from artsim_lib.stages import s08_resnet_siamese as rs
 from artsim_lib.models import build_tiny, load_resnet
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220), (230, 220, 40)]
@@ -194,7 +195,7 @@ def test_missing_split_is_an_error(run_dir, backbone_dir, triplets):
 @pytest.fixture(scope="module")
 def effnet_dir(tmp_path_factory):
     """A stage-07-style checkpoint: the pretrained EfficientNet-Lite0 + a 4-class head, 32² input."""
-    from artsim_lib import finetune
+    from artsim_lib.stages import s07_finetune as finetune
     from artsim_lib.models import load_backbone
 
     backbone, proc = load_backbone("effnet_lite0", image_size=32)
@@ -204,7 +205,7 @@ def effnet_dir(tmp_path_factory):
 
 
 def test_effnet_siamese_trains_its_last_stage_and_is_named_after_it(run_dir, effnet_dir, triplets):
-    from artsim_lib import compare
+    from artsim_lib.measures import registry as compare
     from artsim_lib.models import load_backbone
 
     P = _params(["finetune.backbone=effnet_lite0", "siamese.resnet_unfreeze=layer4", "siamese.resnet_epochs=1",

@@ -1,4 +1,4 @@
-"""One writer per run directory (artsim_lib.runlock) and clean interrupts of `artsim run`."""
+"""One writer per run directory (artsim_lib.io.runlock) and clean interrupts of `artsim run`."""
 import json
 import os
 import signal
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from artsim_lib import runlock
+from artsim_lib.io import runlock
 from test_workflow import artsim, make_project, project_env
 
 
@@ -277,7 +277,8 @@ def test_ctrl_c_is_forwarded_once_then_escalated(tmp_path, behaviour, expected):
 
 
 def test_a_notebook_run_on_its_own_does_not_overwrite_a_live_runs_params(run_dir, monkeypatch):
-    from artsim_lib import config, provenance
+    from artsim_lib import config
+    from artsim_lib.io import provenance
 
     P = config.load_params("smoke")
     provenance.start_stage("01-x", P)

@@ -4,7 +4,7 @@ import random
 import pandas as pd
 import pytest
 
-from artsim_lib import shards
+from artsim_lib.io import shards
 
 
 def _process(ids, seed):

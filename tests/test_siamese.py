@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from artsim_lib import embeddings, losses, siamese
+from artsim_lib.measures import embeddings
+from artsim_lib.core import losses
+from artsim_lib.stages import s08_siamese as siamese
 from artsim_lib.config import load_params
 from artsim_lib.models import build_tiny
 
@@ -295,7 +297,7 @@ def test_the_two_splits_differ():
 # -- end to end: cache -> training -> saved head -> measure -----------------------------------------------------
 
 def test_train_save_and_load_the_clip_siamese(run_dir):
-    from artsim_lib import provenance
+    from artsim_lib.io import provenance
 
     P = load_params("smoke", ["siamese.hidden=[16]", "siamese.out_dim=8", "siamese.epochs=3",
                               "siamese.batch_size=8", "siamese.embed_batch_size=8"])
@@ -333,7 +335,7 @@ def test_train_save_and_load_the_clip_siamese(run_dir):
     arr = np.asarray(Image.open(a).convert("RGB"))
     assert measure.similarity(arr, a) == pytest.approx(1.0, abs=1e-5)  # an array is an image too
     try:
-        from artsim_lib import compare
+        from artsim_lib.measures import registry as compare
     except ImportError:
         return
     via = compare.load_measure("clip_siamese", run_dir)
@@ -341,7 +343,7 @@ def test_train_save_and_load_the_clip_siamese(run_dir):
 
 
 def test_compare_finds_both_clip_measures(run_dir):
-    compare = pytest.importorskip("artsim_lib.compare")
+    compare = pytest.importorskip("artsim_lib.measures.registry")
     assert {"clip", "clip_siamese"} <= set(compare.available_measures())
     with pytest.raises(compare.MeasureUnavailableError):
         compare.load_measure("clip_siamese", run_dir)  # nothing trained in an empty run

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from artsim_lib import cluster, config, runner
+from artsim_lib.workflow import cluster, runner
+from artsim_lib import config
 from test_workflow import REPO, artsim, make_project, write_notebook
 from test_workflow_sharding import (SHARD_PARAMETERS, artifact_hashes, job_counts, make_study, output,
                                     shard_sets, write_toy_notebooks)

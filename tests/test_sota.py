@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from artsim_lib import compare, config, sota
-from artsim_lib.measures import MeasureUnavailableError
+from artsim_lib.measures import registry as compare, sota
+from artsim_lib import config
+from artsim_lib.measures.base import MeasureUnavailableError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from artsim_lib.data import synthart
+from artsim_lib.io import synthart
 
 KAGGLE_COLUMNS = ["filename", "artist", "genre", "description", "phash", "width", "height",
                   "genre_count", "subset"]

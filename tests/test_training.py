@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from artsim_lib import training
+from artsim_lib.models import training
 
 
 # -- learning-rate schedule ---------------------------------------------------------------------

@@ -2,7 +2,9 @@
 import pandas as pd
 import pytest
 
-from artsim_lib import config, data, generation, paths, shards, triplets
+from artsim_lib import config
+from artsim_lib.io import manifest as data, paths, shards
+from artsim_lib.stages import s05_generation as generation, s05_triplets as triplets
 
 
 def _manifest():

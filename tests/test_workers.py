@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from artsim_lib import workers
+from artsim_lib.io import workers
 
 
 @pytest.fixture

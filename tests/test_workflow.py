@@ -151,7 +151,7 @@ def test_snakefile_discovers_new_notebooks(tmp_path):
 
 @pytest.mark.slow
 def test_runner_timeout_and_broken_notebook(tmp_path, run_dir):
-    from artsim_lib import runner
+    from artsim_lib.workflow import runner
 
     slow = tmp_path / "nb" / "01-slow.ipynb"
     slow.parent.mkdir()

@@ -11,7 +11,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-from artsim_lib import cluster, config, shards
+from artsim_lib.workflow import cluster
+from artsim_lib import config
+from artsim_lib.io import shards
 from test_workflow import artsim, make_project, write_notebook
 
 SHARDED = ("03-captioning", "05-generation")  # the toy study: two sharded stages in a row

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .tiny import IMAGENET_MEAN, IMAGENET_STD
+from artsim_lib.models.tiny import IMAGENET_MEAN, IMAGENET_STD
 
 KINDS = ("effnet_lite0", "resnet")
 LABELS = {"effnet_lite0": "EfficientNet-Lite0", "resnet": "ResNet-50"}
@@ -157,8 +157,8 @@ def load_backbone(kind: str, ref: str | None = None, device="cpu", image_size: i
     ``image_size`` sets the processor's output side (None: 224 for EfficientNet-Lite0, the
     checkpoint's own for ResNet).
     """
-    from . import hub
-    from ..image_batches import sized_processor
+    from artsim_lib.models import hub
+    from artsim_lib.models.image_batches import sized_processor
 
     if kind == "effnet_lite0":
         model, processor = EffNetLite0Backbone(_effnet_net(pretrained=True)), imagenet_processor(image_size or 224)
@@ -188,7 +188,7 @@ def wrap_backbone(model: nn.Module) -> Backbone:
 @torch.no_grad()
 def embed_images(model: nn.Module, preprocess, images, batch_size: int = 32) -> torch.Tensor:
     """L2-normalised backbone features of PIL images or paths, ``[N, D]`` float32 on the CPU."""
-    from ..image_batches import open_rgb, pixel_batch
+    from artsim_lib.models.image_batches import open_rgb, pixel_batch
 
     model.eval()
     p = next(model.parameters())

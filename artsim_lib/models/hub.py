@@ -130,7 +130,7 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _prepare(ref, device, dtype, kind: str = "model") -> tuple[str, torch.device, torch.dtype]:
-    from ..worklog import record
+    from artsim_lib.io.worklog import record
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)

@@ -31,9 +31,9 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .. import paths
-from . import bpe
-from .tiny import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, KINDS
+from artsim_lib.io import paths
+from artsim_lib.models import bpe
+from artsim_lib.models.tiny import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, KINDS
 
 REHEARSAL_VERSION = 2  # bump when a layout changes: existing rehearsal dirs are rebuilt
 MARKER = "artsim_rehearsal.json"

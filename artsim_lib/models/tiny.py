@@ -26,8 +26,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from .. import paths
-from . import bpe
+from artsim_lib.io import paths
+from artsim_lib.models import bpe
 
 KINDS = ("clip", "blip2", "sdxl_refiner", "resnet")
 TINY_VERSION = 2  # 2: the real CLIP vocabulary (49,408 tokens). Bump when a tiny architecture changes: existing tiny dirs are rebuilt

@@ -1,0 +1,584 @@
+"""Stage 09: every similarity measure of the study on the held-out test split, side by side.
+
+    result = run(P)          # require the inputs, load every measure, score, write evaluation/*
+    result.metrics           # long: measure, metric, subset, value, lo, hi, n, note
+    result.headline()        # one row per measure (and 'chance'), the study's table
+    result.paired, result.best()   # paired differences; 'best' only where they exclude 0
+
+Only test originals, their derivatives and the test triplets are scored, plus, for the
+copy-detection protocol only, distractors from the other splits (:mod:`artsim_lib.measures.scoring`).
+Metrics (:mod:`artsim_lib.core.metrics`; a tie never helps a measure, a NaN ranks last):
+
+* copy detection (DISC21-like): µAP and recall at 90% precision over one global ranking of the
+  copy queries against a gallery of every original of every split, other originals' derivatives,
+  with a share of the queries' originals absent (their confident matches are false alarms);
+* the seed's metrics: triplet accuracy per kind of negative, anchored on the original (the seed's)
+  and on the query; retrieval of each derivative's original among the test originals (R@k, median
+  rank, mAP), also without phash near-duplicates ('dedup') and within the query's aspect-ratio
+  bucket ('aspect'); ROC-AUC; Spearman of similarity and strength pooled and within each original
+  (and family); moderate above radical; monotonicity per family on the augment set;
+* MSE/MAE against the reference (the descriptor similarity) beside the best constant, the MSE after
+  an affine calibration and the rank agreement with the reference: MSE alone measures the mapping.
+
+Intervals resample whole test originals (BCa by default); a proportion's interval is at least the
+exact Clopper–Pearson interval at n = independent originals. Paired differences use the same draws.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from artsim_lib.io.workers import worker_count
+from artsim_lib import config
+from artsim_lib.core import metrics
+from artsim_lib.io import paths
+from artsim_lib.measures.scoring import EvalSet, PairHeadMeasure, Scores, load_measures, require_inputs, run_model_ref, run_params, score_all, test_set, unavailable_as_such
+from artsim_lib.measures.base import Measure
+
+HARD_KINDS = ("same_style", "same_artist")
+
+
+# -- per-row tables ------------------------------------------------------------------------------------
+def derivative_table(es: EvalSet, sc: Scores, name: str) -> pd.DataFrame:
+    """One row per test derivative: its score against its own original."""
+    d = es.derivatives
+    i = sc.index(d["orig"], d["img"])
+    cols = [c for c in ("pair_id", "original_id", "level", "family", "op", "strength", "backend", "style",
+                        "artist", "prompt", "path") if c in d]
+    return d[cols].assign(raw=sc.raw[name][i], s01=sc.s01[name][i])
+
+
+def triplet_table(es: EvalSet, sc: Scores, name: str) -> pd.DataFrame:
+    """One row per test triplet: raw s(anchor, positive) and s(anchor, negative), and the
+    verification negative s(negative original, positive)."""
+    t = es.triplets
+    ip, ineg, iver = sc.index(t["a"], t["p"]), sc.index(t["a"], t["n"]), sc.index(t["n"], t["p"])
+    return t.drop(columns=["a", "p", "n"]).assign(
+        s_pos=sc.raw[name][ip], s_neg=sc.raw[name][ineg], s_ver=sc.raw[name][iver],
+        s_pos01=sc.s01[name][ip], s_neg01=sc.s01[name][ineg])
+
+
+def retrieval_matrix(es: EvalSet, sc: Scores, name: str) -> np.ndarray:
+    """Raw similarity of each query derivative to each gallery original. # [Q, G]"""
+    q_img = es.derivatives["img"].to_numpy()[es.queries]
+    a, b = np.broadcast_arrays(es.gallery[None, :], q_img[:, None])
+    return sc.raw[name][sc.index(a.ravel(), b.ravel())].reshape(a.shape)
+
+
+def copy_ranking(es: EvalSet, sc: Scores, name: str, topk: int) -> dict:
+    """The copy-detection protocol of one measure: each copy query's raw similarity to every
+    copy-gallery image, the top ``topk`` per query in one global ranking (:class:`metrics.RankedPairs`),
+    and each query's original as its group."""
+    d = es.derivatives
+    q_img = d["img"].to_numpy()[es.copy_queries]
+    a, b = np.broadcast_arrays(es.copy_gallery[None, :], q_img[:, None])
+    sim = sc.raw[name][sc.index(a.ravel(), b.ravel())].reshape(a.shape) if a.size else np.zeros(a.shape)  # [Qc, C]
+    scores, labels, q = metrics.top_candidates(sim, es.copy_truth, topk) if a.size else (np.zeros(0),) * 3
+    return {"ranking": metrics.RankedPairs(scores, labels, q, es.copy_truth >= 0), "has_truth": es.copy_truth >= 0,
+            "groups": d["original_id"].to_numpy()[es.copy_queries], "sim": sim}
+
+
+def per_query(sim: np.ndarray, truth: np.ndarray, ks, exclude=None) -> pd.DataFrame:
+    """R@k, rank and reciprocal rank of each query (their means are :func:`metrics.retrieval_metrics`)."""
+    rows = [metrics.retrieval_metrics(sim[q:q + 1], truth[q:q + 1], ks,
+                                      None if exclude is None else exclude[q:q + 1]) for q in range(len(sim))]
+    return pd.DataFrame(rows, columns=[f"R@{k}" for k in ks] + ["median_rank", "mAP"]).rename(
+        columns={"median_rank": "rank", "mAP": "rr"})
+
+
+def verification_table(trip: pd.DataFrame, der: pd.DataFrame) -> pd.DataFrame:
+    """(derivative, its original) as positives and (derivative, the triplet's negative original)
+    as negatives, with the negative's kind and the original that groups them."""
+    pos = der[["original_id", "style", "raw"]].assign(label=True, kind="positive")
+    neg = trip[["anchor_id", "style", "s_ver", "negative_kind"]].set_axis(
+        ["original_id", "style", "raw", "kind"], axis=1).assign(label=False)
+    return pd.concat([pos, neg], ignore_index=True)
+
+
+# -- metrics with intervals ------------------------------------------------------------------------------
+def grouped_ci(stat, groups, n_boot: int, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``stat(row indices)`` with a percentile bootstrap interval that resamples whole groups
+    (originals): the same draws, row order and quantiles as ``metrics.bootstrap_ci(groups=...)`` with
+    the same seed, without building a DataFrame per draw."""
+    codes = pd.factorize(np.asarray(groups), sort=True)[0]
+    if not len(codes):
+        return float("nan"), float("nan"), float("nan")
+    point = float(stat(np.arange(len(codes))))
+    if n_boot == 0:
+        return point, float("nan"), float("nan")
+    order = np.argsort(codes, kind="stable")                   # rows grouped, original order within
+    counts = np.bincount(codes)
+    starts = np.cumsum(counts) - counts
+    rng, values = np.random.default_rng(seed), np.empty(n_boot)
+    for b in range(n_boot):
+        drawn = rng.integers(0, len(counts), len(counts))
+        lens = counts[drawn]
+        ends = np.cumsum(lens)
+        values[b] = stat(order[np.repeat(starts[drawn] - (ends - lens), lens) + np.arange(ends[-1])])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return point, float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    return point, float(lo), float(hi)
+
+
+def rank_correlation(x, y) -> float:
+    """Spearman's rho as :func:`metrics.spearman` computes it (Pearson of average ranks; nan for a
+    constant side), without scipy's per-call overhead: the bootstrap calls it thousands of times."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(np.corrcoef(average_ranks(x), average_ranks(y))[0, 1])
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties at their average, as ``scipy.stats.rankdata`` (without its overhead). # [N]"""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    first = np.r_[True, xs[1:] != xs[:-1]]
+    block = np.cumsum(first) - 1
+    counts = np.bincount(block)
+    avg = np.cumsum(counts) - (counts - 1) / 2.0                 # [B] average rank of each tie block
+    out = np.empty(len(x))
+    out[order] = avg[block]
+    return out
+
+
+def _mod_above_rad(der: pd.DataFrame) -> pd.Series:
+    """Per original: 1 when its moderate derivatives score above its radical ones on average, 0 below, ½ tied."""
+    wide = der.pivot_table(index="original_id", columns="level", values="raw", aggfunc="mean")
+    if not {"moderate", "radical"} <= set(wide.columns):
+        return pd.Series(dtype=float)
+    wide = wide.dropna(subset=["moderate", "radical"])
+    return (wide["moderate"] > wide["radical"]) + 0.5 * (wide["moderate"] == wide["radical"])
+
+
+PROPORTIONS = {"triplet_acc", "triplet_acc_query", "moderate_above_radical"}  # and every R@k
+
+
+def _adder(rows: list, name: str, cfg, seed: int, stats: dict | None = None):
+    """A function appending one metric row to ``rows``: the value, a grouped bootstrap interval
+    (``cfg.interval``, resampling whole originals) and ``n`` = the independent originals. A
+    proportion's interval is widened to at least the exact Clopper–Pearson interval at n originals,
+    which holds near 0 and 1 where the bootstrap collapses to a point. ``stats`` keeps each
+    statistic, so that two measures can be compared on the same resampled originals."""
+    def add(metric, subset, stat, groups, note=""):
+        groups = np.asarray(groups)
+        out = metrics.grouped_bootstrap(stat, groups, cfg.n_boot, cfg.ci, seed, cfg.interval)
+        value, lo, hi, n = out["value"], out["lo"], out["hi"], out["n"]
+        if (metric in PROPORTIONS or metric.startswith("R@")) and n and np.isfinite(value) \
+                and cfg.n_boot > 0 and 0 <= value <= 1:
+            cp_lo, cp_hi = metrics.clopper_pearson(value * n, n, 1 - cfg.ci)
+            lo, hi = (min(cp_lo, lo) if np.isfinite(lo) else cp_lo), (max(cp_hi, hi) if np.isfinite(hi) else cp_hi)
+            note = note or "bootstrap widened to the exact interval at n originals"
+        rows.append(dict(measure=name, metric=metric, subset=subset, value=value, lo=lo, hi=hi, n=n, note=note))
+        if stats is not None:
+            stats[(metric, subset)] = (stat, groups)
+    return add
+
+
+def reference_metrics(name: str, sc: Scores, ref: str | None, pair_orig, is_pos, cfg, seed: int = 0,
+                      in_test=None) -> list[dict]:
+    """MSE and MAE of the [0, 1] scores against the reference measure's, over every scored pair of a
+    test original ('all', ``in_test``) and over (original, own derivative) pairs ('positive'), grouped
+    by the pair's original; the MSE after an affine calibration (cross-fitted over originals) and the
+    rank agreement with the reference (Spearman, Kendall): MSE alone measures the [0, 1] mapping."""
+    rows: list[dict] = []
+    if ref is None or name == ref:
+        note = "reference" if name == ref else "reference unavailable"
+        return [dict(measure=name, metric=m, subset=s, value=np.nan, lo=np.nan, hi=np.nan, n=0, note=note)
+                for m, s in [(m, s) for m in ("mse", "mae") for s in ("all", "positive")]
+                + [("mse_affine", "all"), ("spearman_ref", "all"), ("kendall_ref", "all")]]
+    in_test = np.ones(len(is_pos), bool) if in_test is None else np.asarray(in_test, bool)
+    add = _adder(rows, name, cfg, seed)
+    for subset, keep in (("all", in_test), ("positive", is_pos & in_test)):
+        s, r, g = sc.s01[name][keep], sc.s01[ref][keep], pair_orig[keep]
+        add("mse", subset, lambda i: metrics.mse(s[i], r[i]), g)
+        add("mae", subset, lambda i: metrics.mae(s[i], r[i]), g)
+    s, r, g = sc.s01[name][in_test], sc.s01[ref][in_test], pair_orig[in_test]
+    cal = affine_cross_fit(sc.raw[name][in_test], r, g, seed)
+    add("mse_affine", "all", lambda i: metrics.mse(cal[i], r[i]), g, "affine fit on the other half of the originals")
+    ok = np.isfinite(s) & np.isfinite(r)
+    from scipy import stats as sstats
+    rows.append(dict(measure=name, metric="spearman_ref", subset="all", value=rank_correlation(s[ok], r[ok]),
+                     lo=np.nan, hi=np.nan, n=len(np.unique(g)), note="no interval"))
+    tau = sstats.kendalltau(s[ok], r[ok]).statistic if ok.sum() > 1 else np.nan
+    rows.append(dict(measure=name, metric="kendall_ref", subset="all", value=float(tau), lo=np.nan, hi=np.nan,
+                     n=len(np.unique(g)), note="no interval"))
+    return rows
+
+
+def affine_cross_fit(x, y, groups, seed: int = 0) -> np.ndarray:
+    """``a·x + b`` fitted by least squares to ``y`` on one half of the groups (originals) and
+    applied to the other, both ways: MSE after it says how well the measure agrees with the
+    reference once the arbitrary [0, 1] mapping is taken out, without fitting on what it scores. # [P]"""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ug = np.unique(groups)
+    fold = np.isin(groups, np.random.default_rng(seed).permutation(ug)[: len(ug) // 2])
+    out = np.full(len(x), float(np.nanmean(y)) if len(y) else np.nan)
+    for test in (fold, ~fold):
+        train = ~test & np.isfinite(x) & np.isfinite(y)
+        if train.sum() >= 2 and np.ptp(x[train]) > 0:
+            a, b = np.polyfit(x[train], y[train], 1)
+            out[test] = a * x[test] + b
+        elif train.any():
+            out[test] = y[train].mean()
+    return out
+
+
+def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, copy=None,
+                    stats: dict | None = None) -> list[dict]:
+    """Every metric of one measure but MSE/MAE, as rows (metric, subset, value, lo, hi, n, note);
+    ``copy`` (:func:`copy_ranking`) adds the copy-detection metrics, ``stats`` keeps the statistics."""
+    rows: list[dict] = []
+    add = _adder(rows, name, cfg, seed, stats)
+    for kind in ("random", *HARD_KINDS):
+        t = trip[trip["negative_kind"] == kind]
+        sp, sn, sv = t["s_pos"].to_numpy(), t["s_neg"].to_numpy(), t["s_ver"].to_numpy()
+        add("triplet_acc", kind, lambda r: metrics.triplet_accuracy(sp[r], sn[r]), t["anchor_id"])
+        # anchored on the query: s(derivative, original) vs s(derivative, negative original)
+        add("triplet_acc_query", kind, lambda r: metrics.query_anchored_accuracy(sp[r], sv[r]), t["anchor_id"])
+    for subset, q in ranks.items():
+        for col, metric in [(c, c) for c in q.columns if c.startswith("R@")] + [("rank", "median_rank"), ("rr", "mAP")]:
+            v = q[col].to_numpy()
+            add(metric, subset, (lambda r, v=v: np.median(v[r])) if col == "rank" else (lambda r, v=v: v[r].mean()),
+                q["original_id"])
+    for subset, kinds in (("hard", HARD_KINDS), ("random", ("random",))):
+        v = ver[ver["label"] | ver["kind"].isin(kinds)]
+        s, lab = v["raw"].to_numpy(), v["label"].to_numpy()
+        add("auc", subset, lambda r: metrics.roc_auc(s[r], lab[r]), v["original_id"])
+    st, s = der["strength"].to_numpy(float), der["raw"].to_numpy()
+    add("spearman_strength", "all", lambda r: rank_correlation(st[r], s[r]), der["original_id"])
+    for subset, by in (("original", ["original_id"]), ("original_family", ["original_id", "family"])):
+        keys = der.groupby(by, sort=True).size().index
+        rho = metrics.per_group_spearman(der.assign(raw=np.nan_to_num(der["raw"], nan=-np.inf)), "strength", "raw", by)
+        owner = keys.get_level_values(0).to_numpy()
+        add("spearman_within", subset, lambda r: float(np.nanmean(rho[r])) if np.isfinite(rho[r]).any() else np.nan,
+            owner, "ρ(strength, score) within each group, averaged (all-tied scores: 0)")
+    if copy is not None and len(copy["has_truth"]):
+        rp, groups = copy["ranking"], copy["groups"]
+        add("µAP", "copy", lambda r: rp.micro_ap(r), groups, f"top {cfg.copy_topk} per query, absent originals")
+        add("recall_at_precision", "copy", lambda r: rp.recall_at_precision(cfg.precision_target, r), groups,
+            f"recall at precision {cfg.precision_target:g}")
+    mar = _mod_above_rad(der)
+    add("moderate_above_radical", "all", lambda r: float(np.mean(mar.to_numpy()[r])), mar.index.to_numpy())
+    if (der["backend"] == "augment").any():
+        cal = der[der["backend"] == "augment"]
+        mono = metrics.monotonicity(cal, score="raw").set_index("family")
+        for fam, g in cal.groupby("family", sort=True):
+            fs, fv = g["strength"].to_numpy(float), g["raw"].to_numpy()
+            add("monotonicity_spearman", fam, lambda r: rank_correlation(fs[r], fv[r]), g["original_id"])
+            rows.append(dict(measure=name, metric="falling_steps", subset=fam, value=mono.loc[fam, "falling_steps"],
+                             lo=np.nan, hi=np.nan, n=int(mono.loc[fam, "levels"]), note="no interval"))
+    return rows
+
+
+def style_breakdown(name: str, der, trip, ver, q_all) -> pd.DataFrame:
+    """Point values per style of the original (no intervals: a style holds few test originals)."""
+    rows = []
+    for style, d in der.groupby("style", sort=True):
+        t, v, q = trip[trip["style"] == style], ver[ver["style"] == style], q_all[q_all["style"] == style]
+        hard, vh = t[t["negative_kind"].isin(HARD_KINDS)], v[v["label"] | v["kind"].isin(HARD_KINDS)]
+        # hard_triplets: a style whose test originals have no same-style/artist negative has an easier mix
+        rows.append(dict(measure=name, style=style, originals=d["original_id"].nunique(), derivatives=len(d),
+                         triplets=len(t), hard_triplets=len(hard),
+                         triplet_acc=metrics.triplet_accuracy(t["s_pos"], t["s_neg"]),
+                         triplet_acc_hard=metrics.triplet_accuracy(hard["s_pos"], hard["s_neg"]),
+                         **{"R@1": q["R@1"].mean() if len(q) else np.nan, "mAP": q["rr"].mean() if len(q) else np.nan},
+                         auc_hard=metrics.roc_auc(vh["raw"], vh["label"]), positive_s01=d["s01"].mean()))
+    return pd.DataFrame(rows)
+
+
+# -- the seed's text-image accuracies ------------------------------------------------------------------------
+def text_image_binary(es: EvalSet, embed_images, embed_texts, captions: pd.DataFrame) -> pd.DataFrame:
+    """The seed's i2t and t2i on the test triplets whose derivative was made from a prompt (SDXL):
+    per triplet a binary choice, chance 0.5 (:func:`metrics.binary_text_image_accuracy`): the
+    original against its derivative's prompt and the negative's caption (i2t), the prompt against
+    the original and the negative (t2i). ``embed_images(paths)`` and ``embed_texts(texts)`` give
+    ``[N, D]`` embeddings in one space (CLIP). One row per kind of negative and 'all'; empty when
+    no test derivative has a prompt (the ``augment`` backend has none)."""
+    cols = ["negative_kind", "triplets", "originals", "i2t", "t2i", "chance"]
+    t, d = es.triplets, es.derivatives.set_index("pair_id")
+    prompt = t["positive_id"].map(d["prompt"]) if "prompt" in d else pd.Series(index=t.index, dtype=object)
+    neg_caption = t["negative_id"].map(captions.set_index("id")["caption"])
+    keep = (prompt.notna() & prompt.astype(str).str.strip().ne("") & neg_caption.notna()).to_numpy()
+    if not keep.any():
+        return pd.DataFrame(columns=cols)
+    t, prompt, neg_caption = t[keep], prompt[keep].astype(str), neg_caption[keep].astype(str)
+    path = es.originals["path"].to_numpy()
+    img_a, img_n = np.asarray(embed_images(list(path[t["a"]]))), np.asarray(embed_images(list(path[t["n"]])))
+    txt_p, txt_n = np.asarray(embed_texts(list(prompt))), np.asarray(embed_texts(list(neg_caption)))
+    rows = []
+    for kind in ["all", *sorted(t["negative_kind"].unique())]:
+        sel = np.ones(len(t), bool) if kind == "all" else (t["negative_kind"] == kind).to_numpy()
+        r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
+        rows.append(dict(negative_kind=kind, triplets=r["triplets"], originals=t.loc[sel, "anchor_id"].nunique(),
+                         i2t=r["i2t"], t2i=r["t2i"], chance=r["chance"]))
+    return pd.DataFrame(rows, columns=cols)
+
+
+# -- the whole evaluation ----------------------------------------------------------------------------------
+HEADLINE = [("µAP", "copy", "µAP copy"), ("recall_at_precision", "copy", "R@P90 copy"),
+            ("triplet_acc", "random", "acc random"),
+            ("triplet_acc", "same_style", "acc same style"), ("triplet_acc", "same_artist", "acc same artist"),
+            ("triplet_acc_query", "same_artist", "acc same artist (query)"),
+            ("R@k", "all", "R@k"), ("median_rank", "all", "median rank"), ("mAP", "all", "mAP"),
+            ("R@1", "dedup", "R@1 dedup"), ("R@1", "aspect", "R@1 same aspect"), ("auc", "hard", "AUC hard"),
+            ("spearman_within", "original_family", "ρ within original×family"),
+            ("spearman_strength", "all", "Spearman strength"), ("moderate_above_radical", "all", "moderate > radical"),
+            ("mse", "all", "MSE"), ("mse_affine", "all", "MSE affine"), ("mae", "all", "MAE"),
+            ("spearman_ref", "all", "ρ vs reference")]
+LOWER_IS_BETTER = {"median rank", "MSE", "MSE affine", "MAE", "Spearman strength", "ρ within original×family"}
+MEASURE_INFO = {
+    "ssim": "SSIM of grayscale thumbnails", "colour": "colour descriptors", "texture": "texture descriptors",
+    "edges": "edge descriptors", "shape": "shape descriptors",
+    "descriptor": "weighted descriptor similarity (the study's, and the reference)",
+    "descriptor_fitted": "descriptor similarity, weights fitted on train", "clip": "raw CLIP cosine",
+    "resnet": "ResNet-50 cosine before fine-tuning", "resnet_finetuned": "ResNet-50 cosine after fine-tuning",
+    "clip_siamese": "CLIP siamese head", "resnet_siamese": "ResNet-50 siamese (triplet)",
+    "resnet_regression": "ResNet-50 siamese (regression score; trained on 0/1 labels, so its MSE to a continuous "
+                         "reference means little)",
+    # issue 11: the pretrained EfficientNet-Lite0 and what stages 07/08 train on it (the smoke profile)
+    "effnet_lite0": "EfficientNet-Lite0 (ImageNet) cosine, no training",
+    "effnet_lite0_finetuned": "EfficientNet-Lite0 cosine after fine-tuning",
+    "effnet_lite0_siamese": "EfficientNet-Lite0 siamese (triplet)",
+    "effnet_lite0_regression": "EfficientNet-Lite0 siamese (regression score)",
+    "dinov2": "DINOv2 cosine of the pooled CLS feature (Somepalli et al.'s replication detector)",
+    "sscd": "SSCD copy-detection descriptor (DISC21), cosine",
+    "geometry": "content-free baseline: aspect ratio and content box only"}
+
+
+@dataclass
+class EvalResult:
+    """Everything stage 09 computed, in memory (the notebook's figures read it)."""
+
+    es: EvalSet
+    scores: Scores
+    metrics: pd.DataFrame                 # long: measure, metric, subset, value, lo, hi, n, note
+    per_style: pd.DataFrame
+    skipped: pd.DataFrame                 # measure, reason
+    cfg: config.EvaluationParams
+    tables: dict = field(default_factory=dict)  # measure -> {derivatives, triplets, verification, queries, retrieval}
+    measures: dict = field(default_factory=dict)  # name -> Measure (the figures reuse them)
+    seconds: float = 0.0
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # label, leader, other, diff, lo, hi, excludes_0
+
+    def best(self) -> dict[str, list[str]]:
+        """Per headline label: the measure called best, only where its paired difference to every
+        other measure on the same originals excludes 0 (empty otherwise)."""
+        out = {}
+        for lab, g in self.paired.groupby("label", sort=False) if len(self.paired) else []:
+            out[lab] = [g["leader"].iloc[0]] if g["excludes_0"].all() else []
+        return out
+
+    def columns(self) -> list[tuple[str, str, str]]:
+        """(metric, subset, label) of the headline table, R@k expanded."""
+        return [c for m, s, lab in HEADLINE for c in
+                ([(f"R@{k}", s, f"R@{k}") for k in self.cfg.ks] if m == "R@k" else [(m, s, lab)])]
+
+    def chance(self) -> dict[str, float]:
+        """What a constant measure scores on this test set (ties count at their expected value)."""
+        es, q = self.es, len(self.es.queries)
+        out = {"acc random": .5, "acc same style": .5, "acc same artist": .5, "acc same artist (query)": .5,
+               "AUC hard": .5, "Spearman strength": 0.0, "moderate > radical": .5,
+               "ρ within original×family": 0.0, "ρ vs reference": 0.0}
+        for subset, excl in (("", None), (" dedup", es.exclude()), (" same aspect", es.same_bucket_exclude())):
+            if subset == " same aspect" and excl is None:
+                continue
+            r = metrics.retrieval_metrics(np.zeros((q, len(es.gallery))), es.truth, self.cfg.ks, excl) if q else {}
+            out.update({(k if k != "median_rank" else "median rank") + subset: v for k, v in r.items()})
+        if len(es.copy_queries):  # a constant measure: every pair tied in the global ranking
+            n_pairs, n_true = len(es.copy_queries) * len(es.copy_gallery), int((es.copy_truth >= 0).sum())
+            out["µAP copy"] = metrics._ap_of_blocks([n_pairs], [n_true], n_true)
+            out["R@P90 copy"] = metrics._recall_of_blocks([n_pairs], [n_true], n_true, self.cfg.precision_target)
+        ref = self.cfg.reference
+        if ref in self.scores.s01:  # the best constant: the reference's own mean
+            r = self.scores.s01[ref]
+            out["MSE"] = out["MSE affine"] = metrics.mse(np.full(len(r), np.nanmean(r)), r)
+            out["MAE"] = metrics.mae(np.full(len(r), np.nanmedian(r)), r)
+        return out
+
+    def headline(self, text: bool = True) -> pd.DataFrame:
+        """One row per measure (and 'chance'): 'value [lo, hi]' strings, or the values."""
+        m = self.metrics.set_index(["measure", "metric", "subset"])
+        rows = {}
+        for name in self.metrics["measure"].unique():
+            rows[name] = {lab: _cell(m.loc[(name, met, sub)] if (name, met, sub) in m.index else None, text)
+                          for met, sub, lab in self.columns()}
+        chance = self.chance()
+        rows["chance"] = {lab: _num(chance.get(lab)) if text else chance.get(lab, np.nan)
+                          for _, _, lab in self.columns()}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _num(v) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def _cell(row, text: bool):
+    if row is None:
+        return "—" if text else np.nan
+    if row["note"] == "reference":
+        return "reference" if text else np.nan
+    if not text:
+        return row["value"]
+    ci = f" [{_num(row['lo'])}, {_num(row['hi'])}]" if np.isfinite(row["lo"]) else ""
+    return _num(row["value"]) + ci
+
+
+def evaluate_set(es: EvalSet, measures: dict[str, Measure], cfg=None, seed: int = 0, skipped=None,
+                 cache_root=None, workers: int = 1) -> EvalResult:
+    """Score ``es`` with every measure and compute every metric (no files written)."""
+    cfg, t0 = cfg or config.EvaluationParams(), time.perf_counter()
+    sc = score_all(es, measures, cache_root, workers)
+    ref = cfg.reference if cfg.reference in measures else None
+    n_orig = len(es.originals)
+    in_test = sc.pairs[:, 0] < n_orig                      # copy-detection pairs start at a distractor
+    pair_orig = es.originals["id"].to_numpy()[np.minimum(sc.pairs[:, 0], max(n_orig - 1, 0))]
+    is_pos = np.isin(sc.pairs[:, 0] * sc.n_images + sc.pairs[:, 1],
+                     es.derivatives["orig"].to_numpy() * sc.n_images + es.derivatives["img"].to_numpy())
+    rows, styles, tables, stats = [], [], {}, {}
+    q_orig = es.derivatives.iloc[es.queries]
+    subsets = [("all", None), ("dedup", es.exclude())]
+    if es.same_bucket_exclude() is not None:
+        subsets.append(("aspect", es.same_bucket_exclude()))
+    for name in measures:
+        der, trip = derivative_table(es, sc, name), triplet_table(es, sc, name)
+        ver = verification_table(trip, der)
+        sim = retrieval_matrix(es, sc, name)
+        ranks = {s: per_query(sim, es.truth, cfg.ks, ex).assign(original_id=q_orig["original_id"].to_numpy(),
+                                                                  style=q_orig["style"].to_numpy())
+                 for s, ex in subsets}
+        copy = copy_ranking(es, sc, name, cfg.copy_topk)
+        stats[name] = {}
+        rows += reference_metrics(name, sc, ref, pair_orig, is_pos, cfg, seed, in_test)
+        rows += measure_metrics(name, der, trip, ver, ranks, cfg, seed, copy, stats[name])
+        rows.append(dict(measure=name, metric="nan_scores", subset="all", value=float(metrics.count_nan(sc.raw[name])),
+                         lo=np.nan, hi=np.nan, n=len(sc.pairs), note="NaN scores of all scored pairs, ranked last"))
+        styles.append(style_breakdown(name, der, trip, ver, ranks["all"]))
+        tables[name] = {"derivatives": der, "triplets": trip, "verification": ver, "queries": ranks["all"],
+                        "retrieval": sim, "copy": copy["sim"]}
+    cols = ["measure", "metric", "subset", "value", "lo", "hi", "n", "note"]
+    skipped = skipped if skipped is not None else pd.DataFrame(columns=["measure", "reason"])
+    result = EvalResult(es, sc, pd.DataFrame(rows, columns=cols), pd.concat(styles, ignore_index=True)
+                        if styles else pd.DataFrame(), skipped, cfg, tables, dict(measures))
+    result.paired = paired_table(result, stats, cfg, seed)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def paired_table(result: EvalResult, stats: dict, cfg, seed: int = 0) -> pd.DataFrame:
+    """For each label of ``cfg.paired_metrics``: the leading measure (best point value) against every
+    other measure, the difference on the same resampled test originals with its interval. A leader
+    is 'best' only where every difference excludes 0."""
+    rows = []
+    by_label = {lab: (m, s) for m, s, lab in result.columns()}
+    for lab in cfg.paired_metrics:
+        if lab not in by_label or cfg.n_boot == 0:
+            continue
+        key = by_label[lab]
+        have = {n: st[key] for n, st in stats.items() if key in st and np.isfinite(st[key][0](
+            np.arange(len(st[key][1]))))}
+        if len(have) < 2:
+            continue
+        lower = lab in LOWER_IS_BETTER
+        point = {n: float(f(np.arange(len(g)))) for n, (f, g) in have.items()}
+        leader = (min if lower else max)(point, key=point.get)
+        f_lead, groups = have[leader]
+        for other, (f_other, g_other) in have.items():
+            if other == leader or len(g_other) != len(groups) or not np.array_equal(g_other, groups):
+                continue
+            sign = -1.0 if lower else 1.0
+            d = metrics.paired_difference(lambda r, a=f_lead: sign * a(r), lambda r, b=f_other: sign * b(r),
+                                          groups, cfg.n_boot, cfg.ci, seed, cfg.interval)
+            rows.append(dict(label=lab, metric=key[0], subset=key[1], leader=leader, other=other,
+                             diff=sign * d["value"], lo=sign * (d["hi"] if lower else d["lo"]),
+                             hi=sign * (d["lo"] if lower else d["hi"]), n=d["n"], excludes_0=d["excludes_0"]))
+    return pd.DataFrame(rows, columns=["label", "metric", "subset", "leader", "other", "diff", "lo", "hi", "n",
+                                       "excludes_0"])
+
+
+# -- stage 09 on a run -------------------------------------------------------------------------------------
+def evaluation_meta(P) -> dict:
+    """What the evaluation files depend on: the evaluation params (not batch size or workers,
+    which only schedule the work) and the seed."""
+    cfg = P.evaluation.model_dump(mode="json", exclude={"batch_size", "workers"})
+    return paths.json_roundtrip({"evaluation": cfg, "seed": P.seed})
+
+
+def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
+    """Stage 09 on params ``P``: the test set, every available measure (skipped ones listed), every
+    metric; writes ``evaluation/metrics.parquet``, ``metrics.json``, ``per_style.parquet`` and
+    ``scores.parquet`` (each test derivative's score per measure) under the run directory."""
+    from artsim_lib.io.manifest import require_manifest
+    from artsim_lib.stages.s05_generation import require_pairs
+    from artsim_lib.stages.s05_triplets import require_triplets
+
+    manifest, pairs, trip = require_manifest(P), require_pairs(P), require_triplets(P)
+    es = test_set(manifest, pairs, trip, P.evaluation, P.seed, P.triplets.drop_flagged)
+    skipped = None
+    if measures is None:
+        measures, skipped = load_measures(P.evaluation.measures, P.run.root)
+    result = evaluate_set(es, measures, P.evaluation, P.seed, skipped, P.run.root / "descriptors" / "cache",
+                          worker_count(P.evaluation.workers))  # never more than the allocation
+    write_outputs(result, P)
+    return result
+
+
+def write_outputs(result: EvalResult, P) -> dict:
+    """Write the evaluation files (atomically); returns their paths by name."""
+    from artsim_lib.measures.base import measure_weights
+    from artsim_lib.io.provenance import provenance
+
+    out, meta = P.run.sub("evaluation"), evaluation_meta(P)
+    files = {"metrics": out / "metrics.parquet", "per_style": out / "per_style.parquet",
+             "scores": out / "scores.parquet", "paired": out / "paired.parquet", "json": out / "metrics.json"}
+    paths.write_parquet(result.metrics, files["metrics"], meta)
+    paths.write_parquet(result.paired, files["paired"], meta)
+    paths.write_parquet(result.per_style, files["per_style"], meta)
+    scores = pd.concat([t["derivatives"].assign(measure=n) for n, t in result.tables.items()], ignore_index=True)
+    paths.write_parquet(scores.drop(columns=["path", "prompt"], errors="ignore"), files["scores"], meta)
+    values, text = result.headline(text=False), result.headline(text=True)
+    cells = result.metrics.set_index(["measure", "metric", "subset"])
+    headline = {"columns": [lab for _, _, lab in result.columns()], "rows": [
+        {"measure": name, "weights": measure_weights(name, P),  # issue 11: real-pretrained / tiny-random / trained-here
+         "description": f"{MEASURE_INFO.get(name, '')} [{measure_weights(name, P)}]", "text": text.loc[name].to_dict(),
+         "cells": {lab: (cells.loc[(name, m, s)][["value", "lo", "hi", "n", "note"]].to_dict()
+                         if (name, m, s) in cells.index else None) for m, s, lab in result.columns()}}
+        for name in values.index if name != "chance"], "chance": text.loc["chance"].to_dict(),
+        # 'best' only where the paired difference to every other measure excludes 0; never by MSE/MAE
+        "best": result.best(), "lower_is_better": sorted(LOWER_IS_BETTER)}
+    es = result.es
+    nan = result.metrics[result.metrics["metric"] == "nan_scores"].set_index("measure")["value"]
+    doc = {"stage": "09-evaluation", "split": "test", "reference": P.evaluation.reference, "headline": headline,
+           "skipped": result.skipped.to_dict(orient="records"),
+           "test_set": {"originals": len(es.originals), "derivatives": len(es.derivatives),
+                        "triplets": len(es.triplets), "gallery": len(es.gallery), "queries": len(es.queries),
+                        "scored_pairs": len(result.scores.pairs),
+                        "artists": int(es.originals["artist"].nunique()) if "artist" in es.originals else None,
+                        "copy_gallery": len(es.copy_gallery), "copy_queries": len(es.copy_queries),
+                        "copy_queries_absent": int((es.copy_truth < 0).sum()),
+                        "copy_distractors": es.extra["kind"].value_counts().to_dict() if len(es.extra) else {}},
+           "nan_scores": nan.to_dict(),
+           "paired": result.paired.to_dict(orient="records"),
+           "seconds": {"total": round(result.seconds, 3), **{k: round(v, 3) for k, v in result.scores.seconds.items()}},
+           "params": P.evaluation.model_dump(mode="json"), "provenance": provenance(P)}
+    paths.atomic_write_text(files["json"], json.dumps(_finite(doc), indent=1, default=str))
+    return files
+
+
+def _finite(obj):
+    """``obj`` with NaN and infinities as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
