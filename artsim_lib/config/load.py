@@ -249,3 +249,26 @@ def load_params(profile: str | os.PathLike = "smoke", overrides: Sequence[str] =
         blame = _blame(err, overrides, [k for k, _ in parsed])
         raise ParamsError(_format_error(err, f"{path} {blame}".rstrip())) from None
     return validate(data, str(path))
+
+
+RUN_PARAMS_FILE = "params.resolved.yaml"  # what `artsim run` writes into every run directory
+
+
+def run_params_file(run_dir: str | os.PathLike | None) -> Path | None:
+    """``<run_dir>/params.resolved.yaml`` when there is one, else None."""
+    if run_dir is None:
+        return None
+    f = Path(run_dir) / RUN_PARAMS_FILE
+    return f if f.is_file() else None
+
+
+def read_run_params(run_dir: str | os.PathLike, missing_ok: bool = False) -> Params | None:
+    """The params a run directory was made with (its ``params.resolved.yaml``), validated; the one
+    reader of that file. A run without it: None with ``missing_ok``, else FileNotFoundError."""
+    f = run_params_file(run_dir)
+    if f is None:
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{Path(run_dir) / RUN_PARAMS_FILE}: not a run directory (no resolved params; "
+                                "has any stage run?)")
+    return validate(read_yaml(f) or {}, str(f))

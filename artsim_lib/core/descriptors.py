@@ -36,7 +36,7 @@ from PIL import Image
 from skimage import color, feature, filters, measure, transform, util
 
 from artsim_lib.io import paths
-from artsim_lib.stages.s02_preprocess import parallel_map
+from artsim_lib.io.workers import parallel_map
 from artsim_lib.io.images import ImageReadError, open_rgb, to_rgb  # noqa: F401 (ImageReadError: this module's API)
 
 FEATURE_VERSION = 1  # bump when the code below changes what a feature means

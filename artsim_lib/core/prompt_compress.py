@@ -65,17 +65,6 @@ def token_counter(tokenizer) -> Counter:
     return count
 
 
-def load_clip_tokenizer(P):
-    """The refiner's ``tokenizer_2`` (CLIP ViT-bigG's BPE), loaded on its own, offline."""
-    from transformers import CLIPTokenizer
-
-    from artsim_lib import models
-
-    models.ensure_tiny_checkpoints(P, ["sdxl_refiner"])
-    ref = models.resolve_model_ref(P.model_ref("sdxl_refiner"))
-    return CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer_2")
-
-
 def split_clauses(text: str) -> list[Clause]:
     """Free text (an LLM's, say) as clauses at , ; : dashes and sentence ends; the first is
     rank 0 (kept), later ones rank by position, so trailing ones are dropped first."""

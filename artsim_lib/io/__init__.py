@@ -1,1 +1,1 @@
-"""Layer 2, io: run-directory paths, shards, provenance, image opening, locks, work logs, datasets."""
+"""Layer 1 (the bottom), io: run-directory paths, shards, provenance, image opening, locks, work logs, datasets."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+from tqdm import tqdm
 
 _END = object()  # the end of an iterator, for next(it, _END)
 
@@ -60,3 +62,11 @@ def prefetch_map(fn, items, workers: int, ahead: int | None = None):
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
+
+def parallel_map(fn, jobs: list[tuple], workers: int, desc: str) -> list:
+    """``[fn(*job) for job in jobs]`` over ``workers`` processes, in order, with a progress bar."""
+    if workers <= 1 or len(jobs) < 8:
+        return [fn(*j) for j in tqdm(jobs, desc=desc)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        chunks = max(1, len(jobs) // (workers * 8))
+        return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=chunks), total=len(jobs), desc=desc))

@@ -26,6 +26,19 @@ class MeasureUnavailableError(MeasureError):
     """A measure whose model or fitted file is missing from the run directory."""
 
 
+def unavailable_as_such(loader):
+    """``loader(run_dir)`` with a missing model or file (any OSError: FileNotFoundError, and
+    ``ModelNotAvailableError`` is one too) raised as :class:`MeasureUnavailableError`, so stage 09
+    skips the measure and says why. The one wrapper every registered loader goes through."""
+    def load(run_dir):
+        try:
+            return loader(run_dir)
+        except OSError as err:
+            raise MeasureUnavailableError(" ".join(str(err).split())) from None
+    load.__name__ = getattr(loader, "__name__", "load")
+    return load
+
+
 def read_image(src: ImageLike):
     """An image (path, PIL image or array) as a PIL RGB image; :class:`ImageReadError` names a
     file that cannot be read."""

@@ -26,7 +26,17 @@ def ensure_tiny_checkpoints(P, kinds=None, seed: int = 0) -> dict:
     return _ensure_tiny(P, kinds, seed)
 
 
+def load_clip_tokenizer(P):
+    """The refiner's ``tokenizer_2`` (CLIP ViT-bigG's BPE), loaded on its own, offline."""
+    from transformers import CLIPTokenizer
+
+    ensure_tiny_checkpoints(P, ["sdxl_refiner"])
+    ref = resolve_model_ref(P.model_ref("sdxl_refiner"))
+    return CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer_2")
+
+
 __all__ = [
+    "load_clip_tokenizer",
     "BACKBONE_KINDS",
     "Backbone",
     "BackboneUnavailableError",

@@ -11,18 +11,24 @@ import hashlib
 import io
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
+from artsim_lib.core.splits import grouped_split, stratified_split  # noqa: F401  (part of this stage's API)
 from artsim_lib.io import paths
-from artsim_lib.io.workers import worker_count
-from artsim_lib.io.images import DEFAULT_MAX_PIXELS, ImageReadError, OversizedImageError, image_mode, open_image, open_rgb, to_rgb  # to_rgb: re-exported (part of this module's API)
+from artsim_lib.io.images import (  # to_rgb: re-exported (part of this module's API)
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    OversizedImageError,
+    image_mode,
+    open_image,
+    open_rgb,
+)
+from artsim_lib.io.workers import parallel_map, worker_count
 
 
 @dataclass
@@ -239,15 +245,6 @@ def image_params_key(size: int, mode: str, pad_color, fmt: str) -> str:
     return f"{size}px-{mode}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
-def parallel_map(fn, jobs: list[tuple], workers: int, desc: str) -> list:
-    """``[fn(*job) for job in jobs]`` over ``workers`` processes, in order, with a progress bar."""
-    if workers <= 1 or len(jobs) < 8:
-        return [fn(*j) for j in tqdm(jobs, desc=desc)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        chunks = max(1, len(jobs) // (workers * 8))
-        return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=chunks), total=len(jobs), desc=desc))
-
-
 def probe_file(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     """Format, colour mode, EXIF orientation and whether the image can be read the way every
     stage reads it (:func:`artsim_lib.io.images.open_rgb`); ``error`` says why not. Never raises."""
@@ -297,54 +294,6 @@ def normalise_images(df: pd.DataFrame, out_dir: Path, size: int, mode: str = "le
     return kept, skipped.reset_index(drop=True)
 
 
-def stratified_split(df: pd.DataFrame, fractions: dict[str, float], by: str | None, seed: int) -> pd.Series:
-    """A seeded train/val/test label per row, stratified by column ``by`` (or none).
-
-    Every group with at least one row keeps one in train; rounding follows largest remainders
-    so the shares stay close to ``fractions`` in small groups too.
-    """
-    rng = np.random.default_rng(seed)
-    names = list(fractions)
-    split = pd.Series(index=df.index, dtype="object")
-    groups = df.groupby(df[by].fillna("<none>") if by else np.zeros(len(df)), sort=True)
-    for _, grp in groups:
-        n = len(grp)
-        raw = np.array([fractions[k] * n for k in names])
-        counts = np.floor(raw).astype(int)
-        for i in np.argsort(-(raw - counts))[: n - counts.sum()]:
-            counts[i] += 1
-        if counts[0] == 0:  # names[0] is train: never leave a class out of training
-            counts[np.argmax(counts)] -= 1
-            counts[0] += 1
-        order = rng.permutation(grp.index.to_numpy())
-        split.loc[order] = np.repeat(names, counts)
-    keys = df[by].fillna("<none>") if by else pd.Series(0, index=df.index)
-    return _fill_starved_splits(split, keys, fractions, rng)
-
-
-def _fill_starved_splits(split: pd.Series, keys: pd.Series, fractions: dict[str, float],
-                         rng: np.random.Generator) -> pd.Series:
-    """Per-group rounding starves val and test when most groups are tiny (a pilot of 24 paintings
-    over 27 styles puts every one in train). A split under half its overall share (rounded down,
-    at least 1) gets rows moved from train until it has that share: from the groups with the most
-    training rows first, a seeded pick among them. Larger data never meets this."""
-    names = list(fractions)
-    for name in names[1:]:
-        if fractions[name] <= 0:
-            continue
-        want = max(1, int(np.floor(fractions[name] * len(split))))
-        if (split == name).sum() * 2 >= want:
-            continue
-        while (split == name).sum() < want:
-            train = split.index[split == names[0]]
-            if len(train) <= 1:
-                break
-            per_group = keys[train].map(keys[train].value_counts()).to_numpy()
-            # the groups with the most training rows first: a group keeps a training row if it can
-            split[rng.choice(train[per_group == per_group.max()])] = name
-    return split
-
-
 def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     """Run stage 02 on the raw manifest with the params ``P``; write the split manifest and
     the lists of dropped, duplicate and skipped rows under ``<run>/preprocess/``."""
@@ -374,41 +323,6 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
             table.to_csv(tmp, index=False)
     paths.write_parquet(kept, P.run.manifest, manifest_key(P))
     return PreprocessResult(kept, missing, dropped, dups, skipped, image_dir, cross)
-
-
-# -- splits by artist, and near-copies across splits ----------------------------------------------------
-def grouped_split(df: pd.DataFrame, fractions: dict[str, float], group: str, seed: int,
-                  by: str | None = None) -> pd.Series:
-    """A seeded split label per row that keeps every ``group`` (e.g. artist) whole: groups in a
-    seeded order, largest first, each to the split furthest below its share of rows. A row without
-    a group value is its own group. With ``by`` (e.g. style), each class first gets one group in
-    train, so that no class is left out of training."""
-    names = list(fractions)
-    keys = df[group].astype("string").fillna("").to_numpy(object)
-    keys = np.where(keys == "", "<row " + df.index.astype(str).to_numpy(object) + ">", keys)
-    sizes = pd.Series(keys).value_counts()
-    rng = np.random.default_rng(seed)
-    order = sizes.index.to_numpy(object)[rng.permutation(len(sizes))]
-    order = sorted(order, key=lambda k: -sizes[k])                    # stable: ties keep the seeded order
-    target = np.array([fractions[k] for k in names]) * len(df)
-    have = np.zeros(len(names))
-    label = {}
-    if by is not None:  # one group per class into train first (the class's largest, seeded ties)
-        cls = pd.Series(df[by].astype("string").fillna("<none>").to_numpy(object), index=keys)
-        classes_of = cls.groupby(level=0).agg(set)                     # group -> its classes
-        for c in sorted(set(cls)):
-            if any(c in classes_of[k] for k, v in label.items() if v == names[0]):
-                continue
-            k = next(k for k in order if c in classes_of[k])
-            label[k] = names[0]
-            have[0] += sizes[k]
-    for k in order:
-        if k in label:
-            continue
-        i = int(np.argmax((target - have) / np.maximum(target, 1e-9)))  # the most under-filled split
-        label[k] = names[i]
-        have[i] += sizes[k]
-    return pd.Series([label[k] for k in keys], index=df.index, dtype="object")
 
 
 def _phash_words(hashes) -> tuple[np.ndarray, np.ndarray]:

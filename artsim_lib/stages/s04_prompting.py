@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from artsim_lib import models
 from artsim_lib.io import manifest as data, paths, shards
 from artsim_lib.stages.s03_captioning import caption_meta, require_captions
-from artsim_lib.core.prompt_compress import Compressed, compress_many, load_clip_tokenizer, split_clauses, token_counter
+from artsim_lib.core.prompt_compress import Compressed, compress_many, split_clauses, token_counter
 from artsim_lib.core.prompt_grammar import LEVELS, clean_caption, render, template_prompt
 
 # The seed study's own figures for its prompts, in CLIP tokens (start/end included): the mean
@@ -145,7 +146,7 @@ def build_prompts(P, manifest: pd.DataFrame, captions: pd.DataFrame) -> pd.DataF
     cfg = P.prompting
     jobs = plan(P, manifest, captions)
     clauses, backend, llm_fallback = _texts(P, jobs)
-    tokenizer = load_clip_tokenizer(P)
+    tokenizer = models.load_clip_tokenizer(P)
     count = token_counter(tokenizer)
     raw = [render(c) for c in clauses]
     tokens_raw = count(raw)

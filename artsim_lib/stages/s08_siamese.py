@@ -31,7 +31,7 @@ from artsim_lib import models
 from artsim_lib.io import paths, shards
 from artsim_lib.models import training
 from artsim_lib.io.manifest import require_manifest
-from artsim_lib.stages.s02_preprocess import stratified_split
+from artsim_lib.core.splits import stratified_split
 
 # -- the head ----------------------------------------------------------------------------------------
 
