@@ -4,6 +4,7 @@ import yaml
 
 from artsim_lib import config
 from artsim_lib.config import ParamsError, load_params
+from artsim_lib.io import paths
 
 
 @pytest.mark.parametrize("name", ["smoke", "full"])
@@ -73,7 +74,7 @@ def test_run_dir_env_var_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("ARTSIM_RUN_DIR", str(tmp_path / "elsewhere"))
     assert load_params("smoke").run_path == tmp_path / "elsewhere"
     monkeypatch.delenv("ARTSIM_RUN_DIR")
-    assert load_params("smoke").run_path == config.paths.project_root() / "runs" / "smoke"
+    assert load_params("smoke").run_path == paths.project_root() / "runs" / "smoke"
 
 
 # -- errors that fail before anything runs -------------------------------------------------
