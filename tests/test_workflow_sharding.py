@@ -25,7 +25,7 @@ SHARD_PARAMETERS = "num_shards = 1  # shard jobs\nshard_index = 0  # this job's 
 TOY_BODY = '''
 import random
 import pandas as pd
-from artsim_lib import paths, shards
+from artsim_lib.io import paths, shards
 {source}
 root = P.run.sub("toy", "{stage}")
 if shard_index != -1:

@@ -23,7 +23,10 @@ import threading
 from typing import Union
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFile, ImageOps
+
+from artsim_lib.io.workers import parallel_map
 
 # A truncated file must fail loudly, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -121,3 +124,28 @@ def image_mode(path: PathLike) -> str | None:
             return im.mode
     except Exception:  # noqa: BLE001 - an unreadable file simply has no mode
         return None
+
+
+def probe_file(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """Format, colour mode, EXIF orientation and whether the image can be read the way every
+    stage reads it (:func:`artsim_lib.io.images.open_rgb`); ``error`` says why not. Never raises."""
+    out = {"path": path, "format": None, "mode": None, "exif_orientation": None, "readable": False, "error": ""}
+    try:
+        open_rgb(path, max_pixels)  # refuses a bomb before decoding it
+        out["readable"] = True
+    except ImageReadError as err:
+        out["error"] = " ".join(str(err).split()).removeprefix(f"{path}: ")
+    try:
+        with open_image(path, None) as img:  # the header: format and mode even of a broken file
+            out.update(format=img.format, mode=img.mode)
+            if out["readable"]:  # PNG's EXIF may sit after the pixels
+                out["exif_orientation"] = img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - not even a header: the error above says why
+        pass
+    return out
+
+
+def probe_files(paths, workers: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+    """:func:`probe_file` for every path, as a table."""
+    jobs = [(str(p), max_pixels) for p in paths]
+    return pd.DataFrame(parallel_map(probe_file, jobs, workers, "probe files"))

@@ -15,7 +15,7 @@ from artsim_lib.io.datasets import MANIFEST_COLUMNS, load_huggan, load_kaggle, p
 from artsim_lib.io.synthart import defects, generate
 
 __all__ = ["MANIFEST_COLUMNS", "defects", "generate", "load_huggan", "load_kaggle", "load_manifest",
-           "parse_styles", "read_manifest", "require_manifest"]
+           "parse_styles", "read_manifest"]
 _KEY = b"artsim.data"  # parquet schema metadata: the data params that made the file
 
 
@@ -100,11 +100,3 @@ def spread_sample(df: pd.DataFrame, n: int, seed: int, by: str = "style", per_va
     return df.iloc[sorted(picked)].reset_index(drop=True)
 
 
-def require_manifest(P) -> pd.DataFrame:
-    """The preprocessed, split manifest (stage 02's output) for ``P``; runs stage 02 first
-    when it is missing or was made with other params, so any later notebook runs on its own."""
-    from artsim_lib.stages.s02_preprocess import manifest_key, preprocess
-
-    if paths.is_current(P.run.manifest, manifest_key(P)):
-        return read_manifest(P.run.manifest)
-    return preprocess(P, load_manifest(P)).manifest

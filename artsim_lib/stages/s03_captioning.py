@@ -30,7 +30,9 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from tqdm import tqdm
 
-from artsim_lib.io import manifest as data, paths, shards, workers
+from artsim_lib.io import paths, shards, workers
+from artsim_lib.io.artifacts import read_current
+from artsim_lib.stages import s02_preprocess
 from artsim_lib.io.worklog import record
 
 COLUMNS = ["id", "caption", "backend", "model", "seconds"]
@@ -251,7 +253,7 @@ def _run_blip2(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
 
 @dataclass
 class CaptionRun:
-    """What one call of :func:`run_captioning` did."""
+    """What one call of :func:`run` did."""
 
     captions: pd.DataFrame | None  # the merged artifact; None while other shards are not done
     captioned: int                 # images this call captioned with BLIP-2
@@ -278,10 +280,10 @@ def _pending(todo: pd.DataFrame, root: Path, num_shards: int) -> dict[int, int]:
     return dict(sorted(Counter(shards.shard_of(i, num_shards) for i in left).items()))
 
 
-def run_captioning(P, num_shards: int = 1, shard_index: int = 0) -> CaptionRun:
+def run(P, num_shards: int = 1, shard_index: int = 0) -> CaptionRun:
     """Caption this shard's images that are not done yet; when every shard is done, merge
     into ``captions.parquet``. ``shard_index=-1`` only merges (and fails if a shard is not done)."""
-    manifest = data.require_manifest(P).sort_values("id", kind="stable").reset_index(drop=True)
+    manifest = s02_preprocess.load(P).sort_values("id", kind="stable").reset_index(drop=True)
     meta = caption_meta(P)
     root = parts_root(P, meta)
     todo, missing = plan(P, manifest)
@@ -320,12 +322,10 @@ def partial_captions(P) -> pd.DataFrame:
     return shards.merge(root)[COLUMNS]
 
 
-def require_captions(P) -> pd.DataFrame:
-    """``captions.parquet`` for ``P``; runs the stage (unsharded) when it is missing or stale."""
-    target = captions_path(P)
-    if paths.is_current(target, caption_meta(P)):
-        return pd.read_parquet(target)
-    return run_captioning(P).captions
+def load(P) -> pd.DataFrame:
+    """``captions.parquet`` for ``P``; StageNotRunError ("run stage 03 first") when it is missing
+    or was made with other params."""
+    return read_current(captions_path(P), caption_meta(P), "03", "the captions")
 
 
 # -- what the notebook shows --------------------------------------------------------------

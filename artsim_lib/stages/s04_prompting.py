@@ -14,7 +14,7 @@
   That is the real CLIP tokenizer in every profile (the tiny refiner carries the real 49,408-token
   vocabulary, :mod:`artsim_lib.models.bpe`), so the smoke profile's counts are the full study's.
 
-Output: ``prompting/prompts.parquet`` (see :data:`COLUMNS`), via :func:`require_prompts`.
+Output: ``prompting/prompts.parquet`` (see :data:`COLUMNS`), via :func:`load`.
 """
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from artsim_lib import models
-from artsim_lib.io import manifest as data, paths, shards
-from artsim_lib.stages.s03_captioning import caption_meta, require_captions
+from artsim_lib.io import paths, shards
+from artsim_lib.io.artifacts import read_current
+from artsim_lib.stages import s02_preprocess, s03_captioning
+from artsim_lib.stages.s03_captioning import caption_meta
 from artsim_lib.core.prompt_compress import Compressed, compress_many, split_clauses, token_counter
 from artsim_lib.core.prompt_grammar import LEVELS, clean_caption, render, template_prompt
 
@@ -142,7 +144,7 @@ def _summaries(P, raw: list[str], tokens_raw: list[int], fitted: list[Compressed
 
 
 def build_prompts(P, manifest: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
-    """The prompts table for ``P`` (not written; see :func:`run_prompting`)."""
+    """The prompts table for ``P`` (not written; see :func:`run`)."""
     cfg = P.prompting
     jobs = plan(P, manifest, captions)
     clauses, backend, llm_fallback = _texts(P, jobs)
@@ -167,7 +169,7 @@ def build_prompts(P, manifest: pd.DataFrame, captions: pd.DataFrame) -> pd.DataF
 
 @dataclass
 class PromptRun:
-    """What :func:`run_prompting` wrote, and how long it took."""
+    """What :func:`run` wrote, and how long it took."""
 
     prompts: pd.DataFrame
     seconds: float
@@ -177,10 +179,10 @@ class PromptRun:
         return len(self.prompts) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_prompting(P) -> PromptRun:
-    """Write ``prompts.parquet`` for ``P`` (captioning first, when needed)."""
-    manifest = data.require_manifest(P)
-    captions = require_captions(P)
+def run(P) -> PromptRun:
+    """Write ``prompts.parquet`` for ``P`` from stage 02's manifest and stage 03's captions."""
+    manifest = s02_preprocess.load(P)
+    captions = s03_captioning.load(P)
     t0 = time.perf_counter()
     prompts = build_prompts(P, manifest, captions)
     seconds = time.perf_counter() - t0
@@ -188,12 +190,10 @@ def run_prompting(P) -> PromptRun:
     return PromptRun(prompts, seconds)
 
 
-def require_prompts(P) -> pd.DataFrame:
-    """``prompts.parquet`` for ``P``; runs the stage when it is missing or stale."""
-    target = prompts_path(P)
-    if paths.is_current(target, prompt_meta(P)):
-        return pd.read_parquet(target)
-    return run_prompting(P).prompts
+def load(P) -> pd.DataFrame:
+    """``prompts.parquet`` for ``P``; StageNotRunError ("run stage 04 first") when it is missing
+    or was made with other params."""
+    return read_current(prompts_path(P), prompt_meta(P), "04", "the prompts")
 
 
 def figure_token_lengths(prompts: pd.DataFrame, target: int, limit: int, reference: dict | None = None):

@@ -8,7 +8,9 @@ import pytest
 
 from artsim_lib.stages import s03_captioning as captioning
 from artsim_lib import config
-from artsim_lib.io import manifest as data, paths, shards
+from artsim_lib.io import paths, shards
+from artsim_lib.io.artifacts import StageNotRunError
+from artsim_lib.stages import s02_preprocess
 from artsim_lib.stages.s03_captioning import MissingCaptionsError
 
 SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=160", "preprocess.size=32",
@@ -26,7 +28,7 @@ def base(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARTSIM_RUN_DIR", str(root))
         P = _params()
-        manifest = data.require_manifest(P)
+        manifest = s02_preprocess.run(P).manifest
         from artsim_lib import models
         models.ensure_tiny_checkpoints(P, ["blip2"])
     return root, manifest
@@ -46,7 +48,7 @@ def reference(base, tmp_path_factory):
     shutil.copytree(base[0], root, dirs_exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARTSIM_RUN_DIR", str(root))
-        return captioning.run_captioning(_params()).captions
+        return captioning.run(_params()).captions
 
 
 def test_one_caption_per_image_as_the_contract_says(base, reference, run, monkeypatch):
@@ -59,25 +61,28 @@ def test_one_caption_per_image_as_the_contract_says(base, reference, run, monkey
     assert (captioning.lengths(reference["caption"]) == 5).all()
     assert reference["caption"].nunique() > len(reference) // 2
     P = _params()
-    captioning.run_captioning(P)
-    monkeypatch.setattr(captioning, "run_captioning", lambda *a, **k: pytest.fail("re-ran a current stage"))
-    again = captioning.require_captions(P)
+    with pytest.raises(StageNotRunError, match="run stage 03 first"):
+        captioning.load(P)  # nothing captioned in this run directory yet: load never captions
+    captioning.run(P)
+    again = captioning.load(P)
     assert shards.content_hash(again) == shards.content_hash(reference)
     assert paths.is_current(captioning.captions_path(P), captioning.caption_meta(P))
+    with pytest.raises(StageNotRunError, match="made with other params: run stage 03 first"):
+        captioning.load(_params("captioning.max_new_tokens=4"))
 
 
 def test_sharded_run_equals_unsharded_and_merges_only_when_complete(reference, run):
     P = _params("captioning.batch_size=5")  # another batch size too: captions must not change
     with pytest.raises(RuntimeError, match="not captioned yet"):
-        captioning.run_captioning(P, 3, -1)
-    first = captioning.run_captioning(P, 3, 0)
+        captioning.run(P, 3, -1)
+    first = captioning.run(P, 3, 0)
     assert first.captions is None and 0 not in first.pending and set(first.pending) == {1, 2}
     assert not captioning.captions_path(P).exists()
-    assert captioning.run_captioning(P, 3, 2).captions is None
-    last = captioning.run_captioning(P, 3, 1)
+    assert captioning.run(P, 3, 2).captions is None
+    last = captioning.run(P, 3, 1)
     assert last.pending == {} and last.captioned + first.captioned < len(reference)
     assert shards.content_hash(last.captions) == shards.content_hash(reference)
-    merged = captioning.run_captioning(P, 3, -1)  # merge only: nothing captioned
+    merged = captioning.run(P, 3, -1)  # merge only: nothing captioned
     assert merged.captioned == 0 and shards.content_hash(merged.captions) == shards.content_hash(reference)
 
 
@@ -94,11 +99,11 @@ def test_killed_run_resumes_to_the_same_captions(reference, run, monkeypatch):
 
     monkeypatch.setattr(captioning, "caption_images", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
-        captioning.run_captioning(P)
+        captioning.run(P)
     assert len(captioning.partial_captions(P)) == 6  # two whole batches of 3 survived
     assert not list(run.rglob("*.tmp*")) and not captioning.captions_path(P).exists()
     monkeypatch.setattr(captioning, "caption_images", real)
-    resumed = captioning.run_captioning(P)
+    resumed = captioning.run(P)
     assert resumed.captioned == len(reference) - 6  # only what was missing
     assert shards.content_hash(resumed.captions) == shards.content_hash(reference)
 
@@ -114,23 +119,23 @@ def test_a_run_resumed_with_another_shard_count_redoes_nothing(reference, run, m
 
     monkeypatch.setattr(captioning, "caption_images", dies_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
-        captioning.run_captioning(P)  # one shard; killed after its first batch of 3
+        captioning.run(P)  # one shard; killed after its first batch of 3
     monkeypatch.setattr(captioning, "caption_images", real)
-    runs = [captioning.run_captioning(P, 2, k) for k in (0, 1)]
+    runs = [captioning.run(P, 2, k) for k in (0, 1)]
     assert sum(r.captioned for r in runs) == len(reference) - 3
     assert shards.content_hash(runs[1].captions) == shards.content_hash(reference)
 
 
 def test_sampled_captions_depend_on_the_seed_not_the_batch(run):
-    a = captioning.run_captioning(_params("captioning.do_sample=true", "captioning.batch_size=2")).captions
-    b = captioning.run_captioning(_params("captioning.do_sample=true", "captioning.batch_size=7")).captions
-    c = captioning.run_captioning(_params("captioning.do_sample=true", "seed=99")).captions
+    a = captioning.run(_params("captioning.do_sample=true", "captioning.batch_size=2")).captions
+    b = captioning.run(_params("captioning.do_sample=true", "captioning.batch_size=7")).captions
+    c = captioning.run(_params("captioning.do_sample=true", "seed=99")).captions
     assert shards.content_hash(a) == shards.content_hash(b)
     assert (a["caption"] != c["caption"]).sum() > 8
 
 
 def test_a_prompt_prefix_starts_every_caption(run):
-    caps = captioning.run_captioning(_params("captioning.prompt=a painting of")).captions
+    caps = captioning.run(_params("captioning.prompt=a painting of")).captions
     assert caps["caption"].str.startswith("a painting of ").all()
 
 
@@ -143,7 +148,7 @@ def test_prefetching_workers_change_no_caption(run, monkeypatch, prompt):
     for n in (0, 1, 3):  # 0: decoded in line, as before the prefetch
         monkeypatch.setattr(workers, "worker_count", lambda requested=None, n=n: counts.append(n) or n)
         shutil.rmtree(run / "captioning", ignore_errors=True)  # caption everything again
-        captions.append(captioning.run_captioning(_params(*extra)).captions)
+        captions.append(captioning.run(_params(*extra)).captions)
     assert counts == [0, 1, 3]
     assert captions[0]["caption"].tolist() == captions[1]["caption"].tolist() == captions[2]["caption"].tolist()
     assert captions[0]["caption"].nunique() > 1
@@ -151,12 +156,12 @@ def test_prefetching_workers_change_no_caption(run, monkeypatch, prompt):
 
 def test_an_unreadable_image_is_named(run):
     P = _params()
-    manifest = data.require_manifest(P)
+    manifest = s02_preprocess.load(P)
     bad = manifest["path"].iloc[4]
     with open(bad, "wb") as fh:
         fh.write(b"not an image")
     with pytest.raises(ValueError, match=f"{bad}: cannot read image"):
-        captioning.run_captioning(P)
+        captioning.run(P)
     assert len(captioning.partial_captions(P)) == 3  # the batch before the bad one is kept
 
 
@@ -167,7 +172,7 @@ def test_processor_and_model_must_agree_on_query_tokens(run):
     cfg["num_query_tokens"] = 3  # the tiny model has 8
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="num_query_tokens"):
-        captioning.run_captioning(P)
+        captioning.run(P)
 
 
 def _existing_table(manifest, key, skip=2):
@@ -184,13 +189,13 @@ def test_existing_captions_by_id_with_each_missing_policy(base, run):
             "captioning.existing_column=text"]
     missing = sorted(manifest["id"])[:2]
     with pytest.raises(MissingCaptionsError, match=f"2 of {len(manifest)} images") as err:
-        captioning.run_captioning(_params(*opts))
+        captioning.run(_params(*opts))
     assert missing[0] in str(err.value)
-    dropped = captioning.run_captioning(_params(*opts, "captioning.existing_missing=drop"))
+    dropped = captioning.run(_params(*opts, "captioning.existing_missing=drop"))
     assert list(dropped.captions["id"]) == sorted(rows["id"]) and dropped.missing_existing == missing
     assert dict(zip(dropped.captions["id"], dropped.captions["caption"])) == dict(zip(table["id"], table["text"]))
     assert dropped.captioned == 0 and set(dropped.captions["backend"]) == {"existing"}
-    filled = captioning.run_captioning(_params(*opts, "captioning.existing_missing=blip2")).captions
+    filled = captioning.run(_params(*opts, "captioning.existing_missing=blip2")).captions
     assert len(filled) == len(manifest) and sorted(filled.loc[filled["backend"] == "blip2", "id"]) == missing
 
 
@@ -201,7 +206,7 @@ def test_existing_captions_by_filename_and_by_bare_file_name(base, run):
     table.to_parquet(run / "captions.parquet")
     P = _params(f"captioning.existing={run / 'captions.parquet'}", "captioning.backend=existing",
                 "captioning.existing_column=text")
-    caps = captioning.run_captioning(P).captions
+    caps = captioning.run(P).captions
     assert dict(zip(caps["id"], caps["caption"])) == dict(zip(rows["id"], table["text"]))
     bare = pd.DataFrame({"file_name": ["x.jpg", manifest["filename"].iloc[0].split("/")[-1]], "caption": ["a", "b"]})
     found, how = captioning.match_existing(manifest, bare)

@@ -249,17 +249,28 @@ def test_summarize_backend_with_the_tiny_summarizer(models_dir):
     assert (out.loc[over, "compression"].eq("summarize") | out.loc[over, "summary_fallback"]).all()
 
 
-def test_require_prompts_runs_once_and_rebuilds_when_params_change(models_dir, run_dir, monkeypatch):
+def test_load_reads_current_prompts_and_never_builds_them(models_dir, run_dir):
+    from artsim_lib.io.artifacts import StageNotRunError
+    from artsim_lib.stages import s02_preprocess, s03_captioning
+
     small = ["data.synthart.num_images=16", "data.synthart.max_side=160", "preprocess.size=32",
              "captioning.max_new_tokens=6"]
     P = _params(models_dir, *small)
-    first = prompting.require_prompts(P)
+    with pytest.raises(StageNotRunError, match="run stage 02 first"):
+        prompting.run(P)  # no manifest yet: stage 04 says which stage to run, it runs none
+    s02_preprocess.run(P)
+    with pytest.raises(StageNotRunError, match="run stage 03 first"):
+        prompting.run(P)
+    s03_captioning.run(P)
+    with pytest.raises(StageNotRunError, match="run stage 04 first"):
+        prompting.load(P)
+    first = prompting.run(P).prompts
     assert prompting.prompts_path(P).exists() and first["tokens"].max() <= 77
-    real = prompting.build_prompts
-    monkeypatch.setattr(prompting, "build_prompts", lambda *a: pytest.fail("rebuilt current prompts"))
-    assert shards.content_hash(prompting.require_prompts(P)) == shards.content_hash(first)
-    monkeypatch.setattr(prompting, "build_prompts", real)
-    shorter = prompting.require_prompts(_params(models_dir, *small, "prompting.target_tokens=40"))
+    assert shards.content_hash(prompting.load(P)) == shards.content_hash(first)
+    shorter_P = _params(models_dir, *small, "prompting.target_tokens=40")
+    with pytest.raises(StageNotRunError, match="made with other params"):
+        prompting.load(shorter_P)
+    shorter = prompting.run(shorter_P).prompts
     assert shorter["tokens"].mean() < first["tokens"].mean() - 8
 
 

@@ -223,16 +223,21 @@ def test_the_manifest_key_leaves_out_how_the_work_was_scheduled():
     assert pp.manifest_key(one) != pp.manifest_key(config.load_params("smoke", ["preprocess.size=96"]))
 
 
-def test_require_manifest_reuses_a_current_manifest_and_rebuilds_a_stale_one(run_dir):
-    from artsim_lib.io import manifest as data
+def test_load_reads_a_current_manifest_and_refuses_a_stale_one(run_dir):
+    from artsim_lib.io.artifacts import StageNotRunError
 
     P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24"])
-    first = data.require_manifest(P)
+    with pytest.raises(StageNotRunError, match="is missing: run stage 02 first"):
+        pp.load(P)
+    first = pp.run(P).manifest
     mtime = P.run.manifest.stat().st_mtime_ns
-    again = data.require_manifest(P)
+    again = pp.load(P)
     assert P.run.manifest.stat().st_mtime_ns == mtime and again["id"].equals(first["id"])
+    assert isinstance(again["styles"].iloc[0], list)  # read back as the loaders return it
     P2 = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=20"])
-    rebuilt = data.require_manifest(P2)
+    with pytest.raises(StageNotRunError, match="made with other params: run stage 02 first"):
+        pp.load(P2)
+    rebuilt = pp.run(P2).manifest
     assert P.run.manifest.stat().st_mtime_ns != mtime
     from PIL import Image
     assert Image.open(rebuilt["path"].iloc[0]).size == (20, 20)

@@ -1,0 +1,24 @@
+"""Stage 01 on a few SynthArt paintings: the raw manifest is written and described, and load reads it
+back without ever making it."""
+import pytest
+
+from artsim_lib import config
+from artsim_lib.io.artifacts import StageNotRunError
+from artsim_lib.stages import s01_eda as eda
+
+SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=96"]
+
+
+def test_run_describes_the_originals_and_load_reads_them_back(run_dir):
+    P = config.load_params("smoke", SMALL)
+    with pytest.raises(StageNotRunError, match="run stage 01 first"):
+        eda.load(P)
+    result = eda.run(P)
+    assert len(result.raw) == len(result.probe) > 0
+    assert result.probe["readable"].all()  # SynthArt's files all open the way every stage reads them
+    assert set(result.missing.columns) >= {"missing"} or "missing" in result.missing.to_string()
+    assert set(result.duplicates.columns) >= {"id", "duplicate_of"}
+    assert set(result.duplicates["id"]) <= set(result.raw["id"])
+    back = eda.load(P)
+    assert back["id"].tolist() == result.raw["id"].tolist()
+    assert isinstance(back["styles"].iloc[0], list)
