@@ -1,7 +1,6 @@
-"""Stage 06 on SynthArt paintings and simple PIL edits: every family's invariants, the weighted
-total, the cache, parallel extraction, the weight fit and the stage's outputs."""
-import json
-import shutil
+"""The descriptors and their similarities (core) on SynthArt paintings and simple PIL edits: every
+family's invariants, the weighted total, the cache, parallel extraction, the weight fit and the
+triplet accuracy. Stage 06's runner is tested in tests/stages/test_s06_descriptors.py."""
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from skimage import color, filters
 
 from artsim_lib import config
 from artsim_lib.core import descriptors
-from artsim_lib.io import paths
 from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.io import synthart
 
@@ -208,28 +206,7 @@ def test_logistic_fit_recovers_the_informative_family():
     assert np.abs(grad).max() < 1e-6 and abs((p - y).sum()) < 1e-6
 
 
-# -- the stage -----------------------------------------------------------------------------
-def tiny_triplets(paintings, out: Path) -> pd.DataFrame:
-    """Six originals (train/test), derivatives by PIL edits, negatives from the same split."""
-    edits = {"moderate": lambda im: im.filter(ImageFilter.GaussianBlur(1)),
-             "radical": lambda im: hue_shift(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))}
-    origs = paintings[:6]
-    split = ["train"] * 4 + ["test"] * 2
-    rows = []
-    for i, p in enumerate(origs):
-        for level, edit in edits.items():
-            d = out / f"{p.stem}-{level}.png"
-            edit(Image.open(p)).save(d)
-            mates = [j for j in range(6) if j != i and split[j] == split[i]]
-            for kind, j in zip(("random", "same_style"), (mates[0], mates[-1])):
-                rows.append(dict(triplet_id=f"{p.stem}:{level}:{kind}", anchor_id=p.stem, anchor_path=str(p),
-                                 positive_id=f"{p.stem}:{level}", positive_path=str(d),
-                                 negative_id=origs[j].stem, negative_path=str(origs[j]), negative_kind=kind,
-                                 level=level, family="test", strength=0.3 if level == "moderate" else 0.8,
-                                 backend="augment", split=split[i], style="S", artist="A"))
-    return pd.DataFrame(rows)
-
-
+# -- the pair table's accuracies ----------------------------------------------------------
 def test_accuracy_table_by_hand_with_its_chance():
     # Three triplets: s+ above s- (1), a tie (1/2), s+ below s- (0); the first two in train.
     s_pos, s_neg, split = [0.9, 0.5, 0.2], [0.1, 0.5, 0.7], ["train", "train", "test"]
@@ -243,88 +220,3 @@ def test_accuracy_table_by_hand_with_its_chance():
     assert list(shown.columns) == ["triplets", "chance", "descriptor"] and list(shown.index) == ["test", "train", "all"]
     assert shown["descriptor"].tolist() == pytest.approx([0.0, 0.75, 0.5])
     assert shown["triplets"].tolist() == [1, 2, 3] and (shown["chance"] == 0.5).all()
-
-
-def test_stage_writes_the_pair_table_and_the_fitted_weights(paintings, tmp_path, run_dir):
-    P = config.load_params("smoke", ["descriptors.workers=1"])
-    trip = tiny_triplets(paintings, tmp_path)
-    res = dsim.run(P, trip, progress=False)
-    pairs = res.pairs
-    assert len(pairs) == 2 * len(trip) and res.n_images == 6 + 12 and res.n_cached == 0
-    assert pairs.groupby("triplet_id")["role"].agg(lambda r: sorted(r) == ["negative", "positive"]).all()
-    assert set(pairs["group"]) == {"moderate", "radical", "negative: random", "negative: same_style"}
-    np.testing.assert_allclose(pairs["descriptor"], dsim.combine(pairs, P.descriptors.weights))
-    for m in dsim.MEASURES:
-        assert pairs[m].between(0, 1).all()
-    # The same image pair scores the same in every triplet that holds it.
-    assert (pairs.groupby(["anchor_path", "other_path"])["descriptor"].nunique() == 1).all()
-    fitted = json.loads(dsim.fitted_weights_path(P.run.root).read_text())
-    assert fitted["fit_split"] == "train" and fitted["n_pairs"] == 2 * (trip["split"] == "train").sum()
-    assert sum(fitted["weights"].values()) == pytest.approx(1.0)
-    assert fitted["param_weights"] == dsim.normalise_weights(P.descriptors.weights)
-    assert list(res.accuracy.index) == ["test", "train", "all"]
-    # Written with its params: a re-run is all cache hits; other weights make the table stale.
-    target = P.run.root / "descriptors" / "pair_similarity.parquet"
-    assert paths.is_current(target, dsim.stage_meta(P, trip))
-    P2 = config.load_params("smoke", ["descriptors.workers=1", "descriptors.weights.colour=1.0"])
-    assert not paths.is_current(target, dsim.stage_meta(P2, trip))
-    assert dsim.run(P, trip, progress=False).n_cached == 18
-
-
-def test_without_a_train_split_the_stage_refuses_to_fit_on_the_rest(paintings, tmp_path, run_dir):
-    P = config.load_params("smoke", ["descriptors.workers=1"])
-    trip = tiny_triplets(paintings, tmp_path).assign(split=lambda t: t["split"].replace({"train": "val"}))
-    with pytest.raises(ValueError, match=r"no 'train' split \(splits: test, val\)") as err:
-        dsim.run(P, trip, progress=False)
-    assert "\n" not in str(err.value)
-    # It fails before any work: no pair table, no fitted weights, no feature cache.
-    assert not dsim.fitted_weights_path(P.run.root).exists()
-    assert not (P.run.root / "descriptors" / "pair_similarity.parquet").exists()
-    assert not (P.run.root / "descriptors" / "cache").exists()
-
-
-def test_streamed_parts_score_as_all_features_in_memory(paintings, tmp_path, run_dir, monkeypatch):
-    trip = tiny_triplets(paintings, tmp_path)
-    table = dsim.pair_rows(trip)
-    unique = dsim.unique_pairs(table)
-    images = sorted(set(unique["anchor_path"]) | set(unique["other_path"]))
-    feats, _ = descriptors.extract_many(images, CFG, None, workers=1)
-    whole = dsim.score_pairs(table, dict(zip(images, feats)), CFG.weights, progress=False)
-    # Parts of at most 4 images (an anchor, its 2 derivatives, its negatives: 4-5 each).
-    sizes = []
-    real = descriptors.extract_many
-    monkeypatch.setattr(descriptors, "extract_many",
-                        lambda imgs, *a, **k: sizes.append(len(imgs)) or real(imgs, *a, **k))
-    parts = dsim.pair_parts(unique, max_images=4)
-    assert len(parts) > 3 and sorted(np.concatenate(parts).tolist()) == list(range(len(unique)))
-    streamed = dsim.stream_pair_scores(unique, CFG, tmp_path / "cache", workers=1, max_images=4, progress=False)
-    assert len(sizes) == len(parts) and max(sizes) <= 5  # never all 18 images at once
-    assert streamed.n_images == len(images) and streamed.n_cached == 0
-    pd.testing.assert_frame_equal(dsim._with_scores(table, streamed.scored, CFG.weights), whole)
-    # The stage itself, streamed in small parts, writes the same table as in one part.
-    P = config.load_params("smoke", ["descriptors.workers=1"])
-    one = dsim.run(P, trip, progress=False)
-    monkeypatch.setattr(dsim, "PART_IMAGES", 4)
-    shutil.rmtree(P.run.root / "descriptors")
-    many = dsim.run(P, trip, progress=False)
-    assert many.n_cached == 0 and many.n_images == one.n_images == 18
-    pd.testing.assert_frame_equal(many.pairs, one.pairs)
-    assert many.fitted == one.fitted
-
-
-def test_require_pair_similarity_reuses_a_current_table(paintings, tmp_path, run_dir, monkeypatch):
-    from artsim_lib.stages import s05_triplets as triplets
-
-    P = config.load_params("smoke", ["descriptors.workers=1"])
-    trip = tiny_triplets(paintings, tmp_path)
-    monkeypatch.setattr(triplets, "require_triplets", lambda P: trip)
-    runs = []
-    real_run = dsim.run
-    monkeypatch.setattr(dsim, "run", lambda *a, **k: runs.append(1) or real_run(*a, **k))
-    first = dsim.require_pair_similarity(P)
-    again = dsim.require_pair_similarity(P)
-    assert len(runs) == 1 and len(first) == 2 * len(trip)
-    pd.testing.assert_frame_equal(first.reset_index(drop=True), again.reset_index(drop=True))
-    # Other triplets (one dropped): stale, recomputed.
-    monkeypatch.setattr(triplets, "require_triplets", lambda P: trip.iloc[1:])
-    assert len(dsim.require_pair_similarity(P)) == 2 * (len(trip) - 1) and len(runs) == 2

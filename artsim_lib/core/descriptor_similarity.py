@@ -1,4 +1,6 @@
-"""Stage 06, part 2: per-family similarities in [0, 1], their weighted total, fitted weights.
+"""Per-family similarities in [0, 1] of two images' descriptors, their weighted total, fitted weights,
+and the pair table's scores and triplet accuracies (arrays and tables in, numbers out; stage 06's
+runner, which reads and writes the run directory, is :mod:`artsim_lib.stages.s06_descriptors`).
 
 Each family's similarity is the mean of its components, each already in [0, 1]:
 
@@ -22,10 +24,8 @@ pairs, for weights learnt from data.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -34,6 +34,7 @@ from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 from artsim_lib.core.descriptors import FAMILIES
+from artsim_lib.core.metrics import triplet_accuracy
 
 DELTA_E_SCALE = 25.0
 # What each family compares and how it lands in [0, 1] (for tables and the notebook).
@@ -203,23 +204,10 @@ def fit_weights(table: pd.DataFrame, l2: float = 0.01, families=FAMILIES) -> dic
             "weights": weights, "l2": l2, "n_pairs": int(len(y)), "n_positive": int(y.sum())}
 
 
-# -- stage 06: the pair table --------------------------------------------------------
+# -- the pair table (stage 06 writes it: artsim_lib.stages.s06_descriptors) -------------
 MEASURES = FAMILIES + ("descriptor",)  # the pair table's similarity columns (= measure names)
 PAIR_KEYS = ["triplet_id", "anchor_id", "anchor_path", "level", "family", "strength", "backend",
              "negative_kind", "split", "style", "artist"]
-
-
-@dataclass
-class DescriptorResult:
-    """What stage 06 produced: the pair table, the fitted weights and how long it took."""
-
-    pairs: pd.DataFrame          # one row per (triplet, role): similarities per family + total
-    fitted: dict                 # fit_weights() of the train split, plus the param weights
-    accuracy: pd.DataFrame       # triplet accuracy per split (rows) and measure (columns)
-    n_images: int
-    n_cached: int                # images whose features came from the cache
-    extract_seconds: float
-    pair_seconds: float
 
 
 def pair_rows(triplets: pd.DataFrame) -> pd.DataFrame:
@@ -241,7 +229,7 @@ def score_pairs(pairs: pd.DataFrame, features: Mapping[str, Mapping], weights: M
     """``pairs`` with one column per family and ``descriptor`` (the weighted total); each
     distinct (anchor, other) image pair is scored once. ``features`` maps path -> features."""
     unique = unique_pairs(pairs)
-    return _with_scores(pairs, _score_unique(unique, features, progress), weights)
+    return with_scores(pairs, _score_unique(unique, features, progress), weights)
 
 
 def unique_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -256,7 +244,7 @@ def _score_unique(unique: pd.DataFrame, features: Mapping[str, Mapping], progres
     return pd.concat([unique.reset_index(drop=True), pd.DataFrame(rows, columns=list(FAMILIES))], axis=1)
 
 
-def _with_scores(pairs: pd.DataFrame, scored: pd.DataFrame, weights: Mapping[str, float]) -> pd.DataFrame:
+def with_scores(pairs: pd.DataFrame, scored: pd.DataFrame, weights: Mapping[str, float]) -> pd.DataFrame:
     out = pairs.drop(columns=[c for c in MEASURES if c in pairs], errors="ignore")
     out = out.merge(scored, on=["anchor_path", "other_path"], how="left", validate="many_to_one")
     out["descriptor"] = combine(out, weights)
@@ -336,91 +324,28 @@ def triplet_scores(pairs: pd.DataFrame, measure: str) -> pd.DataFrame:
     return meta.join(wide.rename(columns={"positive": "s_pos", "negative": "s_neg"}))
 
 
+def _float32(x: float) -> float:
+    """``x`` rounded to float32: the precision stage 06's accuracies had when torch computed them
+    (``losses.triplet_accuracy``, a float32 mean), so ``fitted_weights.json`` keeps its numbers."""
+    return float(np.float32(x))
+
+
 TRIPLET_CHANCE = 0.5  # a binary choice, ties counted half: a constant or random measure scores this
 
 
 def accuracy_table(pairs: pd.DataFrame, measures, by: str = "split", chance: bool = False) -> pd.DataFrame:
-    """Triplet accuracy (``losses.triplet_accuracy``: share with s+ > s-) per value of ``by``
-    (rows, plus 'all') and measure (columns). With ``chance``, the columns ``triplets`` (count)
-    and ``chance`` (:data:`TRIPLET_CHANCE`) come first, for tables that are shown."""
-    import torch
-
-    from artsim_lib.core.losses import triplet_accuracy
-
+    """Triplet accuracy (:func:`artsim_lib.core.metrics.triplet_accuracy`: share with s+ > s-, a
+    tie counting half) per value of ``by`` (rows, plus 'all') and measure (columns). With
+    ``chance``, the columns ``triplets`` (count) and ``chance`` (:data:`TRIPLET_CHANCE`) come
+    first, for tables that are shown."""
     out, count = {}, {}
     for m in measures:
         t = triplet_scores(pairs, m)
         groups = [(k, g) for k, g in t.groupby(by, sort=True)] + [("all", t)]
-        out[m] = {k: triplet_accuracy(torch.tensor(g["s_pos"].to_numpy()), torch.tensor(g["s_neg"].to_numpy()))
-                  for k, g in groups}
+        out[m] = {k: _float32(triplet_accuracy(g["s_pos"].to_numpy(), g["s_neg"].to_numpy())) for k, g in groups}
         count = {k: len(g) for k, g in groups}
     table = pd.DataFrame(out)
     if chance:
         table.insert(0, "chance", TRIPLET_CHANCE)
         table.insert(0, "triplets", pd.Series(count))
     return table
-
-
-def fitted_weights_path(run_root) -> Path:
-    """Where stage 06 writes the fitted weights: ``<run>/descriptors/fitted_weights.json``."""
-    return Path(run_root) / "descriptors" / "fitted_weights.json"
-
-
-def load_fitted_weights(run_root) -> dict:
-    """The JSON written by stage 06; FileNotFoundError names the file when it is missing."""
-    target = fitted_weights_path(run_root)
-    if not target.exists():
-        raise FileNotFoundError(f"{target}: no fitted descriptor weights (run stage 06 first or pass --run DIR)")
-    return json.loads(target.read_text(encoding="utf-8"))
-
-
-def stage_meta(P, triplets: pd.DataFrame) -> dict:
-    """What the pair table depends on: the descriptor params, the feature key (params, version
-    and module constants, see ``descriptors.params_key``) and the triplets."""
-    from artsim_lib.core.descriptors import params_key
-    from artsim_lib.io.shards import content_hash
-
-    return {"descriptors": P.descriptors.model_dump(mode="json", exclude={"workers"}),
-            "features": params_key(P.descriptors), "triplets": content_hash(triplets)}
-
-
-def run(P, triplets: pd.DataFrame, progress: bool = True) -> DescriptorResult:
-    """Stage 06: features of every image in ``triplets`` (cached, in parallel, streamed in parts
-    of at most :data:`PART_IMAGES` images), the per-pair similarities, weights fitted on the
-    train split; writes ``descriptors/pair_similarity.parquet`` and
-    ``descriptors/fitted_weights.json`` under the run directory."""
-    from artsim_lib.io import paths, workers
-
-    if not (triplets["split"] == "train").any():  # before any work: descriptor_fitted never fits on val/test
-        present = ", ".join(sorted(map(str, triplets["split"].unique()))) or "none"
-        raise ValueError(f"descriptors: the triplets have no 'train' split (splits: {present}); descriptor_fitted "
-                         "is fitted on train only")
-    cfg, out_dir = P.descriptors, P.run.sub("descriptors")
-    table = pair_rows(triplets)
-    n_workers = workers.worker_count(cfg.workers)  # never more processes than the allocation has CPUs
-    streamed = stream_pair_scores(unique_pairs(table), cfg, out_dir / "cache", n_workers, progress=progress)
-    t1 = time.perf_counter()
-    pairs = _with_scores(table, streamed.scored, cfg.weights)
-    train = pairs[pairs["split"] == "train"]
-    fitted = fit_weights(train, cfg.fit_l2)
-    fitted.update(fit_split="train", param_weights=normalise_weights(cfg.weights))
-    pairs["descriptor_fitted"] = combine(pairs, fitted["weights"])
-    accuracy = accuracy_table(pairs, MEASURES + ("descriptor_fitted",))
-    fitted["accuracy"] = {m: {k: (None if np.isnan(v) else float(v)) for k, v in col.items()}
-                          for m, col in accuracy.items()}
-    paths.atomic_write_text(fitted_weights_path(P.run.root), json.dumps(fitted, indent=2))
-    paths.write_parquet(pairs, out_dir / "pair_similarity.parquet", stage_meta(P, triplets))
-    return DescriptorResult(pairs, fitted, accuracy, streamed.n_images, streamed.n_cached,
-                            streamed.extract_seconds, streamed.pair_seconds + time.perf_counter() - t1)
-
-
-def require_pair_similarity(P) -> pd.DataFrame:
-    """The pair table of stage 06 for ``P``, computed first when missing or stale."""
-    from artsim_lib.io import paths
-    from artsim_lib.stages.s05_triplets import require_triplets
-
-    triplets = require_triplets(P)
-    target = P.run.root / "descriptors" / "pair_similarity.parquet"
-    if paths.is_current(target, stage_meta(P, triplets)):
-        return pd.read_parquet(target)
-    return run(P, triplets).pairs

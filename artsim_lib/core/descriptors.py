@@ -1,4 +1,4 @@
-"""Stage 06, part 1: handcrafted descriptors of one image, cached by content.
+"""Handcrafted descriptors of one image (the features of stage 06), cached by content.
 
 Every image is resized to ``size``×``size`` (``DescriptorParams.size``) and described by four
 families of scikit-image features, plus a grayscale thumbnail for the pairwise SSIM:

@@ -1,4 +1,5 @@
-"""Stage 05: the three backends, flags, determinism, sharding and resumption."""
+"""Stage 05: the three backends, flags, determinism, sharding and resumption; the triplets: every
+original of a triplet in one split, negatives of the kind they claim."""
 import hashlib
 import shutil
 from pathlib import Path
@@ -10,9 +11,10 @@ from PIL import Image
 
 from artsim_lib import config
 from artsim_lib.io import manifest as data, paths, shards
+from artsim_lib.io.artifacts import StageNotRunError
 from artsim_lib.stages import s05_generation as generation, s04_prompting as prompting
 
-FIXTURE = Path(__file__).parent / "fixtures" / "precomputed"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "precomputed"
 SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=96", "preprocess.size=32", "preprocess.workers=1",
          "generation.backend=augment", "generation.augment_families=[photometric,geometric]",
          "generation.augment_strengths=[0.5,1.0]", "generation.batch_size=5"]
@@ -112,7 +114,7 @@ def test_precomputed_backend_end_to_end(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "require_manifest", lambda P: manifest)
     P = _params("generation.backend=precomputed", f"generation.precomputed={FIXTURE}")
     with pytest.warns(UserWarning):
-        run = generation.run_generation(P)
+        run = generation.run(P)
     pairs = run.pairs
     assert list(pairs.columns) == generation.COLUMNS and len(pairs) == 2 and len(run.unmatched) == 3
     assert (P.run.root / "generation" / "unmatched.csv").exists()
@@ -130,7 +132,7 @@ def test_precomputed_backend_end_to_end(run_dir, tmp_path, monkeypatch):
 
 def test_augment_pairs_follow_the_contract(run_dir):
     P = _params()
-    pairs = generation.require_pairs(P)
+    pairs = generation.run(P).pairs
     manifest = data.require_manifest(P)
     assert list(pairs.columns) == generation.COLUMNS
     assert len(pairs) == len(manifest) * 2 * 2 and pairs["pair_id"].is_unique
@@ -146,7 +148,7 @@ def test_augment_pairs_follow_the_contract(run_dir):
         with Image.open(r.path) as im:
             assert im.size == (32, 32) and im.mode == "RGB" and Path(r.path).is_absolute()
     assert paths.is_current(generation.pairs_path(P), generation.generation_meta(P))
-    assert shards.content_hash(generation.require_pairs(P)) == shards.content_hash(pairs)  # read back, not rerun
+    assert shards.content_hash(generation.load(P)) == shards.content_hash(pairs)  # read back, not rerun
 
 
 @pytest.fixture(scope="module")
@@ -154,23 +156,23 @@ def reference(tmp_path_factory):
     """An uninterrupted, unsharded run in its own run directory: (pairs, image hashes)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARTSIM_RUN_DIR", str(tmp_path_factory.mktemp("reference")))
-        pairs = generation.run_generation(_params()).pairs
+        pairs = generation.run(_params()).pairs
         return pairs, _image_hashes(pairs)
 
 
 def test_sharded_run_equals_unsharded(run_dir, reference):
     P = _params("generation.batch_size=3")
     with pytest.raises(RuntimeError, match="cannot merge"):
-        generation.run_generation(P, 3, -1)
+        generation.run(P, 3, -1)
     for k in range(3):
-        run = generation.run_generation(P, 3, k)
+        run = generation.run(P, 3, k)
         assert (run.pairs is None) == (k < 2) and run.made > 0
         if k < 2:
             assert run.pending and k not in run.pending
     pairs = run.pairs
     assert _table_hash(pairs) == _table_hash(reference[0])
     assert _image_hashes(pairs) == reference[1]
-    assert shards.content_hash(generation.run_generation(P, 3, -1).pairs) == shards.content_hash(pairs)
+    assert shards.content_hash(generation.run(P, 3, -1).pairs) == shards.content_hash(pairs)
 
 
 def test_killed_then_resumed_run_equals_uninterrupted(run_dir, reference, monkeypatch):
@@ -185,12 +187,12 @@ def test_killed_then_resumed_run_equals_uninterrupted(run_dir, reference, monkey
 
     monkeypatch.setattr(shards.ShardStore, "append", dying_append)
     with pytest.raises(KeyboardInterrupt):
-        generation.run_generation(P)
+        generation.run(P)
     monkeypatch.setattr(shards.ShardStore, "append", real_append)
     root = generation.work_dir(P)
     assert len(list(root.glob("shard-*/part-*.parquet"))) == 2 and not generation.pairs_path(P).exists()
     assert not list(root.rglob("*.tmp*"))  # nothing half-written
-    run = generation.run_generation(P)
+    run = generation.run(P)
     assert run.made == len(reference[0]) - 2 * 5  # two batches of 5 were kept
     assert _table_hash(run.pairs) == _table_hash(reference[0])
     assert _image_hashes(run.pairs) == reference[1]
@@ -255,7 +257,7 @@ def test_sdxl_backend_end_to_end(tiny_sdxl, run_dir, tmp_path, monkeypatch):
     P = _sdxl_params(tiny_sdxl, "generation.batch_size=4")
     prompts = _prompts(data.require_manifest(P), n=2)
     monkeypatch.setattr(prompting, "require_prompts", lambda P: prompts)
-    pairs = generation.run_generation(P).pairs
+    pairs = generation.run(P).pairs
     assert list(pairs["pair_id"]) == sorted(prompts["prompt_id"])
     assert (pairs["strength"] == pairs["level"].map({"moderate": 0.5, "radical": 1.0})).all()
     assert (pairs["prompt"].to_numpy() == prompts.set_index("prompt_id").loc[pairs["pair_id"], "prompt"]).all()
@@ -269,8 +271,8 @@ def test_sdxl_backend_end_to_end(tiny_sdxl, run_dir, tmp_path, monkeypatch):
     # Two shards, batches of 1, another run directory: the same table, images to within 1/255.
     monkeypatch.setenv("ARTSIM_RUN_DIR", str(tmp_path / "sharded"))
     Q = _sdxl_params(tiny_sdxl, "generation.batch_size=1")
-    assert generation.run_generation(Q, 2, 0).pairs is None
-    sharded = generation.run_generation(Q, 2, 1).pairs
+    assert generation.run(Q, 2, 0).pairs is None
+    sharded = generation.run(Q, 2, 1).pairs
     assert _table_hash(sharded) == _table_hash(pairs)
     for a, b in zip(pairs["path"], sharded["path"]):
         assert np.abs(np.asarray(Image.open(a), int) - np.asarray(Image.open(b), int)).max() <= 1
@@ -287,9 +289,126 @@ def test_sdxl_nan_output_is_flagged_and_saved_black(tiny_sdxl, run_dir, monkeypa
         return out
 
     monkeypatch.setattr(generation, "sdxl_images", fp16_overflow)
-    pairs = generation.run_generation(P).pairs
+    pairs = generation.run(P).pairs
     flagged = pairs[pairs["nan_flag"]]
     assert len(flagged) == 2  # the first of each (one-strength) batch
     assert flagged["black_flag"].all() and not pairs.loc[~pairs["nan_flag"], "black_flag"].any()
     with Image.open(flagged["path"].iloc[0]) as im:
         assert np.asarray(im).max() == 0
+
+
+# -- triplets ---------------------------------------------------------------------------------
+
+def _manifest():
+    """Originals by split, style and artist, built so that some kinds run out of candidates:
+    in val, artist 'solo' has one painting; in test, every painting is in style A."""
+    rows = [  # id, split, style, artist
+        ("t1", "train", "A", "ann"), ("t2", "train", "A", "ann"), ("t3", "train", "A", "bob"),
+        ("t4", "train", "B", "bob"), ("t5", "train", "B", "cy"), ("t6", "train", "C", "ann"),
+        ("v1", "val", "A", "solo"), ("v2", "val", "B", "dee"), ("v3", "val", "B", "dee"),
+        ("s1", "test", "A", "eve"), ("s2", "test", "A", "eve"),
+    ]
+    m = pd.DataFrame(rows, columns=["id", "split", "style", "artist"])
+    return m.assign(path=[f"/orig/{i}.png" for i in m["id"]])
+
+
+def _pairs(manifest, flag=()):
+    rows = []
+    for r in manifest.itertuples():
+        for level, s in (("moderate", 0.35), ("radical", 0.65)):
+            pid = f"{r.id}:{level}"
+            rows.append({"pair_id": pid, "original_id": r.id, "level": level, "family": "colour", "strength": s,
+                         "path": f"/gen/{r.id}-{level}.png", "nan_flag": False, "black_flag": pid in flag,
+                         "backend": "sdxl", "split": r.split, "style": r.style, "artist": r.artist})
+    return pd.DataFrame(rows)
+
+
+def test_negatives_are_of_their_kind_and_never_leak():
+    m = _manifest()
+    out = generation.build_triplets(_pairs(m), m, seed=3).triplets
+    assert list(out.columns) == generation.TRIPLET_COLUMNS and out["triplet_id"].is_unique
+    assert generation.leaks(out, m).empty
+    info = m.set_index("id")
+    anchor, neg = info.loc[out["anchor_id"]].reset_index(), info.loc[out["negative_id"]].reset_index()
+    assert (anchor["split"] == out["split"]).all() and (neg["split"] == out["split"]).all()
+    assert (out["anchor_id"] != out["negative_id"]).all()
+    assert (out["positive_id"].str.split(":").str[0] == out["anchor_id"]).all()
+    kind = out["negative_kind"]
+    assert (neg["style"] != anchor["style"])[kind.eq("random").to_numpy()].all()
+    assert (neg["style"] == anchor["style"])[kind.eq("same_style").to_numpy()].all()
+    assert (neg["artist"] == anchor["artist"])[kind.eq("same_artist").to_numpy()].all()
+    assert (out["anchor_path"] == "/orig/" + out["anchor_id"] + ".png").all()
+    assert (out["positive_path"] == "/gen/" + out["positive_id"].str.replace(":", "-") + ".png").all()
+
+
+def test_leaks_finds_a_cross_split_negative():
+    m = _manifest()
+    out = generation.build_triplets(_pairs(m), m, seed=0).triplets
+    bad = out.copy()
+    bad.loc[0, "negative_id"] = "v2" if out.loc[0, "split"] != "val" else "t1"
+    assert list(generation.leaks(bad, m).index) == [0]
+
+
+def test_missing_candidates_are_skipped_and_counted():
+    m = _manifest()
+    result = generation.build_triplets(_pairs(m), m, per_kind=1, seed=0)
+    short = result.shortfall.set_index(["split", "kind"])["skipped"]
+    # By hand, per original (x2 levels): val: v1 has no same-style (A) and no same-artist
+    # partner; test: no other style at all. Train: t6 is alone in style C, t5 alone as 'cy'.
+    assert short[("val", "same_style")] == 2 and short[("val", "same_artist")] == 2
+    assert short[("test", "random")] == 4 and short[("test", "same_style")] == 0
+    assert short[("train", "same_style")] == 2 and short[("train", "same_artist")] == 2
+    assert short[("train", "random")] == 0
+    counts = result.triplets.groupby(["split", "negative_kind"]).size()
+    wanted = result.shortfall.set_index(["split", "kind"])
+    for (split, kind), n in counts.items():
+        assert n == wanted.loc[(split, kind), "drawn"]
+
+
+def test_per_kind_draws_distinct_negatives_and_flagged_positives_are_dropped():
+    m = _manifest()
+    result = generation.build_triplets(_pairs(m, flag={"t1:radical"}), m, kinds=("random",), per_kind=3, seed=1)
+    out = result.triplets
+    assert result.dropped_flagged == 1 and "t1:radical" not in set(out["positive_id"])
+    per = out.groupby("positive_id")["negative_id"]
+    assert (per.nunique() == per.size()).all()  # without replacement
+    assert per.size()["t1:moderate"] == 3  # train: 3 originals of other styles exist
+    assert per.size()["v1:moderate"] == 2  # val: only v2 and v3 are not style A
+    kept = generation.build_triplets(_pairs(m, flag={"t1:radical"}), m, kinds=("random",), seed=1, drop_flagged=False)
+    assert kept.dropped_flagged == 0 and "t1:radical" in set(kept.triplets["positive_id"])
+
+
+def test_draws_are_seeded():
+    m = pd.DataFrame({"id": [f"o{i}" for i in range(60)], "split": "train", "style": ["A", "B", "C"] * 20,
+                      "artist": [f"a{i % 7}" for i in range(60)]}).assign(path="/x.png")
+    pairs = _pairs(m)
+    a = generation.build_triplets(pairs, m, seed=5).triplets
+    assert shards.content_hash(a) == shards.content_hash(generation.build_triplets(pairs, m, seed=5).triplets)
+    b = generation.build_triplets(pairs, m, seed=6).triplets
+    assert (a["negative_id"] != b["negative_id"]).mean() > 0.5
+    with pytest.raises(ValueError, match="not in the manifest"):
+        generation.build_triplets(pairs, m.iloc[1:], seed=5)
+
+
+def test_the_stage_writes_pairs_and_triplets_and_load_reads_them_back(run_dir):
+    params = ["data.synthart.num_images=40", "data.synthart.max_side=96", "preprocess.size=32", "preprocess.workers=1",
+              "generation.augment_families=[degradation]", "generation.augment_strengths=[0.5,1.0]"]
+    P = config.load_params("smoke", params)
+    with pytest.raises(StageNotRunError, match="the generated pairs .* is missing: run stage 05 first"):
+        generation.load(P)  # nothing is made behind a getter
+    with pytest.raises(StageNotRunError, match="the triplets .* is missing: run stage 05 first"):
+        generation.load_triplets(P)
+    out = generation.run(P).triplets.triplets
+    manifest, pairs = data.require_manifest(P), generation.load(P)
+    assert set(out["split"]) == {"train", "val", "test"}
+    assert generation.leaks(out, manifest).empty
+    assert set(out["positive_id"]) == set(pairs["pair_id"])
+    assert paths.is_current(generation.triplets_path(P), generation.triplet_meta(P))
+    assert (P.run.root / "triplets" / "shortfall.csv").exists()
+    again = generation.load_triplets(P)  # read back: the same table
+    assert shards.content_hash(again) == shards.content_hash(out)
+    # run_triplets alone draws them again from the current pairs: the same table.
+    assert shards.content_hash(generation.run_triplets(P).triplets) == shards.content_hash(out)
+    # Other triplet params: the table on disk is stale, and load says so instead of drawing anew.
+    with pytest.raises(StageNotRunError, match="made with other params: run stage 05 first"):
+        generation.load_triplets(config.load_params("smoke", params + ["triplets.per_kind=2"]))
