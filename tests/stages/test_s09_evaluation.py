@@ -317,7 +317,7 @@ def test_shared_descriptor_pass_equals_each_measure_alone(image_study, monkeypat
         for name, m in group.items():
             raw, s01 = m.scores(imgs[a], imgs[b])
             assert sc.raw[name][k] == pytest.approx(raw, abs=1e-9) and sc.s01[name][k] == pytest.approx(s01, abs=1e-9)
-    monkeypatch.setattr(evaluation_scoring, "PARALLEL_MIN_PAIRS", 1)  # worker processes: the same numbers
+    monkeypatch.setattr(scoring, "PARALLEL_MIN_PAIRS", 1)  # worker processes: the same numbers
     par = scoring.score_all(image_study, group, workers=2)
     for name in group:
         assert np.allclose(par.raw[name], sc.raw[name])
