@@ -8,11 +8,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artsim_lib.measures import registry as compare, scoring
 from artsim_lib import config
-from artsim_lib.stages import s09_evaluation as evaluation
 from artsim_lib.core import metrics
-from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureUnavailableError
+from artsim_lib.measures import registry as compare
+from artsim_lib.measures import scoring
+from artsim_lib.measures.base import (
+    DescriptorMeasure,
+    EmbeddingMeasure,
+    Measure,
+    MeasureUnavailableError,
+)
+from artsim_lib.stages import s09_evaluation as evaluation
 from artsim_lib.stages.s05_triplets import build_triplets
 
 FAMILIES = ("photometric", "geometric")
@@ -338,8 +344,9 @@ def test_unavailable_measures_are_skipped_and_listed(run_dir):
 def test_resnet_measures_from_a_run(run_dir, image_study):
     import torch
 
-    from artsim_lib.stages import s07_finetune as finetune, s08_resnet_siamese as resnet_siamese
     from artsim_lib import models
+    from artsim_lib.stages import s07_finetune as finetune
+    from artsim_lib.stages import s08_resnet_siamese as resnet_siamese
 
     P = config.load_params("smoke", ["evaluation.batch_size=2"])
     P.run.root.mkdir(parents=True, exist_ok=True)
@@ -551,7 +558,13 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     from artsim_lib.core import descriptor_similarity as dsim
     from artsim_lib.io import paths
     from artsim_lib.io.artifacts import StageNotRunError
-    from artsim_lib.stages import s02_preprocess, s05_generation, s05_triplets, s07_finetune, s08_siamese
+    from artsim_lib.stages import (
+        s02_preprocess,
+        s05_generation,
+        s05_triplets,
+        s07_finetune,
+        s08_siamese,
+    )
     from artsim_lib.stages import s08_resnet_siamese as cnn_siamese
 
     measures = ["descriptor", "descriptor_fitted", "effnet_lite0_finetuned", "clip_siamese", "effnet_lite0_siamese",
