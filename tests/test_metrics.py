@@ -67,6 +67,9 @@ def test_moderate_above_radical_and_monotonicity():
     df = pd.DataFrame({"original_id": ["a", "a", "b", "b", "c", "c"],
                        "level": ["moderate", "radical"] * 3, "score": [0.9, 0.5, 0.4, 0.6, 0.7, 0.7]})
     assert M.moderate_above_radical(df) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert M.moderate_above_radical_per_original(df).to_dict() == {"a": 1, "b": 0, "c": 0.5}
+    assert np.isnan(M.moderate_above_radical(df[df["level"] == "moderate"]))  # no radical: undefined
+    assert M.moderate_above_radical_per_original(df[df["level"] == "moderate"]).empty
     cal = pd.DataFrame({"family": ["blur"] * 4 + ["hue"] * 4, "strength": [0.25, 0.5, 0.75, 1.0] * 2,
                         "score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.7, 0.6, 0.8]})
     mono = M.monotonicity(cal).set_index("family")
@@ -74,18 +77,44 @@ def test_moderate_above_radical_and_monotonicity():
     assert mono.loc["hue", "falling_steps"] == pytest.approx(1 / 3)
 
 
+def percentile(stat, groups, n_boot, seed=0, ci=0.95):
+    """The percentile interval of :func:`M.grouped_bootstrap`."""
+    out = M.grouped_bootstrap(stat, groups, n_boot, ci, seed, method="percentile")
+    return out["value"], out["lo"], out["hi"]
+
+
 def test_bootstrap_interval_contains_the_point_and_shrinks_with_data():
     rng = np.random.default_rng(1)
-    small = pd.DataFrame({"x": rng.normal(size=20)})
-    large = pd.DataFrame({"x": rng.normal(size=2000)})
-    p, lo, hi = M.bootstrap_ci(lambda d: d["x"].mean(), small, n=300)
+    small, large = rng.normal(size=20), rng.normal(size=2000)
+    p, lo, hi = percentile(lambda r: small[r].mean(), np.arange(20), 300)
     assert lo <= p <= hi
-    _, lo2, hi2 = M.bootstrap_ci(lambda d: d["x"].mean(), large, n=300)
+    _, lo2, hi2 = percentile(lambda r: large[r].mean(), np.arange(2000), 300)
     assert (hi2 - lo2) < (hi - lo)
-    grouped = pd.DataFrame({"g": np.repeat(np.arange(10), 5), "x": np.repeat(rng.normal(size=10), 5)})
-    _, glo, ghi = M.bootstrap_ci(lambda d: d["x"].mean(), grouped, groups="g", n=300, seed=3)
-    _, ilo, ihi = M.bootstrap_ci(lambda d: d["x"].mean(), grouped, n=300, seed=3)
+    g, x = np.repeat(np.arange(10), 5), np.repeat(rng.normal(size=10), 5)
+    _, glo, ghi = percentile(lambda r: x[r].mean(), g, 300, seed=3)
+    _, ilo, ihi = percentile(lambda r: x[r].mean(), np.arange(len(x)), 300, seed=3)
     assert (ghi - glo) > (ihi - ilo)  # correlated rows: resampling groups is honest about it
+
+
+def test_grouped_percentile_interval_is_resampling_whole_groups_of_a_frame():
+    """The oracle: draw whole groups (sorted by label) with the same generator, concatenate their
+    rows in order, take the statistic, then the quantiles -- slow, and obviously right."""
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"g": rng.integers(0, 7, 60), "x": rng.normal(size=60)})
+    parts = [d for _, d in df.groupby("g", sort=True)]
+    draw = np.random.default_rng(5)
+    values = np.array([pd.concat([parts[i] for i in draw.integers(0, len(parts), len(parts))])["x"].mean()
+                       for _ in range(200)])
+    ref = (df["x"].mean(), *np.quantile(values, [0.05, 0.95]))
+    x = df["x"].to_numpy()
+    assert percentile(lambda r: x[r].mean(), df["g"], 200, seed=5, ci=0.9) == pytest.approx(ref, abs=1e-12)
+
+
+def test_rank_correlation_is_spearman():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 40), rng.normal(size=40)
+    assert M.rank_correlation(x, y) == pytest.approx(M.spearman(x, y), abs=1e-12)
+    assert np.isnan(M.rank_correlation([1, 1, 1], [1, 2, 3]))
 
 
 def test_nan_is_never_ranked_first_and_is_counted():

@@ -13,7 +13,7 @@ import yaml
 from artsim_lib import config
 from artsim_lib.stages import s09_evaluation as evaluation
 from artsim_lib.workflow import report, runner
-from test_evaluation import Table, hand_study
+from stages.test_s09_evaluation import Table, hand_study
 from test_report import PNG_B64, executed_notebook, tiny_png
 from test_workflow import make_project
 

@@ -107,15 +107,43 @@ def spearman(x, y) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
 
-def moderate_above_radical(df: pd.DataFrame, score: str = "score", by: str = "original_id") -> float:
-    """Share of originals whose moderate derivative scores above their radical one (ties half)."""
+def rank_correlation(x, y) -> float:
+    """Spearman's rho as :func:`spearman` computes it (Pearson of average ranks; nan for a constant
+    side), without scipy's per-call overhead: the bootstrap calls it thousands of times."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(np.corrcoef(average_ranks(x), average_ranks(y))[0, 1])
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties at their average, as ``scipy.stats.rankdata`` (without its overhead). # [N]"""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    first = np.r_[True, xs[1:] != xs[:-1]]
+    block = np.cumsum(first) - 1
+    counts = np.bincount(block)
+    avg = np.cumsum(counts) - (counts - 1) / 2.0                 # [B] average rank of each tie block
+    out = np.empty(len(x))
+    out[order] = avg[block]
+    return out
+
+
+def moderate_above_radical_per_original(df: pd.DataFrame, score: str = "score", by: str = "original_id") -> pd.Series:
+    """Per original (``by``): 1 when its moderate derivatives score above its radical ones on average,
+    0 below, ½ tied; originals without both levels are left out (empty: no such original)."""
     wide = df.pivot_table(index=by, columns="level", values=score, aggfunc="mean")
     if not {"moderate", "radical"} <= set(wide.columns):
-        return float("nan")
+        return pd.Series(dtype=float)
     wide = wide.dropna(subset=["moderate", "radical"])
-    if wide.empty:
-        return float("nan")
-    return triplet_accuracy(wide["moderate"], wide["radical"])
+    return (wide["moderate"] > wide["radical"]) + 0.5 * (wide["moderate"] == wide["radical"])
+
+
+def moderate_above_radical(df: pd.DataFrame, score: str = "score", by: str = "original_id") -> float:
+    """Share of originals whose moderate derivative scores above their radical one (ties half):
+    the mean of :func:`moderate_above_radical_per_original` (nan without such an original)."""
+    per = moderate_above_radical_per_original(df, score, by)
+    return float(np.mean(per.to_numpy())) if len(per) else float("nan")
 
 
 def monotonicity(df: pd.DataFrame, score: str = "score", family: str = "family",
@@ -131,25 +159,6 @@ def monotonicity(df: pd.DataFrame, score: str = "score", family: str = "family",
                      "falling_steps": float(np.mean(steps < 0)) if len(steps) else float("nan"),
                      "levels": len(means), "pairs": len(grp)})
     return pd.DataFrame(rows)
-
-
-def bootstrap_ci(fn: Callable[[pd.DataFrame], float], df: pd.DataFrame, groups: str | None = None,
-                 n: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
-    """``fn(df)`` with a percentile bootstrap (1-alpha) interval. With ``groups`` the resampling
-    draws whole groups (e.g. every pair of one original), since those rows are not independent."""
-    point = fn(df)
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        draws = (df.iloc[rng.integers(0, len(df), len(df))] for _ in range(n))
-    else:
-        parts = [g for _, g in df.groupby(groups, sort=True)]
-        draws = (pd.concat([parts[i] for i in rng.integers(0, len(parts), len(parts))]) for _ in range(n))
-    values = np.array([fn(d) for d in draws], float)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return point, float("nan"), float("nan")
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return point, float(lo), float(hi)
 
 
 # -- copy detection: one global ranking of every (query, candidate) pair ---------------------------------

@@ -1,59 +1,49 @@
-"""Stage 09, part 1: the measures of a run, the test set, and every needed pair scored once.
+"""The evaluation protocol's test set and its scoring: every needed pair scored once by every measure.
 
-:func:`load_measures` loads the measures a run can provide and lists the others with the reason;
-:func:`require_inputs` trains what a fresh run lacks (stages 06-08), so stage 09 runs on its own.
-:func:`test_set` keeps only test originals, their derivatives and the test triplets (whose
-negatives are test originals), as index arrays into one image list. :func:`score_all` computes
-each measure's features once per image -- the descriptor measures share one feature set, read
-from stage 06's cache, and one pass over the pairs -- then scores every distinct (original, other
-image) pair the metrics of :mod:`artsim_lib.stages.s09_evaluation` read: embeddings by dot products, a
-learnt pair head in batches, anything else pair by pair. Metrics are in :mod:`artsim_lib.stages.s09_evaluation`.
+:func:`load_measures` loads the measures a run can provide and lists the others with the reason
+(a missing model is a skip, never a rebuild: :func:`artsim_lib.stages.s09_evaluation.check_inputs`
+says which stage to run). :func:`test_set` keeps only test originals, their derivatives and the test
+triplets (whose negatives are test originals), as index arrays into one image list, plus the
+copy-detection distractors. :func:`score_all` computes each measure's features once per image -- the
+descriptor measures share one feature set, read from stage 06's cache, and one pass over the pairs --
+then scores every distinct (original, other image) pair the metrics of
+:mod:`artsim_lib.stages.s09_evaluation` read: embeddings by dot products, a learnt pair head in
+batches, anything else pair by pair. Nothing here reads a stage's artifacts or imports a stage.
 """
 from __future__ import annotations
 
 import multiprocessing
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from artsim_lib import config
-from artsim_lib.core import descriptors
-from artsim_lib.io import paths
 from artsim_lib.core import descriptor_similarity as dsim
-from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, GeometryMeasure, Measure, MeasureUnavailableError
+from artsim_lib.core import descriptors
+from artsim_lib.measures.base import (
+    DescriptorMeasure,
+    EmbeddingMeasure,
+    GeometryMeasure,
+    Measure,
+    MeasureUnavailableError,
+    unavailable_as_such,
+)
 
 PARALLEL_MIN_PAIRS = 20_000  # descriptor pair scores go to worker processes above this many pairs
 
 
-# -- loading measures from a run (used by the plugins' register_measures) ----------------------------
-def run_params(run_dir) -> config.Params:
-    """The params a run was made with (``<run>/params.resolved.yaml``)."""
-    import yaml
-
-    f = Path(run_dir) / "params.resolved.yaml"
-    if not f.exists():
-        raise MeasureUnavailableError(f"{f}: not a run directory (no resolved params; has any stage run?)")
-    return config.validate(yaml.safe_load(f.read_text(encoding="utf-8")), str(f))
+# -- loading measures from a run -------------------------------------------------------------------
+# The one run-params reader is config.read_run_params, the one unavailable_as_such is measures.base's;
+# these two names stay only for the plugins that still import them from here (stages 07/08, sota).
+run_params = unavailable_as_such(config.read_run_params)  # a missing run: MeasureUnavailableError, as before
 
 
 def run_model_ref(P: config.Params, run_dir, name: str) -> str:
-    """``P.model_ref(name)`` with ``{run_dir}`` read as ``run_dir`` (not ``$ARTSIM_RUN_DIR``)."""
+    """``P.model_ref(name)`` with ``{run_dir}`` read as ``run_dir``: use ``P.model_ref(name, run_dir)``."""
     return P.model_ref(name, run_dir)
-
-
-def unavailable_as_such(loader):
-    """``loader`` with a missing model or file (FileNotFoundError, ModelNotAvailableError) raised as
-    :class:`MeasureUnavailableError`, so evaluation skips the measure and says why."""
-    def load(run_dir):
-        try:
-            return loader(run_dir)
-        except OSError as err:  # FileNotFoundError, and ModelNotAvailableError is one too
-            raise MeasureUnavailableError(" ".join(str(err).split())) from None
-    return load
 
 
 class PairHeadMeasure(Measure):
@@ -97,54 +87,6 @@ def load_measures(names, run_dir) -> tuple[dict[str, Measure], pd.DataFrame]:
         except MeasureUnavailableError as err:
             skipped.append({"measure": name, "reason": str(err)})
     return loaded, pd.DataFrame(skipped, columns=["measure", "reason"])
-
-
-def require_inputs(P) -> pd.DataFrame:
-    """Make sure the models the measures read exist (the outputs of stages 06-08), training what a
-    fresh run lacks, so that stage 09 runs on its own; a trained model that exists is used as it is
-    (the workflow re-runs 08 when its params change). Returns (input, status, seconds) per model."""
-    from artsim_lib.measures import embeddings
-    from artsim_lib.stages import s07_finetune as finetune, s08_resnet_siamese as resnet_siamese, s08_siamese as siamese
-    from artsim_lib import models
-    from artsim_lib.io.manifest import require_manifest
-    from artsim_lib.stages.s05_triplets import require_triplets
-
-    names, run, log = set(P.evaluation.measures), P.run.root, []
-
-    def step(what, done, make):
-        t0, found = time.perf_counter(), bool(done())
-        if not found:
-            make()
-        log.append({"input": what, "status": "found" if found else "made now",
-                    "seconds": round(time.perf_counter() - t0, 2)})
-
-    manifest, trip = require_manifest(P), require_triplets(P)
-    kinds = sorted({"clip" if "clip" in n else "resnet" for n in names & {"clip", "clip_siamese", "resnet"}})
-    if kinds:  # the pretrained checkpoints the raw measures read (built only with models.build_tiny)
-        models.ensure_tiny_checkpoints(P, kinds)
-    if "descriptor_fitted" in names:  # stage 06's pair table: its feature cache and fitted weights
-        step("06 descriptor features + fitted weights",
-             lambda: paths.is_current(run / "descriptors" / "pair_similarity.parquet", dsim.stage_meta(P, trip)),
-             lambda: dsim.require_pair_similarity(P))
-    cnn_trained = {resnet_siamese.measure_name(k, v) for k in models.BACKBONE_KINDS for v in resnet_siamese.VARIANTS}
-    cnn_trained |= {f"{k}_finetuned" for k in models.BACKBONE_KINDS}  # issue 11: one name per backbone
-    if names & cnn_trained:
-        info = finetune.finetuned_info(run) or {}
-        step(f"07 fine-tuned {P.finetune.backbone}", lambda: info.get("complete") and info.get("key") == finetune.finetune_key(P),
-             lambda: finetune.require_finetuned(P))
-    if "clip_siamese" in names:
-        def train_clip():
-            ext = embeddings.require_embeddings(P, embeddings.stage_images(manifest, trip))
-            siamese.train_clip_siamese(P, trip, ext.table, P.siamese.train_splits[0], ext.key, manifest)
-        head = f"clip-head-{siamese.split_name(P.siamese.train_splits[0])}/head.safetensors"
-        step("08 CLIP siamese head", (run / "siamese" / head).exists, train_clip)
-    kind = P.finetune.backbone  # stage 08's CNN siamese trains on stage 07's backbone
-    for variant in resnet_siamese.VARIANTS:
-        if resnet_siamese.measure_name(kind, variant) in names:
-            saved = resnet_siamese.siamese_dir(run, kind, variant) / resnet_siamese.CONFIG_FILE
-            step(f"08 {kind} siamese ({variant})", saved.exists,
-                 lambda v=variant: resnet_siamese.train_resnet_siamese(P, trip, variant=v, progress=False))
-    return pd.DataFrame(log, columns=["input", "status", "seconds"])
 
 
 # -- the test set ----------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Stage 09: every similarity measure of the study on the held-out test split, side by side.
 
-    result = run(P)          # require the inputs, load every measure, score, write evaluation/*
+    check_inputs(P)          # what 09 reads from stages 02-08; StageNotRunError names the stage to run
+    result = run(P)          # check the inputs, load every measure, score, write evaluation/*
+    load(P)                  # the written metrics back (StageNotRunError: run stage 09 first)
     result.metrics           # long: measure, metric, subset, value, lo, hi, n, note
+    result.table(["auc"], "subset")  # 'value [lo, hi]' cells, one row per measure
     result.headline()        # one row per measure (and 'chance'), the study's table
     result.paired, result.best()   # paired differences; 'best' only where they exclude 0
 
@@ -22,6 +25,11 @@ Metrics (:mod:`artsim_lib.core.metrics`; a tie never helps a measure, a NaN rank
 
 Intervals resample whole test originals (BCa by default); a proportion's interval is at least the
 exact Clopper–Pearson interval at n = independent originals. Paired differences use the same draws.
+
+Nothing here trains or rebuilds an earlier stage: a missing input of the study stops with the stage to
+run (:func:`check_inputs`), a measure that cannot load is skipped with its reason. The one analysis that
+trains (in memory, nothing written) is :func:`leave_one_family_out`: stage 08's CLIP head refitted
+without each transformation family.
 """
 from __future__ import annotations
 
@@ -32,12 +40,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from artsim_lib.io.workers import worker_count
 from artsim_lib import config
 from artsim_lib.core import metrics
 from artsim_lib.io import paths
-from artsim_lib.measures.scoring import EvalSet, PairHeadMeasure, Scores, load_measures, require_inputs, run_model_ref, run_params, score_all, test_set, unavailable_as_such
+from artsim_lib.io.artifacts import StageNotRunError, read_current
+from artsim_lib.io.workers import worker_count
 from artsim_lib.measures.base import Measure
+from artsim_lib.measures.scoring import (
+    EvalSet,
+    Scores,
+    load_measures,
+    score_all,
+    test_set,
+)
 
 HARD_KINDS = ("same_style", "same_artist")
 
@@ -100,63 +115,6 @@ def verification_table(trip: pd.DataFrame, der: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- metrics with intervals ------------------------------------------------------------------------------
-def grouped_ci(stat, groups, n_boot: int, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """``stat(row indices)`` with a percentile bootstrap interval that resamples whole groups
-    (originals): the same draws, row order and quantiles as ``metrics.bootstrap_ci(groups=...)`` with
-    the same seed, without building a DataFrame per draw."""
-    codes = pd.factorize(np.asarray(groups), sort=True)[0]
-    if not len(codes):
-        return float("nan"), float("nan"), float("nan")
-    point = float(stat(np.arange(len(codes))))
-    if n_boot == 0:
-        return point, float("nan"), float("nan")
-    order = np.argsort(codes, kind="stable")                   # rows grouped, original order within
-    counts = np.bincount(codes)
-    starts = np.cumsum(counts) - counts
-    rng, values = np.random.default_rng(seed), np.empty(n_boot)
-    for b in range(n_boot):
-        drawn = rng.integers(0, len(counts), len(counts))
-        lens = counts[drawn]
-        ends = np.cumsum(lens)
-        values[b] = stat(order[np.repeat(starts[drawn] - (ends - lens), lens) + np.arange(ends[-1])])
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return point, float("nan"), float("nan")
-    lo, hi = np.quantile(values, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return point, float(lo), float(hi)
-
-
-def rank_correlation(x, y) -> float:
-    """Spearman's rho as :func:`metrics.spearman` computes it (Pearson of average ranks; nan for a
-    constant side), without scipy's per-call overhead: the bootstrap calls it thousands of times."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
-        return float("nan")
-    return float(np.corrcoef(average_ranks(x), average_ranks(y))[0, 1])
-
-
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties at their average, as ``scipy.stats.rankdata`` (without its overhead). # [N]"""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    first = np.r_[True, xs[1:] != xs[:-1]]
-    block = np.cumsum(first) - 1
-    counts = np.bincount(block)
-    avg = np.cumsum(counts) - (counts - 1) / 2.0                 # [B] average rank of each tie block
-    out = np.empty(len(x))
-    out[order] = avg[block]
-    return out
-
-
-def _mod_above_rad(der: pd.DataFrame) -> pd.Series:
-    """Per original: 1 when its moderate derivatives score above its radical ones on average, 0 below, ½ tied."""
-    wide = der.pivot_table(index="original_id", columns="level", values="raw", aggfunc="mean")
-    if not {"moderate", "radical"} <= set(wide.columns):
-        return pd.Series(dtype=float)
-    wide = wide.dropna(subset=["moderate", "radical"])
-    return (wide["moderate"] > wide["radical"]) + 0.5 * (wide["moderate"] == wide["radical"])
-
-
 PROPORTIONS = {"triplet_acc", "triplet_acc_query", "moderate_above_radical"}  # and every R@k
 
 
@@ -204,7 +162,7 @@ def reference_metrics(name: str, sc: Scores, ref: str | None, pair_orig, is_pos,
     add("mse_affine", "all", lambda i: metrics.mse(cal[i], r[i]), g, "affine fit on the other half of the originals")
     ok = np.isfinite(s) & np.isfinite(r)
     from scipy import stats as sstats
-    rows.append(dict(measure=name, metric="spearman_ref", subset="all", value=rank_correlation(s[ok], r[ok]),
+    rows.append(dict(measure=name, metric="spearman_ref", subset="all", value=metrics.rank_correlation(s[ok], r[ok]),
                      lo=np.nan, hi=np.nan, n=len(np.unique(g)), note="no interval"))
     tau = sstats.kendalltau(s[ok], r[ok]).statistic if ok.sum() > 1 else np.nan
     rows.append(dict(measure=name, metric="kendall_ref", subset="all", value=float(tau), lo=np.nan, hi=np.nan,
@@ -252,7 +210,7 @@ def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, 
         s, lab = v["raw"].to_numpy(), v["label"].to_numpy()
         add("auc", subset, lambda r: metrics.roc_auc(s[r], lab[r]), v["original_id"])
     st, s = der["strength"].to_numpy(float), der["raw"].to_numpy()
-    add("spearman_strength", "all", lambda r: rank_correlation(st[r], s[r]), der["original_id"])
+    add("spearman_strength", "all", lambda r: metrics.rank_correlation(st[r], s[r]), der["original_id"])
     for subset, by in (("original", ["original_id"]), ("original_family", ["original_id", "family"])):
         keys = der.groupby(by, sort=True).size().index
         rho = metrics.per_group_spearman(der.assign(raw=np.nan_to_num(der["raw"], nan=-np.inf)), "strength", "raw", by)
@@ -264,14 +222,14 @@ def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, 
         add("µAP", "copy", lambda r: rp.micro_ap(r), groups, f"top {cfg.copy_topk} per query, absent originals")
         add("recall_at_precision", "copy", lambda r: rp.recall_at_precision(cfg.precision_target, r), groups,
             f"recall at precision {cfg.precision_target:g}")
-    mar = _mod_above_rad(der)
+    mar = metrics.moderate_above_radical_per_original(der, score="raw")
     add("moderate_above_radical", "all", lambda r: float(np.mean(mar.to_numpy()[r])), mar.index.to_numpy())
     if (der["backend"] == "augment").any():
         cal = der[der["backend"] == "augment"]
         mono = metrics.monotonicity(cal, score="raw").set_index("family")
         for fam, g in cal.groupby("family", sort=True):
             fs, fv = g["strength"].to_numpy(float), g["raw"].to_numpy()
-            add("monotonicity_spearman", fam, lambda r: rank_correlation(fs[r], fv[r]), g["original_id"])
+            add("monotonicity_spearman", fam, lambda r: metrics.rank_correlation(fs[r], fv[r]), g["original_id"])
             rows.append(dict(measure=name, metric="falling_steps", subset=fam, value=mono.loc[fam, "falling_steps"],
                              lo=np.nan, hi=np.nan, n=int(mono.loc[fam, "levels"]), note="no interval"))
     return rows
@@ -366,6 +324,7 @@ class EvalResult:
     measures: dict = field(default_factory=dict)  # name -> Measure (the figures reuse them)
     seconds: float = 0.0
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # label, leader, other, diff, lo, hi, excludes_0
+    inputs: pd.DataFrame = field(default_factory=pd.DataFrame)  # input, status, path (:func:`check_inputs`)
 
     def best(self) -> dict[str, list[str]]:
         """Per headline label: the measure called best, only where its paired difference to every
@@ -413,6 +372,25 @@ class EvalResult:
         rows["chance"] = {lab: _num(chance.get(lab)) if text else chance.get(lab, np.nan)
                           for _, _, lab in self.columns()}
         return pd.DataFrame.from_dict(rows, orient="index")
+
+
+    def table(self, metrics: list[str], columns: str | list[str] = ("metric", "subset")) -> pd.DataFrame:
+        """The rows of :attr:`metrics` whose metric is one of ``metrics``, one row per measure (in the
+        order they were scored) and one column per ``columns`` ('metric', 'subset', or both in the order
+        given), each cell 'value [lo, hi]' to three decimals (the interval where there is one; the
+        reference's own MSE/MAE cells say 'reference'). The notebook's per-protocol tables."""
+        m = self.metrics[self.metrics["metric"].isin(list(metrics))]
+        cells = m.assign(cell=[ci_text(r.value, r.lo, r.hi, r.note) for r in m.itertuples()])
+        return cells.pivot(index="measure", columns=columns if isinstance(columns, str) else list(columns),
+                           values="cell").reindex(list(self.measures))
+
+
+def ci_text(value: float, lo: float, hi: float, note: str = "") -> str:
+    """'value [lo, hi]' to three decimals, the interval only where it is finite; the note instead
+    for the reference measure's own rows ('reference', 'reference unavailable')."""
+    if note in ("reference", "reference unavailable"):
+        return note
+    return f"{value:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "")
 
 
 def _num(v) -> str:
@@ -502,6 +480,105 @@ def paired_table(result: EvalResult, stats: dict, cfg, seed: int = 0) -> pd.Data
                                        "excludes_0"])
 
 
+# -- leave one transformation family out ---------------------------------------------------------------------
+# Has a trained head learnt *these transformations*, or similarity?
+# On the ``augment`` set every derivative belongs to one of four families (photometric, degradation,
+# geometric, stylistic). A head trained on all four and tested on the same four can score well by
+# recognising the transformations it was shown. Here the CLIP siamese head is trained again on the
+# train/val triplets of three families only and tested on the test triplets of the fourth, beside a
+# head trained (the same way, same seed) on all four: the drop on the held-out family is what
+# "learnt this transformation" was worth. Nothing is written; the heads live in memory.
+def head_scores(model, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cosines of the refined embeddings: s(anchor, positive), s(anchor, negative) and
+    s(positive, negative) of every triplet of ``data`` (:class:`artsim_lib.stages.s08_siamese.TripletTensors`). # [T] x 3"""
+    import torch
+
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(model.eval().embed(data.emb), dim=-1).numpy()  # [M, d]
+    a, p, n = (t.numpy() for t in (data.a, data.p, data.n))
+    return (np.einsum("td,td->t", z[a], z[p]), np.einsum("td,td->t", z[a], z[n]),
+            np.einsum("td,td->t", z[p], z[n]))
+
+
+def family_table(held: str, test: pd.DataFrame, s_pos, s_neg, s_qneg) -> list[dict]:
+    """Triplet accuracies (the seed's and the query-anchored) per family of the test triplets."""
+    rows = []
+    for fam, idx in test.groupby("family", sort=True).indices.items():
+        hard = test["negative_kind"].to_numpy()[idx] != "random"
+        rows.append(dict(trained_without=held, family=fam, triplets=len(idx),
+                         originals=test["anchor_id"].iloc[idx].nunique(),
+                         acc=metrics.triplet_accuracy(s_pos[idx], s_neg[idx]),
+                         acc_query=metrics.query_anchored_accuracy(s_pos[idx], s_qneg[idx]),
+                         acc_query_hard=metrics.query_anchored_accuracy(s_pos[idx][hard], s_qneg[idx][hard])))
+    return rows
+
+
+def leave_one_family_out(P, triplets: pd.DataFrame, table: pd.DataFrame, manifest: pd.DataFrame,
+                         families: list[str] | None = None) -> pd.DataFrame:
+    """CLIP siamese heads trained without each family (and one with all, ``trained_without='none'``),
+    each scored on the test triplets per family. ``table``: stage 08's cached CLIP embeddings
+    (id, embedding). Rows: trained_without, family, triplets, originals, acc, acc_query,
+    acc_query_hard, held_out (the family was not in training)."""
+    from artsim_lib.io import shards
+    from artsim_lib.stages.s08_siamese import (
+        fit_head,
+        head_config,
+        split_triplets,
+        triplet_tensors,
+    )
+
+    trip = triplets[triplets["backend"] == "augment"] if "backend" in triplets else triplets
+    families = families or sorted(trip["family"].dropna().unique())
+    test = trip[trip["split"] == "test"].reset_index(drop=True)
+    if len(families) < 2 or test.empty:
+        return pd.DataFrame()
+    test_data = triplet_tensors(test, table)
+    share, rows, scores = P.siamese.train_splits[0], [], {}
+    for held in ["none", *families]:
+        part = trip[(trip["split"] != "test") & (trip["family"] != held)]
+        split = split_triplets(part, manifest, share, P.seed)
+        data = triplet_tensors(split, table)
+        cfg = head_config(P.siamese, data.emb.shape[1])
+        tr, va = (np.flatnonzero(split["split"].to_numpy() == s) for s in ("train", "val"))
+        fit = fit_head(data, tr, va, cfg, P.siamese, shards.item_seed(P.seed, "lofo", "siamese"), P.device)
+        scores[held] = head_scores(fit.model, test_data)
+        rows += family_table(held, test, *scores[held])
+    out = pd.DataFrame(rows)
+    out["held_out"] = out["trained_without"] == out["family"]
+    out.attrs["drops"] = paired_drops(test, scores, P.evaluation.n_boot, P.evaluation.ci, P.seed)
+    return out
+
+
+def paired_drops(test: pd.DataFrame, scores: dict, n_boot: int, ci: float, seed: int = 0) -> pd.DataFrame:
+    """Per family: query-anchored accuracy of the head trained on all families minus that of the head
+    that never saw the family, on the same test triplets, with a bootstrap interval resampling whole
+    test originals (positive: the family was worth something in training)."""
+    rows = []
+    for fam, idx in test.groupby("family", sort=True).indices.items():
+        if fam not in scores:
+            continue
+        (ap, _, aq), (hp, _, hq) = scores["none"], scores[fam]
+        d = metrics.paired_difference(lambda r: metrics.query_anchored_accuracy(ap[idx][r], aq[idx][r]),
+                                      lambda r: metrics.query_anchored_accuracy(hp[idx][r], hq[idx][r]),
+                                      test["anchor_id"].to_numpy()[idx], n_boot, ci, seed)
+        rows.append(dict(family=fam, drop=d["value"], lo=d["lo"], hi=d["hi"], n=d["n"], excludes_0=d["excludes_0"]))
+    return pd.DataFrame(rows, columns=["family", "drop", "lo", "hi", "n", "excludes_0"])
+
+
+def held_out_drop(table: pd.DataFrame, metric: str = "acc_query") -> pd.DataFrame:
+    """Per family: ``metric`` of the head trained on all families, of the head that never saw the
+    family, and the drop between them (with its paired interval when the table carries it)."""
+    if table.empty:
+        return table
+    full = table[table["trained_without"] == "none"].set_index("family")[metric]
+    held = table[table["held_out"]].set_index("family")[metric]
+    out = pd.DataFrame({"trained on all": full, "family held out": held, "drop": full - held}).dropna()
+    drops = table.attrs.get("drops")
+    if metric == "acc_query" and drops is not None and len(drops):
+        out = out.join(drops.set_index("family")[["lo", "hi", "n", "excludes_0"]])
+    return out
+
+
 # -- stage 09 on a run -------------------------------------------------------------------------------------
 def evaluation_meta(P) -> dict:
     """What the evaluation files depend on: the evaluation params (not batch size or workers,
@@ -510,32 +587,117 @@ def evaluation_meta(P) -> dict:
     return paths.json_roundtrip({"evaluation": cfg, "seed": P.seed})
 
 
+def check_inputs(P) -> pd.DataFrame:
+    """What stage 09 reads from earlier stages, checked without building or training anything: one
+    row per input (input, status, path). Errors (:class:`StageNotRunError`, naming the stage to run):
+    the test set's tables (02's manifest, 05's derivatives and triplets) missing or made with other
+    params, and the models this study trains for the measures asked for -- 06's pair table and fitted
+    weights ('descriptor_fitted'), 07's fine-tuned ``finetune.backbone`` (any fine-tuned or CNN
+    siamese measure), 08's CLIP head ('clip_siamese') and 08's siamese variants on ``finetune.backbone``.
+    Everything else is a skip, not an error: a measure whose model cannot be loaded (pretrained
+    weights offline, a backbone stage 07 did not train, an SSCD file) is listed with its reason in
+    :attr:`EvalResult.skipped`, as the registry's loaders say (``MeasureUnavailableError``)."""
+    from artsim_lib import models
+    from artsim_lib.core import descriptor_similarity as dsim
+    from artsim_lib.stages import (
+        s02_preprocess,
+        s05_generation,
+        s05_triplets,
+        s07_finetune,
+        s08_siamese,
+    )
+    from artsim_lib.stages import s08_resnet_siamese as cnn_siamese
+
+    names, run_root, rows, missing, covered = list(P.evaluation.measures), P.run.root, [], [], set()
+
+    def need(stage: str, what: str, path, found: bool, current: bool = True, used_by=()) -> bool:
+        ok = found and current
+        covered.update(used_by)
+        rows.append({"input": f"{stage} {what}" + (f" ({', '.join(used_by)})" if used_by else ""),
+                     "status": "found" if ok else "made with other params" if found else "missing",
+                     "path": str(path)})
+        if not ok:
+            missing.append(StageNotRunError(stage, what, path, stale=found))
+        return ok
+
+    def current(path, meta, stage, what, used_by=()) -> bool:
+        return need(stage, what, path, path.exists(), paths.is_current(path, meta), used_by)
+
+    current(P.run.manifest, s02_preprocess.manifest_key(P), "02", "manifest")
+    current(s05_generation.pairs_path(P), s05_generation.generation_meta(P), "05", "derivatives (pairs)")
+    have_trip = current(s05_triplets.triplets_path(P), s05_triplets.triplet_meta(P), "05", "triplets")
+    if "descriptor_fitted" in names and have_trip:  # stage 06's pair table: its feature cache and fitted weights
+        trip = pd.read_parquet(s05_triplets.triplets_path(P))
+        current(run_root / "descriptors" / "pair_similarity.parquet", dsim.stage_meta(P, trip), "06",
+                "descriptor pair table + fitted weights", ["descriptor_fitted"])
+    kind = P.finetune.backbone  # stage 08's CNN siamese trains on stage 07's backbone
+    cnn_trained = {cnn_siamese.measure_name(k, v) for k in models.BACKBONE_KINDS for v in cnn_siamese.VARIANTS}
+    cnn_trained |= {f"{k}_finetuned" for k in models.BACKBONE_KINDS}  # issue 11: one name per backbone
+    if uses := [n for n in names if n in cnn_trained]:
+        info = s07_finetune.finetuned_info(run_root) or {}
+        need("07", f"fine-tuned {kind}", run_root / "finetune" / "best" / s07_finetune.INFO_FILE,
+             bool(info.get("complete")), info.get("key") == s07_finetune.finetune_key(P), uses)
+    if "clip_siamese" in names:
+        head = run_root / "siamese" / f"clip-head-{s08_siamese.split_name(P.siamese.train_splits[0])}" / "head.safetensors"
+        need("08", "CLIP siamese head", head, head.exists(), used_by=["clip_siamese"])
+    for variant in cnn_siamese.VARIANTS:
+        if (name := cnn_siamese.measure_name(kind, variant)) in names:
+            saved = cnn_siamese.siamese_dir(run_root, kind, variant) / cnn_siamese.CONFIG_FILE
+            need("08", f"{kind} siamese ({variant})", saved, saved.exists(), used_by=[name])
+    if rest := [n for n in names if n not in covered]:
+        rows.append({"input": f"no stage's model ({', '.join(rest)})", "status": "loaded by stage 09; skipped "
+                     "with the reason when unavailable", "path": ""})
+    if missing:
+        raise missing[0]  # the earliest stage: running it (and what follows) makes the rest
+    return pd.DataFrame(rows, columns=["input", "status", "path"])
+
+
 def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
     """Stage 09 on params ``P``: the test set, every available measure (skipped ones listed), every
     metric; writes ``evaluation/metrics.parquet``, ``metrics.json``, ``per_style.parquet`` and
-    ``scores.parquet`` (each test derivative's score per measure) under the run directory."""
+    ``scores.parquet`` (each test derivative's score per measure) under the run directory. Without
+    ``measures`` the study's (``evaluation.measures``) are loaded, after :func:`check_inputs`
+    (raises :class:`StageNotRunError` when an earlier stage's output is missing; trains nothing)."""
+    from artsim_lib import models
     from artsim_lib.io.manifest import require_manifest
     from artsim_lib.stages.s05_generation import require_pairs
     from artsim_lib.stages.s05_triplets import require_triplets
 
+    inputs, skipped = pd.DataFrame(columns=["input", "status", "path"]), None
+    if measures is None:
+        inputs = check_inputs(P)
+        raw = set(P.evaluation.measures) & {"clip", "clip_siamese", "resnet"}
+        if kinds := sorted({"clip" if "clip" in n else "resnet" for n in raw}):
+            models.ensure_tiny_checkpoints(P, kinds)  # pretrained stand-ins (only with models.build_tiny)
     manifest, pairs, trip = require_manifest(P), require_pairs(P), require_triplets(P)
     es = test_set(manifest, pairs, trip, P.evaluation, P.seed, P.triplets.drop_flagged)
-    skipped = None
     if measures is None:
         measures, skipped = load_measures(P.evaluation.measures, P.run.root)
     result = evaluate_set(es, measures, P.evaluation, P.seed, skipped, P.run.root / "descriptors" / "cache",
                           worker_count(P.evaluation.workers))  # never more than the allocation
+    result.inputs = inputs
     write_outputs(result, P)
     return result
 
 
+def metrics_path(P):
+    """``<run>/evaluation/metrics.parquet``, stage 09's main artifact."""
+    return P.run.root / "evaluation" / "metrics.parquet"
+
+
+def load(P) -> pd.DataFrame:
+    """Stage 09's metrics (long: measure, metric, subset, value, lo, hi, n, note) as written for
+    params ``P``; :class:`StageNotRunError` when missing or made with other evaluation params."""
+    return read_current(metrics_path(P), evaluation_meta(P), "09", "evaluation metrics")
+
+
 def write_outputs(result: EvalResult, P) -> dict:
     """Write the evaluation files (atomically); returns their paths by name."""
-    from artsim_lib.measures.base import measure_weights
     from artsim_lib.io.provenance import provenance
+    from artsim_lib.measures.base import measure_weights
 
     out, meta = P.run.sub("evaluation"), evaluation_meta(P)
-    files = {"metrics": out / "metrics.parquet", "per_style": out / "per_style.parquet",
+    files = {"metrics": metrics_path(P), "per_style": out / "per_style.parquet",
              "scores": out / "scores.parquet", "paired": out / "paired.parquet", "json": out / "metrics.json"}
     paths.write_parquet(result.metrics, files["metrics"], meta)
     paths.write_parquet(result.paired, files["paired"], meta)

@@ -8,11 +8,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artsim_lib.measures import registry as compare, scoring as evaluation_scoring
 from artsim_lib import config
-from artsim_lib.stages import s09_evaluation as evaluation
 from artsim_lib.core import metrics
-from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureUnavailableError
+from artsim_lib.measures import registry as compare
+from artsim_lib.measures import scoring
+from artsim_lib.measures.base import (
+    DescriptorMeasure,
+    EmbeddingMeasure,
+    Measure,
+    MeasureUnavailableError,
+)
+from artsim_lib.stages import s09_evaluation as evaluation
 from artsim_lib.stages.s05_triplets import build_triplets
 
 FAMILIES = ("photometric", "geometric")
@@ -217,7 +223,7 @@ def test_ordering_metrics_by_hand():
 
 def test_near_duplicates_are_left_out_of_dedup_retrieval():
     es, table = hand_study()
-    es.near_dup[:] = evaluation_scoring.hamming(["0000", "0001", "ffff"]) <= 1  # A and B near-copies
+    es.near_dup[:] = scoring.hamming(["0000", "0001", "ffff"]) <= 1  # A and B near-copies
     r = evaluation.evaluate_set(es, {"table": Table(table)}, config.EvaluationParams(
         n_boot=0, measures=["table"], reference="table", ks=[1]))
     assert value(r, "table", "R@1", "all") == pytest.approx(0.5)
@@ -225,7 +231,7 @@ def test_near_duplicates_are_left_out_of_dedup_retrieval():
 
 
 def test_hamming_by_hand():
-    d = evaluation_scoring.hamming(["00", "01", "ff", "f0"])
+    d = scoring.hamming(["00", "01", "ff", "f0"])
     assert d.tolist() == [[0, 1, 8, 4], [1, 0, 7, 5], [8, 7, 0, 4], [4, 5, 4, 0]]
 
 
@@ -275,27 +281,11 @@ def test_retrieval_gallery_sample_is_seeded_and_consistent():
 
 
 # -- the pieces ---------------------------------------------------------------------------------------------
-def test_grouped_interval_matches_metrics_bootstrap_exactly():
-    rng = np.random.default_rng(2)
-    df = pd.DataFrame({"g": rng.integers(0, 7, 60), "x": rng.normal(size=60)})
-    x = df["x"].to_numpy()
-    mine = evaluation.grouped_ci(lambda r: x[r].mean(), df["g"], 200, 0.9, seed=5)
-    ref = metrics.bootstrap_ci(lambda d: d["x"].mean(), df, groups="g", n=200, alpha=0.1, seed=5)
-    assert mine == pytest.approx(ref, abs=1e-12)
-
-
-def test_rank_correlation_is_spearman():
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 5, 40), rng.normal(size=40)
-    assert evaluation.rank_correlation(x, y) == pytest.approx(metrics.spearman(x, y), abs=1e-12)
-    assert np.isnan(evaluation.rank_correlation([1, 1, 1], [1, 2, 3]))
-
-
 def test_pair_head_measure_scores_in_batches_as_one_by_one():
     import torch
 
     emb = {f"i{k}": np.random.default_rng(k).normal(size=4) for k in range(5)}
-    m = evaluation.PairHeadMeasure("ph", lambda imgs: np.stack([emb[i] for i in imgs]),
+    m = scoring.PairHeadMeasure("ph", lambda imgs: np.stack([emb[i] for i in imgs]),
                                    lambda a, b: torch.sigmoid((a * b).sum(-1)), chunk=3)
     f = m.features(list(emb))
     a, b = np.array([0, 1, 2, 3, 4, 0]), np.array([1, 2, 3, 4, 0, 0])
@@ -326,22 +316,22 @@ def test_shared_descriptor_pass_equals_each_measure_alone(image_study, monkeypat
     cfg = config.DescriptorParams(size=32, thumb_size=16, hog_cell=8, workers=1)
     group = {f: DescriptorMeasure(f, cfg, f) for f in ("colour", "ssim", "shape")}
     group["descriptor"] = DescriptorMeasure("descriptor", cfg)
-    sc = evaluation_scoring.score_all(image_study, group)
+    sc = scoring.score_all(image_study, group)
     imgs = image_study.images
     for k in (0, len(sc.pairs) // 2, len(sc.pairs) - 1):
         a, b = sc.pairs[k]
         for name, m in group.items():
             raw, s01 = m.scores(imgs[a], imgs[b])
             assert sc.raw[name][k] == pytest.approx(raw, abs=1e-9) and sc.s01[name][k] == pytest.approx(s01, abs=1e-9)
-    monkeypatch.setattr(evaluation_scoring, "PARALLEL_MIN_PAIRS", 1)  # worker processes: the same numbers
-    par = evaluation_scoring.score_all(image_study, group, workers=2)
+    monkeypatch.setattr(scoring, "PARALLEL_MIN_PAIRS", 1)  # worker processes: the same numbers
+    par = scoring.score_all(image_study, group, workers=2)
     for name in group:
         assert np.allclose(par.raw[name], sc.raw[name])
 
 
 # -- a run: skipped measures, registered loaders, files -----------------------------------------------------------
 def test_unavailable_measures_are_skipped_and_listed(run_dir):
-    loaded, skipped = evaluation.load_measures(["descriptor", "descriptor_fitted", "clip", "clip_siamese", "resnet",
+    loaded, skipped = scoring.load_measures(["descriptor", "descriptor_fitted", "clip", "clip_siamese", "resnet",
                                                 "resnet_finetuned", "resnet_siamese", "resnet_regression"], run_dir)
     assert list(loaded) == ["descriptor"]
     assert list(skipped["measure"]) == ["descriptor_fitted", "clip", "clip_siamese", "resnet", "resnet_finetuned",
@@ -354,8 +344,9 @@ def test_unavailable_measures_are_skipped_and_listed(run_dir):
 def test_resnet_measures_from_a_run(run_dir, image_study):
     import torch
 
-    from artsim_lib.stages import s07_finetune as finetune, s08_resnet_siamese as resnet_siamese
     from artsim_lib import models
+    from artsim_lib.stages import s07_finetune as finetune
+    from artsim_lib.stages import s08_resnet_siamese as resnet_siamese
 
     P = config.load_params("smoke", ["evaluation.batch_size=2"])
     P.run.root.mkdir(parents=True, exist_ok=True)
@@ -517,3 +508,134 @@ def test_seed_text_image_accuracy_on_prompted_derivatives_only():
     assert out.set_index("negative_kind").loc["all", ["triplets", "i2t", "t2i", "chance"]].tolist() == [1, 1, 1, 0.5]
     es.derivatives["prompt"] = None
     assert evaluation.text_image_binary(es, None, None, captions).empty          # augment: no prompts
+
+
+# -- leave one family out: on synthetic embeddings, a family whose derivatives only a head trained on it
+# can recognise shows a drop once held out; the others do not ------------------------------------------------
+def lofo_study(n_orig=80, dim=8, seed=0):
+    """Originals as random vectors; 'easy' derivatives are noisy copies; 'hidden' derivatives have
+    half their coordinates sign-flipped (a head has to learn to look past them)."""
+    rng = np.random.default_rng(seed)
+    rot = np.diag([1.0] * (dim // 2) + [-1.0] * (dim - dim // 2))
+    ids, emb, man, trip = [], [], [], []
+    split = np.array(["train"] * (n_orig // 2) + ["val"] * (n_orig // 4) + ["test"] * (n_orig - n_orig * 3 // 4))
+    base = rng.normal(size=(n_orig, dim))
+    for i in range(n_orig):
+        oid = f"o{i:02d}"
+        ids.append(oid); emb.append(base[i])
+        man.append(dict(id=oid, style=f"s{i % 2}", artist=f"a{i % 5}", split=split[i], path=oid))
+    for i in range(n_orig):
+        for fam in ("easy", "hidden"):
+            pid = f"o{i:02d}:{fam}"
+            v = base[i] + rng.normal(0, 0.3, dim) if fam == "easy" else rot @ base[i]
+            ids.append(pid); emb.append(v)
+            same = [j for j in range(n_orig) if split[j] == split[i] and j != i]
+            j = same[rng.integers(len(same))]
+            trip.append(dict(triplet_id=f"t{i}{fam}", anchor_id=f"o{i:02d}", positive_id=pid, negative_id=f"o{j:02d}",
+                             negative_kind="random", family=fam, backend="augment", split=split[i],
+                             style=f"s{i % 2}", artist=f"a{i % 5}", negative_path=f"o{j:02d}"))
+    table = pd.DataFrame({"id": ids, "embedding": [np.asarray(e, np.float32) for e in emb]})
+    return pd.DataFrame(trip), table, pd.DataFrame(man)
+
+
+def test_a_family_only_training_can_teach_drops_when_held_out():
+    import torch
+
+    trip, table, manifest = lofo_study()
+    P = config.load_params("smoke", ["siamese.epochs=40", "siamese.hidden=[32]", "siamese.out_dim=8",
+                                     "siamese.dropout=0.0", "evaluation.n_boot=100", "siamese.patience=40"])
+    torch.manual_seed(0)
+    tab = evaluation.leave_one_family_out(P, trip, table, manifest)
+    assert set(tab["trained_without"]) == {"none", "easy", "hidden"} and tab["held_out"].sum() == 2
+    drop = evaluation.held_out_drop(tab)
+    assert drop.loc["hidden", "drop"] > 0.1 and drop.loc["hidden", "excludes_0"]   # learnt, not seen
+    assert drop.loc["hidden", "drop"] > drop.loc["easy", "drop"]
+    assert {"lo", "hi", "n"} <= set(drop.columns) and (drop["n"] == 20).all()  # 20 test originals
+
+
+# -- the stage on a run: its inputs are checked, never made; load reads the metrics back --------------------
+def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
+    from artsim_lib.core import descriptor_similarity as dsim
+    from artsim_lib.io import paths
+    from artsim_lib.io.artifacts import StageNotRunError
+    from artsim_lib.stages import (
+        s02_preprocess,
+        s05_generation,
+        s05_triplets,
+        s07_finetune,
+        s08_siamese,
+    )
+    from artsim_lib.stages import s08_resnet_siamese as cnn_siamese
+
+    measures = ["descriptor", "descriptor_fitted", "effnet_lite0_finetuned", "clip_siamese", "effnet_lite0_siamese",
+                "resnet_regression", "sscd"]
+    P = config.load_params("smoke", [f"evaluation.measures={json.dumps(measures)}", "finetune.backbone=effnet_lite0"])
+
+    def stage_asked():
+        with pytest.raises(StageNotRunError) as err:
+            evaluation.check_inputs(P)
+        return err.value.stage
+
+    assert stage_asked() == "02"
+    manifest, pairs, trip = study()
+    paths.write_parquet(manifest, P.run.manifest, s02_preprocess.manifest_key(P))
+    assert stage_asked() == "05"
+    paths.write_parquet(pairs, s05_generation.pairs_path(P), s05_generation.generation_meta(P))
+    paths.write_parquet(trip, s05_triplets.triplets_path(P), {"made with": "other params"})
+    with pytest.raises(StageNotRunError, match="made with other params: run stage 05 first"):
+        evaluation.check_inputs(P)
+    paths.write_parquet(trip, s05_triplets.triplets_path(P), s05_triplets.triplet_meta(P))
+    assert stage_asked() == "06"                                  # descriptor_fitted: stage 06's pair table
+    paths.write_parquet(pd.DataFrame({"x": [1]}), P.run.root / "descriptors" / "pair_similarity.parquet",
+                        dsim.stage_meta(P, trip))
+    assert stage_asked() == "07"                                  # the fine-tuned and siamese CNN rows
+    info = P.run.root / "finetune" / "best" / s07_finetune.INFO_FILE
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"complete": True, "key": {"other": "params"}}))
+    with pytest.raises(StageNotRunError, match="made with other params: run stage 07"):
+        evaluation.check_inputs(P)
+    info.write_text(json.dumps({"complete": True, "key": s07_finetune.finetune_key(P)}, default=str))
+    assert stage_asked() == "08"                                  # the CLIP head
+    head = P.run.root / "siamese" / f"clip-head-{s08_siamese.split_name(P.siamese.train_splits[0])}"
+    head.mkdir(parents=True)
+    (head / "head.safetensors").write_bytes(b"")
+    assert stage_asked() == "08"                                  # the CNN siamese on stage 07's backbone
+    saved = cnn_siamese.siamese_dir(P.run.root, "effnet_lite0", "triplet")
+    saved.mkdir(parents=True)
+    (saved / cnn_siamese.CONFIG_FILE).write_text("{}")
+    table = evaluation.check_inputs(P)
+    assert list(table.columns) == ["input", "status", "path"] and (table["status"].iloc[:-1] == "found").all()
+    # resnet_regression (another backbone) and sscd are no stage's model here: skipped when they cannot load
+    assert table["input"].iloc[-1] == "no stage's model (descriptor, sscd)"
+    stage07 = table.loc[table["input"].str.startswith("07"), "input"].item()
+    assert "resnet_regression" in stage07                          # reads stage 07, as before; skipped at load
+    assert not (P.run.root / "models").exists()                   # nothing was built or trained
+
+
+def test_load_reads_the_written_metrics_or_says_run_09(run_dir):
+    from artsim_lib.io.artifacts import StageNotRunError
+
+    P = config.load_params("smoke", ["evaluation.n_boot=5"])
+    with pytest.raises(StageNotRunError, match="run stage 09 first"):
+        evaluation.load(P)
+    es, table = hand_study()
+    r = evaluation.evaluate_set(es, {"descriptor": Table(default=0.5, name="d"), "table": Table(table)},
+                                P.evaluation.model_copy(update={"measures": ["descriptor", "table"]}), P.seed)
+    evaluation.write_outputs(r, P)
+    pd.testing.assert_frame_equal(evaluation.load(P), r.metrics)
+    other = config.load_params("smoke", ["evaluation.n_boot=6"])
+    with pytest.raises(StageNotRunError, match="made with other params"):
+        evaluation.load(other)
+
+
+def test_table_cells_read_value_and_interval():
+    es, table = hand_study()
+    cfg = config.EvaluationParams(n_boot=20, measures=["table", "half"], reference="half", ks=[1, 2])
+    r = evaluation.evaluate_set(es, {"table": Table(table), "half": Table(default=0.5, name="half")}, cfg)
+    auc = r.table(["auc"], "subset")
+    assert list(auc.index) == ["table", "half"] and list(auc.columns) == ["hard", "random"]
+    row = r.metrics.set_index(["measure", "metric", "subset"]).loc[("table", "auc", "hard")]
+    assert auc.loc["table", "hard"] == f"{row['value']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}]"
+    err = r.table(["mse", "mae"])
+    assert (err.loc["half"] == "reference").all() and err.columns.names == ["metric", "subset"]
+    assert evaluation.ci_text(0.5, float("nan"), float("nan")) == "0.500"  # no interval drawn: the value alone
