@@ -54,10 +54,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from artsim_lib.core import augment
-from artsim_lib.io import manifest as data, paths, shards
+from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import read_current
 from artsim_lib.io.worklog import record
 from artsim_lib.io.workers import worker_count
+from artsim_lib.stages import s02_preprocess, s04_prompting
 
 COLUMNS = ["pair_id", "original_id", "level", "family", "strength", "prompt", "seed", "path", "sha256", "seconds",
            "nan_flag", "black_flag", "backend", "split", "style", "artist", "op", "device", "dtype"]
@@ -367,12 +368,10 @@ def run(P, num_shards: int = 1, shard_index: int = 0) -> GenerationRun:
     done, merge into ``pairs.parquet`` and draw ``triplets.parquet`` from it (:func:`run_triplets`).
     ``shard_index=-1`` only merges (and fails if a shard is not done)."""
     g = P.generation
-    manifest = data.require_manifest(P)
+    manifest = s02_preprocess.load(P)
     prompts = None
     if g.backend == "sdxl":
-        from artsim_lib.stages.s04_prompting import require_prompts
-
-        prompts = require_prompts(P)
+        prompts = s04_prompting.load(P)
     meta = generation_meta(P)
     root = work_dir(P, meta)
     jobs, unmatched = plan(P, manifest, prompts, root / "images")
@@ -520,7 +519,7 @@ def run_triplets(P, pairs: pd.DataFrame | None = None) -> TripletResult:
     ``pairs.parquet``: :func:`load`)."""
     pairs = load(P) if pairs is None else pairs
     t = P.triplets
-    result = build_triplets(pairs, data.require_manifest(P), t.negatives, t.per_kind, P.seed, t.drop_flagged)
+    result = build_triplets(pairs, s02_preprocess.load(P), t.negatives, t.per_kind, P.seed, t.drop_flagged)
     paths.write_parquet(result.triplets, triplets_path(P), triplet_meta(P))
     with paths.atomic_path(P.run.sub("triplets") / "shortfall.csv") as tmp:
         result.shortfall.to_csv(tmp, index=False)

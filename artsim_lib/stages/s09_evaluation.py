@@ -46,6 +46,7 @@ from artsim_lib.io import paths
 from artsim_lib.io.artifacts import StageNotRunError, read_current
 from artsim_lib.io.workers import worker_count
 from artsim_lib.measures.base import Measure
+from artsim_lib.stages import s02_preprocess, s05_generation
 from artsim_lib.measures.scoring import (
     EvalSet,
     Scores,
@@ -602,7 +603,6 @@ def check_inputs(P) -> pd.DataFrame:
     from artsim_lib.stages import (
         s02_preprocess,
         s05_generation,
-        s05_triplets,
         s07_finetune,
         s08_siamese,
     )
@@ -625,9 +625,9 @@ def check_inputs(P) -> pd.DataFrame:
 
     current(P.run.manifest, s02_preprocess.manifest_key(P), "02", "manifest")
     current(s05_generation.pairs_path(P), s05_generation.generation_meta(P), "05", "derivatives (pairs)")
-    have_trip = current(s05_triplets.triplets_path(P), s05_triplets.triplet_meta(P), "05", "triplets")
+    have_trip = current(s05_generation.triplets_path(P), s05_generation.triplet_meta(P), "05", "triplets")
     if "descriptor_fitted" in names and have_trip:  # stage 06's pair table: its feature cache and fitted weights
-        trip = pd.read_parquet(s05_triplets.triplets_path(P))
+        trip = pd.read_parquet(s05_generation.triplets_path(P))
         current(run_root / "descriptors" / "pair_similarity.parquet", dsim.stage_meta(P, trip), "06",
                 "descriptor pair table + fitted weights", ["descriptor_fitted"])
     kind = P.finetune.backbone  # stage 08's CNN siamese trains on stage 07's backbone
@@ -659,9 +659,6 @@ def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
     ``measures`` the study's (``evaluation.measures``) are loaded, after :func:`check_inputs`
     (raises :class:`StageNotRunError` when an earlier stage's output is missing; trains nothing)."""
     from artsim_lib import models
-    from artsim_lib.io.manifest import require_manifest
-    from artsim_lib.stages.s05_generation import require_pairs
-    from artsim_lib.stages.s05_triplets import require_triplets
 
     inputs, skipped = pd.DataFrame(columns=["input", "status", "path"]), None
     if measures is None:
@@ -669,7 +666,7 @@ def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
         raw = set(P.evaluation.measures) & {"clip", "clip_siamese", "resnet"}
         if kinds := sorted({"clip" if "clip" in n else "resnet" for n in raw}):
             models.ensure_tiny_checkpoints(P, kinds)  # pretrained stand-ins (only with models.build_tiny)
-    manifest, pairs, trip = require_manifest(P), require_pairs(P), require_triplets(P)
+    manifest, pairs, trip = s02_preprocess.load(P), s05_generation.load(P), s05_generation.load_triplets(P)
     es = test_set(manifest, pairs, trip, P.evaluation, P.seed, P.triplets.drop_flagged)
     if measures is None:
         measures, skipped = load_measures(P.evaluation.measures, P.run.root)

@@ -56,3 +56,28 @@ def tiny_triplets(paintings, tmp_path) -> pd.DataFrame:
                                  level=level, family="test", strength=0.3 if level == "moderate" else 0.8,
                                  backend="augment", split=split[i], style="S", artist="A"))
     return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def upstream_on_demand(monkeypatch):
+    """For tests of one stage that start from a bare run directory: the earlier stages' ``load``
+    runs that stage when its output is missing (the library's ``load`` never does; its own tests,
+    which do not use this fixture, check that it raises StageNotRunError)."""
+    from artsim_lib.io.artifacts import StageNotRunError
+    from artsim_lib.stages import s02_preprocess, s03_captioning, s04_prompting, s05_generation
+
+    def on_demand(load, make):
+        def patched(P):
+            try:
+                return load(P)
+            except StageNotRunError:
+                make(P)
+                return load(P)
+        return patched
+
+    monkeypatch.setattr(s02_preprocess, "load", on_demand(s02_preprocess.load, s02_preprocess.run))
+    monkeypatch.setattr(s03_captioning, "load", on_demand(s03_captioning.load, s03_captioning.run))
+    monkeypatch.setattr(s04_prompting, "load", on_demand(s04_prompting.load, s04_prompting.run))
+    monkeypatch.setattr(s05_generation, "load", on_demand(s05_generation.load, s05_generation.run))
+    monkeypatch.setattr(s05_generation, "load_triplets", on_demand(s05_generation.load_triplets,
+                                                                    s05_generation.run))

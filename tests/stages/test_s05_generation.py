@@ -10,9 +10,13 @@ import pytest
 from PIL import Image
 
 from artsim_lib import config
-from artsim_lib.io import manifest as data, paths, shards
+from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import StageNotRunError
-from artsim_lib.stages import s05_generation as generation, s04_prompting as prompting
+from artsim_lib.stages import s02_preprocess, s04_prompting as prompting, s05_generation as generation
+
+# Stage 05 starts from stage 02's manifest: made on demand for these tests' bare run directories.
+pytestmark = pytest.mark.usefixtures("upstream_on_demand")
+LOAD, LOAD_TRIPLETS = generation.load, generation.load_triplets  # the library's own, never on demand
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "precomputed"
 SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=96", "preprocess.size=32", "preprocess.workers=1",
@@ -111,7 +115,7 @@ def test_precomputed_level_column_and_duplicates(tmp_path):
 
 def test_precomputed_backend_end_to_end(run_dir, tmp_path, monkeypatch):
     manifest = _fixture_manifest(tmp_path)
-    monkeypatch.setattr(data, "require_manifest", lambda P: manifest)
+    monkeypatch.setattr(s02_preprocess, "load", lambda P: manifest)
     P = _params("generation.backend=precomputed", f"generation.precomputed={FIXTURE}")
     with pytest.warns(UserWarning):
         run = generation.run(P)
@@ -133,7 +137,7 @@ def test_precomputed_backend_end_to_end(run_dir, tmp_path, monkeypatch):
 def test_augment_pairs_follow_the_contract(run_dir):
     P = _params()
     pairs = generation.run(P).pairs
-    manifest = data.require_manifest(P)
+    manifest = s02_preprocess.load(P)
     assert list(pairs.columns) == generation.COLUMNS
     assert len(pairs) == len(manifest) * 2 * 2 and pairs["pair_id"].is_unique
     assert set(pairs["family"]) == {"photometric", "geometric"} and set(pairs["strength"]) == {0.5, 1.0}
@@ -156,7 +160,9 @@ def reference(tmp_path_factory):
     """An uninterrupted, unsharded run in its own run directory: (pairs, image hashes)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARTSIM_RUN_DIR", str(tmp_path_factory.mktemp("reference")))
-        pairs = generation.run(_params()).pairs
+        P = _params()
+        s02_preprocess.run(P)
+        pairs = generation.run(P).pairs
         return pairs, _image_hashes(pairs)
 
 
@@ -255,8 +261,8 @@ def test_sdxl_seeds_are_per_item(tiny_sdxl, run_dir):
 
 def test_sdxl_backend_end_to_end(tiny_sdxl, run_dir, tmp_path, monkeypatch):
     P = _sdxl_params(tiny_sdxl, "generation.batch_size=4")
-    prompts = _prompts(data.require_manifest(P), n=2)
-    monkeypatch.setattr(prompting, "require_prompts", lambda P: prompts)
+    prompts = _prompts(s02_preprocess.load(P), n=2)
+    monkeypatch.setattr(prompting, "load", lambda P: prompts)
     pairs = generation.run(P).pairs
     assert list(pairs["pair_id"]) == sorted(prompts["prompt_id"])
     assert (pairs["strength"] == pairs["level"].map({"moderate": 0.5, "radical": 1.0})).all()
@@ -280,8 +286,8 @@ def test_sdxl_backend_end_to_end(tiny_sdxl, run_dir, tmp_path, monkeypatch):
 
 def test_sdxl_nan_output_is_flagged_and_saved_black(tiny_sdxl, run_dir, monkeypatch):
     P = _sdxl_params(tiny_sdxl, "generation.size=null")
-    prompts = _prompts(data.require_manifest(P), n=2)
-    monkeypatch.setattr(prompting, "require_prompts", lambda P: prompts)
+    prompts = _prompts(s02_preprocess.load(P), n=2)
+    monkeypatch.setattr(prompting, "load", lambda P: prompts)
 
     def fp16_overflow(pipe, images, prompts, seeds, strength, g):  # what the stock VAE does in float16
         out = np.full((len(images), 32, 32, 3), 0.5, np.float32)
@@ -395,11 +401,11 @@ def test_the_stage_writes_pairs_and_triplets_and_load_reads_them_back(run_dir):
               "generation.augment_families=[degradation]", "generation.augment_strengths=[0.5,1.0]"]
     P = config.load_params("smoke", params)
     with pytest.raises(StageNotRunError, match="the generated pairs .* is missing: run stage 05 first"):
-        generation.load(P)  # nothing is made behind a getter
+        LOAD(P)  # nothing is made behind a getter
     with pytest.raises(StageNotRunError, match="the triplets .* is missing: run stage 05 first"):
-        generation.load_triplets(P)
+        LOAD_TRIPLETS(P)
     out = generation.run(P).triplets.triplets
-    manifest, pairs = data.require_manifest(P), generation.load(P)
+    manifest, pairs = s02_preprocess.load(P), generation.load(P)
     assert set(out["split"]) == {"train", "val", "test"}
     assert generation.leaks(out, manifest).empty
     assert set(out["positive_id"]) == set(pairs["pair_id"])
@@ -411,4 +417,4 @@ def test_the_stage_writes_pairs_and_triplets_and_load_reads_them_back(run_dir):
     assert shards.content_hash(generation.run_triplets(P).triplets) == shards.content_hash(out)
     # Other triplet params: the table on disk is stale, and load says so instead of drawing anew.
     with pytest.raises(StageNotRunError, match="made with other params: run stage 05 first"):
-        generation.load_triplets(config.load_params("smoke", params + ["triplets.per_kind=2"]))
+        LOAD_TRIPLETS(config.load_params("smoke", params + ["triplets.per_kind=2"]))

@@ -19,7 +19,7 @@ from artsim_lib.measures.base import (
     MeasureUnavailableError,
 )
 from artsim_lib.stages import s09_evaluation as evaluation
-from artsim_lib.stages.s05_triplets import build_triplets
+from artsim_lib.stages.s05_generation import build_triplets
 
 FAMILIES = ("photometric", "geometric")
 STRENGTHS = (0.25, 1.0)
@@ -561,7 +561,6 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     from artsim_lib.stages import (
         s02_preprocess,
         s05_generation,
-        s05_triplets,
         s07_finetune,
         s08_siamese,
     )
@@ -581,10 +580,10 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     paths.write_parquet(manifest, P.run.manifest, s02_preprocess.manifest_key(P))
     assert stage_asked() == "05"
     paths.write_parquet(pairs, s05_generation.pairs_path(P), s05_generation.generation_meta(P))
-    paths.write_parquet(trip, s05_triplets.triplets_path(P), {"made with": "other params"})
+    paths.write_parquet(trip, s05_generation.triplets_path(P), {"made with": "other params"})
     with pytest.raises(StageNotRunError, match="made with other params: run stage 05 first"):
         evaluation.check_inputs(P)
-    paths.write_parquet(trip, s05_triplets.triplets_path(P), s05_triplets.triplet_meta(P))
+    paths.write_parquet(trip, s05_generation.triplets_path(P), s05_generation.triplet_meta(P))
     assert stage_asked() == "06"                                  # descriptor_fitted: stage 06's pair table
     paths.write_parquet(pd.DataFrame({"x": [1]}), P.run.root / "descriptors" / "pair_similarity.parquet",
                         dsim.stage_meta(P, trip))
