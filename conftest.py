@@ -25,3 +25,20 @@ def run_dir(tmp_path, monkeypatch):
     d = tmp_path / "run"
     monkeypatch.setenv("ARTSIM_RUN_DIR", str(d))
     return d
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``--dist loadscope`` (``make test``), the nine notebooks are one scope: nbval runs them
+    on one worker, in order, in one run directory, as ``artsim run`` does; a notebook reads what the
+    earlier ones wrote and never rebuilds it (a missing input says which stage to run)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StudyInOrder(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            if nodeid.startswith("notebooks/"):
+                return "notebooks"
+            return super()._split_scope(nodeid)
+
+    return StudyInOrder(config, log)
