@@ -13,9 +13,23 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import Field, ValidationError
 
+from artsim_lib.config.schema import (
+    CaptioningParams,
+    DataParams,
+    DescriptorParams,
+    EvaluationParams,
+    FinetuneParams,
+    GenerationParams,
+    ModelParams,
+    PreprocessParams,
+    PromptingParams,
+    SectionError,
+    SiameseParams,
+    TripletParams,
+    WorkflowParams,
+    _Section,
+)
 from artsim_lib.io import paths
-from artsim_lib.config.schema import _Section, KNOWN_MEASURES, SectionError, SynthArtParams, DataParams, ModelParams, SplitParams, PreprocessParams, CaptioningParams, PromptingParams, GenerationParams, TripletParams, DescriptorParams, FinetuneParams, SiameseParams, EvaluationParams, WorkflowParams
-
 
 
 
