@@ -6,7 +6,6 @@ from artsim_lib import config
 from artsim_lib.config import ParamsError, load_params
 from artsim_lib.io import paths
 
-
 PROFILES = sorted(p.stem for p in (paths.project_root() / "params").glob("*.yaml"))
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artsim_lib.io.manifest import MANIFEST_COLUMNS, load_huggan, load_kaggle, load_manifest
 from artsim_lib.io import datasets as loaders
+from artsim_lib.io.manifest import MANIFEST_COLUMNS, load_huggan, load_kaggle, load_manifest
 
 HEADER = "filename,artist,genre,description,phash,width,height,genre_count,subset\n"
 ROWS = """\
