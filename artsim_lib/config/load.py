@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -30,7 +31,6 @@ from artsim_lib.config.schema import (
     _Section,
 )
 from artsim_lib.io import paths
-
 
 
 class ParamsError(ValueError):

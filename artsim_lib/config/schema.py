@@ -82,7 +82,7 @@ class SplitParams(_Section):
     cross_split_phash: int | None = Field(8, ge=0, le=64)
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitParams":
+    def _sums_to_one(self) -> SplitParams:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise SectionError("train + val + test", f"must sum to 1, got {total:g} "
@@ -146,7 +146,7 @@ class PromptingParams(_Section):
         default_factory=lambda: ["colour", "lighting", "technique", "season", "time_of_day"], min_length=1)
 
     @model_validator(mode="after")
-    def _target_within_limit(self) -> "PromptingParams":
+    def _target_within_limit(self) -> PromptingParams:
         if self.target_tokens > self.max_tokens:
             raise SectionError("target_tokens", f"{self.target_tokens} must not exceed max_tokens ({self.max_tokens})")
         return self
@@ -178,7 +178,7 @@ class GenerationParams(_Section):
     demo_sdxl: int = Field(0, ge=0)  # with another backend, the 05 notebook also runs sdxl on this many originals
 
     @model_validator(mode="after")
-    def _strengths(self) -> "GenerationParams":
+    def _strengths(self) -> GenerationParams:
         if set(self.strength) != {"moderate", "radical"}:
             raise SectionError("strength", f"needs exactly the keys moderate and radical, got {sorted(self.strength)}")
         for key, values in (("strength", list(self.strength.values())), ("augment_strengths", self.augment_strengths)):
@@ -215,7 +215,7 @@ class DescriptorParams(_Section):
     fit_l2: float = Field(0.01, ge=0)  # L2 penalty of the logistic-regression weight fit
 
     @model_validator(mode="after")
-    def _check_weights(self) -> "DescriptorParams":
+    def _check_weights(self) -> DescriptorParams:
         known = {"colour", "texture", "edges", "shape", "ssim"}
         if set(self.weights) - known:
             raise SectionError("weights", f"unknown famil(ies) {sorted(set(self.weights) - known)}, "
@@ -287,10 +287,12 @@ class SiameseParams(_Section):
 
 
 class EvaluationParams(_Section):
-    # Stage 09 scores every measure (compare.load_measure names) on the test split only.
+    # Stage 09 scores every measure (registry.load_measure names) on the test split only; a measure
+    # whose stage did not run is skipped and listed. geometry: the content-free baseline.
     measures: list[str] = Field(default_factory=lambda: [
         "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "effnet_lite0",
-        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "dinov2", "sscd", "geometry"], min_length=1)
+        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "dinov2", "sscd",
+        "geometry"], min_length=1)
     reference: str = "descriptor"  # MSE/MAE are measured against this measure's [0, 1] similarity
     n_boot: int = Field(1000, ge=0)  # bootstrap draws of whole test originals (0: no intervals)
     ci: float = Field(0.95, gt=0, lt=1)  # confidence level of the intervals
@@ -324,7 +326,7 @@ class EvaluationParams(_Section):
         return value
 
     @model_validator(mode="after")
-    def _reference_is_measured(self) -> "EvaluationParams":
+    def _reference_is_measured(self) -> EvaluationParams:
         if self.reference not in self.measures:
             raise SectionError("reference", f"{self.reference!r} must be one of the measures "
                                             f"({', '.join(self.measures)})")
@@ -354,7 +356,7 @@ class WorkflowParams(_Section):
         return data
 
     @model_validator(mode="after")
-    def _check_shards(self) -> "WorkflowParams":
+    def _check_shards(self) -> WorkflowParams:
         for stage in self.job_dtype:
             if not (len(stage) == 2 and stage.isdigit()):
                 raise ValueError(f"job_dtype: {stage!r} is not a two-digit stage number like '03'")
