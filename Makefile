@@ -15,7 +15,7 @@ OPEN_CLIP := open-clip-torch==3.3.0
 # pip's notices about unused local indexes are noise here; real errors still fail the step.
 QUIET   := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install study dry-run report test test-fast test-slurm test-slurm-study test-rehearsal bench slurm-up slurm-down clean clean-runs
+.PHONY: help install study dry-run report lint test test-fast test-slurm test-slurm-study test-rehearsal bench slurm-up slurm-down clean clean-runs
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ dry-run: install ## validate the params and show the plan without running anythi
 
 report: install ## rebuild reports/PROFILE/index.html from what has run
 	$(VENV)/bin/artsim report --profile $(PROFILE)
+
+LINT_PATHS := artsim_lib tests benchmarks
+
+lint: install ## ruff: the lint rules and the formatting (pyproject.toml's [tool.ruff]); changes nothing
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 test: install ## run every test, notebooks included (offline)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadscope

@@ -12,7 +12,7 @@ import gzip
 import pytest
 import regex
 
-from artsim_lib.models import bpe, build_tiny
+from artsim_lib.models import bpe
 
 PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
@@ -105,11 +105,11 @@ def test_tokenizer_matches_the_reference_bpe_on_varied_text(tok, ranks):
         assert got == _reference_bpe(text, ranks), text
 
 
-def test_tiny_checkpoints_carry_the_real_tokenizer(tmp_path, tok):
+def test_tiny_checkpoints_carry_the_real_tokenizer(tiny_models, tok):
     from transformers import CLIPTokenizer
 
     for kind, sub in (("sdxl_refiner", "tokenizer_2"), ("clip", "")):  # the refiner has tokenizer_2 only
-        path = build_tiny(kind, tmp_path / kind)
+        path = tiny_models(kind)
         loaded = CLIPTokenizer.from_pretrained(path, subfolder=sub) if sub else CLIPTokenizer.from_pretrained(path)
         assert len(loaded) == 49408
         for text, _ in HAND_COUNTS:

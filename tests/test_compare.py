@@ -147,7 +147,7 @@ def test_descriptor_measure_reads_the_runs_params(images, tmp_path):
     (run / "params.resolved.yaml").write_text(P.to_yaml())
     m = compare.load_measure("descriptor", run)
     assert m.cfg.size == 64
-    assert compare.load_measure("descriptor", tmp_path / "no-run").cfg.size == config.DescriptorParams().size
+    assert compare.load_measure("descriptor", tmp_path / "no-run").cfg == config.compare_descriptor_params()
 
 
 def test_duck_typed_measures_are_adapted(images, monkeypatch, capsys):
@@ -210,7 +210,7 @@ def test_compare_uses_the_defaults_unless_a_run_is_given(images, tmp_path, monke
     argv = [str(images[0]), str(images[2])]
     assert compare.compare_main(argv) == 0
     out = capsys.readouterr()
-    default = compare.DescriptorMeasure("descriptor", compare.config.DescriptorParams())
+    default = compare.DescriptorMeasure("descriptor", compare.config.compare_descriptor_params())
     assert float(_values(out.out)["raw"]) == pytest.approx(default.similarity(images[0], images[2]), abs=1e-6)
     assert "the default descriptor params (no --run given)" in out.err
     assert compare.compare_main(argv + ["--run", str(run)]) == 0

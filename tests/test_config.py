@@ -6,8 +6,10 @@ from artsim_lib import config
 from artsim_lib.config import ParamsError, load_params
 from artsim_lib.io import paths
 
+PROFILES = sorted(p.stem for p in (paths.project_root() / "params").glob("*.yaml"))
 
-@pytest.mark.parametrize("name", ["smoke", "full"])
+
+@pytest.mark.parametrize("name", PROFILES)
 def test_shipped_profiles_validate(name):
     P = load_params(name)
     assert P.profile == name
@@ -23,6 +25,47 @@ def test_smoke_points_at_tiny_local_checkpoints_and_full_at_hub_ids():
     assert full.model_ref("sdxl_refiner") == "stabilityai/stable-diffusion-xl-refiner-1.0"
     assert full.model_ref("resnet") == "microsoft/resnet-50"
     assert full.preprocess.size == 1024
+
+
+def test_the_defaults_are_the_full_study():
+    assert load_params("full").model_dump() == config.Params(profile="full").model_dump()
+
+
+def _restated(stated: dict, base, where: str = "") -> list[str]:
+    """The keys of a profile's mapping ``stated`` whose value equals ``base``'s (a params model):
+    sections are compared key by key, anything else (mapping-valued keys too) as a whole."""
+    same = []
+    for key, value in stated.items():
+        current = getattr(base, key)
+        if isinstance(current, config.schema._Section) and isinstance(value, dict):
+            same += _restated(value, current, f"{where}{key}.")
+        elif value == base.model_dump(mode="json")[key]:
+            same.append(where + key)
+    return same
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profiles_state_only_what_they_change(name):
+    """A profile lists only what differs from what it builds on (the schema's defaults, which are the
+    full study, or the profile it ``extends``): a restated default would hide the difference that
+    matters and go stale when the default changes."""
+    raw = yaml.safe_load((paths.project_root() / "params" / f"{name}.yaml").read_text())
+    base = load_params(raw.pop("extends")) if "extends" in raw else config.Params()
+    assert _restated(raw, base) == []
+
+
+@pytest.mark.parametrize("profile,override,key", [
+    ("full", "workflow.shards.05=64", "workflow.shards"),
+    ("smoke", "descriptors.weights.colour=0.5", "descriptors.weights"),
+    ("full", "generation.strength.moderate=0.4", "generation.strength"),
+])
+def test_an_override_inside_a_mapping_keeps_its_other_keys(profile, override, key):
+    """Whether the profile states the mapping or takes it from the defaults."""
+    keys, value = config.parse_override(override)
+    before = load_params(profile).model_dump()
+    after = load_params(profile, [override]).model_dump()
+    section, field = key.split(".")
+    assert after[section][field] == {**before[section][field], keys[-1]: value}
 
 
 def test_overrides_are_typed_from_the_command_line():

@@ -14,7 +14,7 @@ from artsim_lib.core import descriptors
 from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.io import synthart
 
-CFG = config.DescriptorParams()
+CFG = config.compare_descriptor_params()  # 128 px (the schema defaults: the full study's 256)
 SKIP = ("truncated", "grayscale", "phash_duplicate")  # unreadable, colourless, a copy
 
 

@@ -54,3 +54,14 @@ def test_make_install_adds_open_clip_without_its_dependencies():
     assert bpe.INSTALL_HINT == f"pip install --no-deps {pinned}"
     deps, _, pip = _specs()
     assert not any(_name(d) == "open-clip-torch" for d in deps + pip)
+
+
+def test_the_tools_to_develop_and_test_are_the_dev_extra_and_make_install_installs_it():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_name(d) for d in project["dependencies"]}
+    dev = {_name(d) for d in project["optional-dependencies"]["dev"]}
+    assert {"pytest", "pytest-xdist", "nbval", "jupyterlab", "ruff"} <= dev
+    assert not runtime & dev
+    assert {"papermill", "nbconvert", "ipykernel", "snakemake"} <= runtime  # the study runs them
+    install = (ROOT / "Makefile").read_text().split("\n$(STAMP):", 1)[1].split("\n\n", 1)[0]
+    assert 'pip install -q -e ".[dev]"' in install

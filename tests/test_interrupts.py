@@ -14,20 +14,12 @@ from pathlib import Path
 import pytest
 
 from artsim_lib.io import runlock
-from test_workflow import REPO, artsim, project_env
 
 SETS = ["--set", "data.synthart.num_images=24", "--set", "preprocess.size=32", "--set", "num_workers=1",
         "--set", "preprocess.workers=1"]
 RUN = ["run", "--until", "02", *SETS]
 # Provenance (wall times, pids) differs from run to run by design; everything else must not.
 VOLATILE = ("stages/", "provenance.json", runlock.LOCK_NAME)
-
-
-def _project(root: Path) -> Path:
-    (root / "params").mkdir(parents=True)
-    shutil.copy(REPO / "params" / "smoke.yaml", root / "params" / "smoke.yaml")
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
-    return root
 
 
 def _artifacts(run: Path) -> dict[str, bytes]:
@@ -48,8 +40,8 @@ def _session(sid: int) -> list[int]:
     return pids
 
 
-def _interrupted_run(root: Path, delay: float, how: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "artsim_lib", *RUN], cwd=root, env=project_env(root),
+def _interrupted_run(root: Path, env: dict, delay: float, how: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "artsim_lib", *RUN], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(delay)
     if proc.poll() is None:
@@ -65,8 +57,8 @@ def _interrupted_run(root: Path, delay: float, how: str) -> None:
 
 
 @pytest.mark.slow
-def test_interrupted_runs_resume_to_the_same_artifacts(tmp_path):
-    root = _project(tmp_path / "proj")
+def test_interrupted_runs_resume_to_the_same_artifacts(tmp_path, make_project, project_env, artsim):
+    root = make_project(tmp_path / "proj", notebooks="study")
     run = root / "runs" / "smoke"
     t0 = time.monotonic()
     artsim(root, *RUN)
@@ -78,7 +70,7 @@ def test_interrupted_runs_resume_to_the_same_artifacts(tmp_path):
 
     rng = random.Random(13)
     for how in ("SIGKILL", "SIGINT", "SIGKILL", "SIGINT"):
-        _interrupted_run(root, rng.uniform(0.1, 0.9) * total, how)
+        _interrupted_run(root, project_env(root), rng.uniform(0.1, 0.9) * total, how)
     proc = artsim(root, *RUN)  # no --unlock, no clean-up by hand
     assert "LockException" not in proc.stdout + proc.stderr
     assert _artifacts(run) == reference

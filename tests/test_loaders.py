@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artsim_lib import config
-from artsim_lib.io.manifest import MANIFEST_COLUMNS, load_huggan, load_kaggle, load_manifest
 from artsim_lib.io import datasets as loaders
+from artsim_lib.io.manifest import MANIFEST_COLUMNS, load_huggan, load_kaggle, load_manifest
 
 HEADER = "filename,artist,genre,description,phash,width,height,genre_count,subset\n"
 ROWS = """\
@@ -187,13 +186,11 @@ def test_huggan_offline_error_says_how_to_download(tmp_path):
 
 
 # -- load_manifest ---------------------------------------------------------------------------------
-def _params(*overrides):
-    return config.load_params("smoke", ["data.synthart.num_images=16", "data.synthart.max_side=160",
-                                        *overrides])
+SMALL = ("data.synthart.num_images=16", "data.synthart.max_side=160")
 
 
-def test_load_manifest_synthart_and_cache(run_dir, monkeypatch):
-    P = _params()
+def test_load_manifest_synthart_and_cache(run_dir, smoke_params, monkeypatch):
+    P = smoke_params(*SMALL)
     df = load_manifest(P)
     csv = run_dir / "raw" / "synthart" / "classes.csv"
     assert csv.exists() and P.run.raw_manifest == run_dir / "manifest" / "raw.parquet"
@@ -204,18 +201,18 @@ def test_load_manifest_synthart_and_cache(run_dir, monkeypatch):
         again = load_manifest(P)
     pd.testing.assert_frame_equal(df, again)
     assert isinstance(again["styles"][0], list)
-    limited = load_manifest(_params("data.limit=5"))  # other data params: rebuilt, not reused
+    limited = load_manifest(smoke_params(*SMALL, "data.limit=5"))  # other data params: rebuilt, not reused
     assert len(limited) == 5 and len(pd.read_parquet(P.run.raw_manifest)) == 5
     pd.testing.assert_frame_equal(limited, df.head(5))
     os.utime(csv, ns=(P.run.raw_manifest.stat().st_mtime_ns + 10**9,) * 2)  # csv newer: rebuilt
     reloaded = []
     monkeypatch.setattr("artsim_lib.io.manifest.load_kaggle", lambda root: reloaded.append(root) or df)
-    assert len(load_manifest(_params("data.limit=5"))) == 5 and len(reloaded) == 1
+    assert len(load_manifest(smoke_params(*SMALL, "data.limit=5"))) == 5 and len(reloaded) == 1
     assert [p.name for p in P.run.raw_manifest.parent.iterdir()] == ["raw.parquet"]  # no temp files
 
 
-def test_load_manifest_huggan(run_dir, hf_folders):
-    P = _params("data.source=huggan", f"data.hf_dataset={hf_folders['parquet']}")
+def test_load_manifest_huggan(run_dir, smoke_params, hf_folders):
+    P = smoke_params(*SMALL, "data.source=huggan", f"data.hf_dataset={hf_folders['parquet']}")
     df = load_manifest(P)
     assert len(df) == 4 and (df["source"] == "huggan").all()
     assert all(p.startswith(str(run_dir / "raw" / "huggan")) for p in df["path"])
@@ -259,11 +256,10 @@ def test_files_not_in_classes_csv_are_listed(kaggle_root):
         ["Cubism/stray.jpg", "on disk but not in classes.csv", "ignored"]]
 
 
-def test_stage02_skipped_list_includes_the_data_decisions(run_dir):
+def test_stage02_skipped_list_includes_the_data_decisions(smoke_params):
     from artsim_lib.stages import s02_preprocess as pp
 
-    P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24",
-                                     "preprocess.workers=1"])
+    P = smoke_params("data.synthart.num_images=16", "preprocess.size=24", "preprocess.workers=1")
     raw = load_manifest(P)
     root = P.path(P.data.root)
     Image.new("RGB", (8, 8)).save(root / raw["filename"][0].split("/")[0] / "stray.jpg")

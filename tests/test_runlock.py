@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from artsim_lib.io import runlock
-from test_workflow import artsim, make_project, project_env
 
 
 def _dead_pid():
@@ -123,11 +122,11 @@ def test_clear_snakemake_locks_only_for_our_outputs(tmp_path):
 
 # -- artsim run ---------------------------------------------------------------------------
 @pytest.fixture
-def project(tmp_path):
+def project(tmp_path, make_project):
     return make_project(tmp_path / "proj")
 
 
-def test_a_refused_run_changes_nothing_and_names_the_holder(project):
+def test_a_refused_run_changes_nothing_and_names_the_holder(project, artsim):
     run, reports = project / "runs" / "smoke", project / "reports" / "smoke"
     run.mkdir(parents=True)
     (run / "params.resolved.yaml").write_text("# the live run's params\n")
@@ -144,7 +143,7 @@ def test_a_refused_run_changes_nothing_and_names_the_holder(project):
     assert not (run / runlock.LOCK_NAME).exists()
 
 
-def test_report_is_refused_while_a_run_holds_the_reports_dir(project):
+def test_report_is_refused_while_a_run_holds_the_reports_dir(project, artsim):
     reports = project / "reports" / "smoke"
     with runlock.RunLock.acquire([reports]):
         proc = artsim(project, "report", check=False)
@@ -152,7 +151,7 @@ def test_report_is_refused_while_a_run_holds_the_reports_dir(project):
     assert not (reports / "index.html").exists()
 
 
-def test_dry_run_writes_nothing_and_plans_changed_params(project):
+def test_dry_run_writes_nothing_and_plans_changed_params(project, artsim):
     proc = artsim(project, "run", "-n")
     assert not (project / "runs").exists() and not (project / "reports").exists()
     assert "stage_01_a" in proc.stdout + proc.stderr
@@ -166,16 +165,21 @@ def test_dry_run_writes_nothing_and_plans_changed_params(project):
     assert (params.read_bytes(), params.stat().st_mtime_ns) == before
 
 
-def _sleeping_project(tmp_path):
+@pytest.fixture
+def sleeping_project(tmp_path, make_project):
     return make_project(tmp_path / "proj", stages=("01-a", "02-slow"), bodies={
         "02-slow": "import time\nfrom pathlib import Path\nPath(P.run_path, 'slow-started').touch()\n"
                    "time.sleep(120)"})
 
 
-def _start(root, *args):
-    return subprocess.Popen([sys.executable, "-m", "artsim_lib", *args], cwd=root, env=project_env(root),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+@pytest.fixture
+def start(project_env):
+    """``start(root, *args)``: ``artsim ARGS`` on the project at ``root`` in its own session, not waited for."""
+    def start(root, *args):
+        return subprocess.Popen([sys.executable, "-m", "artsim_lib", *args], cwd=root, env=project_env(root),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return start
 
 
 def _wait_for(path, proc, limit=240):
@@ -187,9 +191,9 @@ def _wait_for(path, proc, limit=240):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_no_lock_and_no_temp_file(tmp_path):
-    root = _sleeping_project(tmp_path)
-    proc = _start(root, "run")
+def test_ctrl_c_leaves_no_lock_and_no_temp_file(sleeping_project, start):
+    root = sleeping_project
+    proc = start(root, "run")
     _wait_for(root / "runs" / "smoke" / "slow-started", proc)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     out = proc.communicate(timeout=120)[0]
@@ -201,16 +205,16 @@ def test_ctrl_c_leaves_no_lock_and_no_temp_file(tmp_path):
     assert leftovers == []
     # the next run needs no manual step (no --unlock): it starts, and we stop it again
     (root / "runs" / "smoke" / "slow-started").unlink()
-    again = _start(root, "run")
+    again = start(root, "run")
     _wait_for(root / "runs" / "smoke" / "slow-started", again)
     os.killpg(again.pid, signal.SIGINT)
     assert again.wait(timeout=120) == 130
 
 
 @pytest.mark.slow
-def test_after_sigkill_the_next_run_cleans_up_and_goes_on(tmp_path):
-    root = _sleeping_project(tmp_path)
-    proc = _start(root, "run")
+def test_after_sigkill_the_next_run_cleans_up_and_goes_on(sleeping_project, start, artsim, write_notebook):
+    root = sleeping_project
+    proc = start(root, "run")
     _wait_for(root / "runs" / "smoke" / "slow-started", proc)
     info = json.loads((root / "runs" / "smoke" / runlock.LOCK_NAME).read_text())
     # a killed machine: artsim, Snakemake and the job die at once, nothing cleans up
@@ -221,7 +225,6 @@ def test_after_sigkill_the_next_run_cleans_up_and_goes_on(tmp_path):
     fake_tmp.write_text("{}")
     assert list((root / ".snakemake" / "locks").glob("*.lock"))  # Snakemake's lock is stale now
     root.joinpath("notebooks", "02-slow.ipynb").unlink()
-    from test_workflow import write_notebook
     write_notebook(root / "notebooks" / "02-slow.ipynb", "02-slow", "print('quick now')")
     out = artsim(root, "run")
     text = out.stdout + out.stderr
@@ -276,18 +279,17 @@ def test_ctrl_c_is_forwarded_once_then_escalated(tmp_path, behaviour, expected):
         assert rc == -signal.SIGKILL
 
 
-def test_a_notebook_run_on_its_own_does_not_overwrite_a_live_runs_params(run_dir, monkeypatch):
-    from artsim_lib import config
+def test_a_notebook_run_on_its_own_does_not_overwrite_a_live_runs_params(run_dir, smoke_params, monkeypatch):
     from artsim_lib.io import provenance
 
-    P = config.load_params("smoke")
+    P = smoke_params()
     provenance.start_stage("01-x", P)
     before = P.run.params_file.read_bytes()
     with runlock.RunLock.acquire([run_dir]) as lock:
         with pytest.raises(runlock.RunLocked, match="not writing"):
-            provenance.start_stage("01-x", config.load_params("smoke", ["seed=9"]))
+            provenance.start_stage("01-x", smoke_params("seed=9"))
         assert P.run.params_file.read_bytes() == before
         provenance.start_stage("01-x", P)  # the run's own stage: unchanged params, no check
         monkeypatch.setenv(runlock.LOCK_ENV, lock.token)
-        provenance.start_stage("01-x", config.load_params("smoke", ["seed=9"]))  # its job may
+        provenance.start_stage("01-x", smoke_params("seed=9"))  # its job may
     assert b"seed: 9" in P.run.params_file.read_bytes()

@@ -7,16 +7,30 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
 
+from artsim_lib.config.schema import (
+    CaptioningParams,
+    DataParams,
+    DescriptorParams,
+    EvaluationParams,
+    FinetuneParams,
+    GenerationParams,
+    ModelParams,
+    PreprocessParams,
+    PromptingParams,
+    SectionError,
+    SiameseParams,
+    TripletParams,
+    WorkflowParams,
+    _Section,
+)
 from artsim_lib.io import paths
-from artsim_lib.config.schema import _Section, KNOWN_MEASURES, SectionError, SynthArtParams, DataParams, ModelParams, SplitParams, PreprocessParams, CaptioningParams, PromptingParams, GenerationParams, TripletParams, DescriptorParams, FinetuneParams, SiameseParams, EvaluationParams, WorkflowParams
-
-
 
 
 class ParamsError(ValueError):
@@ -31,7 +45,7 @@ class Params(_Section):
     run_dir: str = "runs/{profile}"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(8, ge=1)
     data: DataParams = DataParams()
     models: ModelParams = ModelParams()
     preprocess: PreprocessParams = PreprocessParams()
@@ -236,9 +250,13 @@ def load_params(profile: str | os.PathLike = "smoke", overrides: Sequence[str] =
     (and the override, when the bad value came from one)."""
     path = profile_path(profile)
     data = read_profile(path)
-    validate(data, str(path))  # report file errors against the file, before overrides
+    resolved = validate(data, str(path))  # report file errors against the file, before overrides
     if not overrides:
-        return validate(data, str(path))
+        return resolved
+    # Overrides change the resolved values (defaults included): a key inside a mapping, such as
+    # workflow.shards.05 or descriptors.weights.colour, changes that key and keeps the others,
+    # whether or not the profile states the mapping.
+    data = resolved.model_dump(mode="json")
     parsed = [parse_override(item) for item in overrides]
     for item, (keys, value) in zip(overrides, parsed):
         _apply(data, keys, value, f"{path} --set {item}")

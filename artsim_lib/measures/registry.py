@@ -129,7 +129,7 @@ def descriptor_params(run_dir: Path | None):
     if resolved is not None:
         data = config.read_yaml(resolved) or {}
         return config.validate(data, str(resolved)).descriptors
-    return config.DescriptorParams()
+    return config.compare_descriptor_params()
 
 
 def params_file(run_dir: Path | None) -> Path | None:
