@@ -32,6 +32,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from artsim_lib.io.images import open_rgb, to_rgb
+
 FAMILIES: dict[str, tuple[str, ...]] = {
     "photometric": ("brightness", "contrast", "saturation", "hue"),
     "degradation": ("blur", "noise", "jpeg"),
@@ -186,10 +188,8 @@ def apply(img: Image.Image, family: str, strength: float, seed: int) -> tuple[Im
 
 
 def _rgb(image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as im:
-        return im.convert("RGB")
+    """A PIL image or a path as RGB, by the study's one reader and converter (``io.images``)."""
+    return to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
 
 
 def pixel_distance(a, b) -> float:

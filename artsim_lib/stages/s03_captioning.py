@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from artsim_lib.io import paths, shards, workers
 from artsim_lib.io.artifacts import read_current
+from artsim_lib.io.images import open_rgb
 from artsim_lib.stages import s02_preprocess
 from artsim_lib.io.worklog import record
 
@@ -201,16 +202,9 @@ def processor_inputs(processor, images, prompt: str | None = None) -> dict:
 
 
 def _load_images(image_paths) -> list:
-    from PIL import Image
-
-    out = []
-    for p in image_paths:
-        try:
-            with Image.open(p) as im:
-                out.append(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"{p}: cannot read image for captioning ({type(err).__name__}: {err})") from None
-    return out
+    """The images as RGB, read by the study's one reader (``ImageReadError``, a ValueError, names
+    the file that cannot be read)."""
+    return [open_rgb(p) for p in image_paths]
 
 
 def prepare_inputs(processor, image_paths, prompt: str | None = None) -> dict:
