@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
+from tqdm import tqdm
 
 from artsim_lib.io import paths
 
@@ -112,3 +114,23 @@ def content_hash(frame: pd.DataFrame, ignore: Sequence[str] = ("seconds",)) -> s
     cols = [c for c in frame.columns if c not in set(ignore)]
     canon = frame[cols].reset_index(drop=True).to_json(orient="split", date_format="iso", double_precision=10)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def run_batches(batches: Iterable, work: Callable[[Any], Iterable[dict]], store: ShardStore, total: int,
+                desc: str, unit: str = "img") -> int:
+    """The one batch loop of the sharded stages (captions, derivatives, embeddings): ``work(batch)``
+    gives the batch's rows, which are appended to ``store`` as one part with ``seconds``, the wall
+    time per row since the previous part was stored (reading and waiting for the inputs included),
+    under one progress bar of ``total`` items (on stderr: the terminal and the stage log). Returns
+    how many rows were stored."""
+    done, last = 0, time.perf_counter()
+    with tqdm(total=total, desc=desc, unit=unit) as bar:
+        for batch in batches:
+            rows = list(work(batch))
+            now = time.perf_counter()
+            each, last = (now - last) / max(len(rows), 1), now
+            store.append({**row, "seconds": each} for row in rows)
+            done += len(rows)
+            bar.update(len(rows))
+    return done
+

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from tqdm import tqdm
 
 from artsim_lib.io import paths, shards, workers
 from artsim_lib.io.artifacts import read_current
@@ -222,25 +221,22 @@ def _run_blip2(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
     c = P.captioning
     models.ensure_tiny_checkpoints(P, ["blip2"])
     model, processor = models.load_blip2(P.model_ref("blip2"), P.device, P.dtype)  # checks num_query_tokens
-    bar = tqdm(total=len(rows), desc="BLIP-2 captions", unit="img")
     # The next batches are decoded and resized on worker threads while the model captions this
     # one; the inputs are the same as made in line, so are the captions.
     n_workers = workers.worker_count(P.num_workers)
     prepared = workers.prefetch_map(lambda b: prepare_inputs(processor, list(b["path"]), c.prompt),
                                     list(shards.batches(rows, c.batch_size)), n_workers)
-    t0 = time.perf_counter()
+
+    def caption(item):
+        batch, inputs = item
+        seeds = [shards.item_seed(P.seed, i, SALT) for i in batch["id"]]
+        caps = caption_images(model, processor, None, max_new_tokens=c.max_new_tokens, num_beams=c.num_beams,
+                              do_sample=c.do_sample, prompt=c.prompt, seeds=seeds, inputs=inputs)
+        return ({"id": i, "caption": cap, "backend": "blip2", "model": P.models.blip2}
+                for i, cap in zip(batch["id"], caps))
+
     with closing(prepared):  # a kill or an error stops the workers too
-        for batch, inputs in prepared:
-            seeds = [shards.item_seed(P.seed, i, SALT) for i in batch["id"]]
-            caps = caption_images(model, processor, None, max_new_tokens=c.max_new_tokens, num_beams=c.num_beams,
-                                  do_sample=c.do_sample, prompt=c.prompt, seeds=seeds, inputs=inputs)
-            t1 = time.perf_counter()
-            dt, t0 = (t1 - t0) / len(batch), t1  # wall time per image, waiting for inputs included
-            store.append({"id": i, "caption": cap, "backend": "blip2", "model": P.models.blip2, "seconds": dt}
-                         for i, cap in zip(batch["id"], caps))
-            bar.update(len(batch))
-    bar.close()
-    return len(rows)
+        return shards.run_batches(prepared, caption, store, len(rows), "BLIP-2 captions")
 
 
 # -- the stage ----------------------------------------------------------------------------

@@ -51,7 +51,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from artsim_lib.core import augment
 from artsim_lib.io import paths, shards
@@ -312,23 +311,20 @@ def _run_jobs(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
     ran = _ran_on(P)
     # sdxl takes one strength per call: its batches never mix levels.
     groups = rows.groupby("strength", sort=True) if per_batch else [(None, rows)]
-    bar = tqdm(total=len(rows), desc=f"generate ({P.generation.backend})", unit="img")
+    batches = (b for _, same in groups for b in shards.batches(same, P.generation.batch_size))
     with ThreadPoolExecutor(max_workers=worker_count(P.num_workers)) as pool:
-        for _, same in groups:
-            for batch in shards.batches(same, P.generation.batch_size):
-                t0 = time.perf_counter()
-                items = list(batch.itertuples())
-                if per_batch:
-                    flags = list(pool.map(_save, per_batch(batch), batch["path"], [size] * len(items),
-                                          [black_max] * len(items)))
-                else:
-                    flags = list(pool.map(lambda r: _save(per_item(r), r.path, size, black_max), items))
-                dt = (time.perf_counter() - t0) / len(items)
-                store.append({**{c: getattr(r, c) for c in COLUMNS if c not in MADE},
-                              "seconds": dt, "nan_flag": nan, "black_flag": black, "sha256": digest, **ran}
-                             for r, (nan, black, digest) in zip(items, flags))
-                bar.update(len(items))
-    bar.close()
+        def make(batch):
+            items = list(batch.itertuples())
+            if per_batch:
+                flags = list(pool.map(_save, per_batch(batch), batch["path"], [size] * len(items),
+                                      [black_max] * len(items)))
+            else:
+                flags = list(pool.map(lambda r: _save(per_item(r), r.path, size, black_max), items))
+            return ({**{c: getattr(r, c) for c in COLUMNS if c not in MADE},
+                     "nan_flag": nan, "black_flag": black, "sha256": digest, **ran}
+                    for r, (nan, black, digest) in zip(items, flags))
+
+        shards.run_batches(batches, make, store, len(rows), f"generate ({P.generation.backend})")
     record("made", stage="generation", items=len(rows))
     return len(rows)
 
