@@ -87,7 +87,7 @@ def test_registered_embedding_measure(images, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare, "_LOADERS", dict(compare._LOADERS))
 
     def loader(run_dir):
-        compare.require_dir(run_dir / "siamese", "mean-colour")
+        compare.trained_model_dir(run_dir / "siamese", "mean-colour")
         # An embedding by hand: the mean colour minus mid-grey.
         return compare.EmbeddingMeasure("mean-colour", lambda ims: np.stack(
             [np.asarray(i, float).reshape(-1, 3).mean(0) - 127.5 for i in ims]))

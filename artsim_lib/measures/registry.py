@@ -22,12 +22,12 @@ stage 09 ranks best on the calibration set (see :data:`DEFAULT_MEASURE` and the 
 Descriptor measures use the default descriptor params unless a run directory is given, then
 that run's ``params.resolved.yaml`` (``descriptor_fitted`` always reads its run: the weights
 were fitted with its params). ``artsim compare``/``matrix`` say on stderr where the settings
-came from. Trained measures (a siamese head, ResNet variants) register a
-loader with :func:`register_measure`; they are usually :class:`EmbeddingMeasure` (raw: cosine of
+came from. Trained measures (the models of stages 07 and 08: :data:`artsim_lib.measures.trained.LOADERS`)
+and the field's copy detectors (:data:`artsim_lib.measures.sota.LOADERS`) are rows of the same static
+table, read from a run directory; they are usually :class:`EmbeddingMeasure` (raw: cosine of
 embeddings in [-1, 1]; ``similarity01 = (raw + 1) / 2``), and any object with ``embed`` or with
-``similarity``/``similarity01`` is adapted (:func:`as_measure`). The modules in
-``PLUGIN_MODULES`` are imported on first use (and their ``register_measures()`` called, if any)
-so that their measures are known.
+``similarity``/``similarity01`` is adapted (:func:`as_measure`). A program adds its own measure
+at run time with :func:`register_measure`.
 
 ``compare_main``/``matrix_main`` are ``artsim compare``/``artsim matrix``: bad input gives exit
 status 2 and one line on stderr (``ARTSIM_DEBUG=1`` shows the traceback instead).
@@ -35,7 +35,6 @@ status 2 and one line on stderr (``ARTSIM_DEBUG=1`` shows the traceback instead)
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -47,52 +46,10 @@ import pandas as pd
 from artsim_lib import config
 from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.core.descriptors import FAMILIES, ImageLike, ImageReadError  # noqa: F401 (API)
-from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureError, MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, require_dir
+from artsim_lib.measures import sota, trained
+from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, GeometryMeasure, Measure, MeasureError, MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, trained_model_dir
 
-PLUGIN_MODULES = ("artsim_lib.stages.s08_siamese", "artsim_lib.stages.s07_finetune", "artsim_lib.stages.s08_resnet_siamese", "artsim_lib.measures.sota")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-_LOADERS: dict[str, Callable[[Path], "Measure"]] = {}
-_plugins_loaded = False
-
-
-# -- the registry -------------------------------------------------------------------
-def register_measure(name: str, loader: Callable[[Path], Measure], replace: bool = False) -> None:
-    """Make ``load_measure(name, run_dir)`` call ``loader(run_dir)`` (a Path, maybe missing).
-    The loader returns a :class:`Measure` or an object :func:`as_measure` adapts; it raises
-    :class:`MeasureUnavailableError` (see :func:`require_dir`) when the run lacks its model."""
-    if name in _LOADERS and not replace:
-        raise MeasureError(f"measure {name!r} is already registered (pass replace=True)")
-    _LOADERS[name] = loader
-    from artsim_lib.config.schema import EXTRA_MEASURES, KNOWN_MEASURES
-
-    if name not in KNOWN_MEASURES:
-        EXTRA_MEASURES.add(name)
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for module in PLUGIN_MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # the plugin exists but one of its imports is missing
-                raise
-            continue
-        hook = getattr(mod, "register_measures", None)
-        if callable(hook):  # a plugin may register on import or through this hook
-            try:
-                hook()
-            except MeasureError:
-                pass  # it had registered itself already
-
-
-def available_measures() -> list[str]:
-    """The names :func:`load_measure` knows, built-ins and registered plugins."""
-    _load_plugins()
-    return sorted(_LOADERS)
 
 
 def resolve_run_dir(run_dir: str | os.PathLike | None) -> Path:
@@ -114,8 +71,6 @@ def load_measure(name: str, run_dir: str | os.PathLike | None = None) -> Measure
     """The measure called ``name``; trained ones read their model from ``run_dir`` (default:
     :func:`resolve_run_dir`), descriptor ones its params (default: the defaults)."""
     if name not in _LOADERS:
-        _load_plugins()
-    if name not in _LOADERS:
         raise MeasureError(f"unknown measure {name!r} (known: {', '.join(available_measures())})")
     if name in DESCRIPTOR_MEASURES and run_dir is None and _LOADERS[name].__name__ == "_descriptor":
         return as_measure(_LOADERS[name](None))
@@ -125,19 +80,8 @@ def load_measure(name: str, run_dir: str | os.PathLike | None = None) -> Measure
 def descriptor_params(run_dir: Path | None):
     """The descriptor params of a run (``params.resolved.yaml``), else (no run, or a run without
     that file) the defaults."""
-    resolved = params_file(run_dir)
-    if resolved is not None:
-        data = config.read_yaml(resolved) or {}
-        return config.validate(data, str(resolved)).descriptors
-    return config.DescriptorParams()
-
-
-def params_file(run_dir: Path | None) -> Path | None:
-    """``<run_dir>/params.resolved.yaml`` when there is one."""
-    if run_dir is None:
-        return None
-    resolved = Path(run_dir) / "params.resolved.yaml"
-    return resolved if resolved.is_file() else None
+    P = config.read_run_params(run_dir, missing_ok=True) if run_dir is not None else None
+    return P.descriptors if P is not None else config.DescriptorParams()
 
 
 def settings_source(name: str, run_dir: str | os.PathLike | None) -> str:
@@ -145,12 +89,12 @@ def settings_source(name: str, run_dir: str | os.PathLike | None) -> str:
     if name in DESCRIPTOR_MEASURES:
         if run_dir is None:
             return "the default descriptor params (no --run given)"
-        resolved = params_file(Path(run_dir).expanduser().resolve())
+        resolved = config.run_params_file(Path(run_dir).expanduser().resolve())
         return (f"the descriptor params of {resolved}" if resolved else
                 f"the default descriptor params ({run_dir} has no params.resolved.yaml)")
     run = resolve_run_dir(run_dir)
     if name == "descriptor_fitted":
-        resolved = params_file(run)
+        resolved = config.run_params_file(run)
         params = f"the descriptor params of {resolved}" if resolved else "the default descriptor params"
         return f"the weights fitted in {run} and {params}"
     return f"the models of {run}" + ("" if run_dir is not None else " (the default run; pass --run DIR)")
@@ -171,12 +115,6 @@ def _fitted_loader(run_dir: Path) -> Measure:
     return DescriptorMeasure("descriptor_fitted", descriptor_params(run_dir), None, fitted["weights"])
 
 
-register_measure("descriptor", _descriptor_loader(None, "descriptor"))
-register_measure("descriptor_fitted", _fitted_loader)
-for _family in FAMILIES:
-    register_measure(_family, _descriptor_loader(_family, _family))
-
-
 # -- the pretrained CNN (issue 11): a real deep measure that needs no run and no training --------
 # The default of `artsim compare`: the measure needing no trained model that does best in stage 09 on
 # the smoke profile's calibration set (65 test originals, stretched, 200 bootstrap draws): descriptor
@@ -187,18 +125,11 @@ PRETRAINED_IMAGE_SIZE = 224  # EfficientNet-Lite0's own input side: the same num
 
 
 def _pretrained_cnn_loader(run_dir: Path) -> Measure:
-    from artsim_lib.models import BackboneUnavailableError, embed_images, load_backbone
+    from artsim_lib.models import BackboneUnavailableError, embed_images, load_backbone, pick_device
 
-    device = "cpu"
-    resolved = Path(run_dir) / "params.resolved.yaml"
-    if resolved.exists():  # inside a run, use its device (stage 09 on a GPU)
-        import yaml
-
-        device = (yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}).get("device", "cpu")
+    P = config.read_run_params(run_dir, missing_ok=True)  # inside a run, use its device (stage 09 on a GPU)
     try:
-        from artsim_lib.models import pick_device
-
-        model, preprocess = load_backbone("effnet_lite0", device=pick_device(device),
+        model, preprocess = load_backbone("effnet_lite0", device=pick_device(P.device if P else "cpu"),
                                           image_size=PRETRAINED_IMAGE_SIZE)
     except BackboneUnavailableError as err:
         raise MeasureUnavailableError(f"measure 'effnet_lite0': {err}") from None
@@ -206,22 +137,41 @@ def _pretrained_cnn_loader(run_dir: Path) -> Measure:
                             pass_sources=True)
 
 
-register_measure("effnet_lite0", _pretrained_cnn_loader)
-
 def _geometry_loader(run_dir: Path) -> Measure:
     """The content-free baseline, with the run's padding colour when it has params."""
-    from artsim_lib.measures.base import GeometryMeasure
-
-    resolved = Path(run_dir) / "params.resolved.yaml"
-    pad = (0, 0, 0)
-    if resolved.exists():
-        import yaml
-        pad = tuple(config.validate(yaml.safe_load(resolved.read_text(encoding="utf-8")) or {},
-                                    str(resolved)).preprocess.pad_color)
-    return GeometryMeasure("geometry", pad)
+    P = config.read_run_params(run_dir, missing_ok=True)
+    return GeometryMeasure("geometry", tuple(P.preprocess.pad_color) if P else (0, 0, 0))
 
 
-register_measure("geometry", _geometry_loader)
+# -- the registry: one static table, name -> loader(run_dir) ---------------------------------------------
+_LOADERS: dict[str, Callable[[Path], Measure]] = {
+    "descriptor": _descriptor_loader(None, "descriptor"),
+    "descriptor_fitted": _fitted_loader,
+    **{family: _descriptor_loader(family, family) for family in FAMILIES},
+    "effnet_lite0": _pretrained_cnn_loader,
+    "geometry": _geometry_loader,
+    **trained.LOADERS,  # stages 07 and 08: clip, clip_siamese, resnet, <backbone>_finetuned/_siamese/_regression
+    **sota.LOADERS,     # dinov2, sscd
+}
+
+
+def register_measure(name: str, loader: Callable[[Path], Measure], replace: bool = False) -> None:
+    """Make ``load_measure(name, run_dir)`` call ``loader(run_dir)`` (a Path, maybe missing): a
+    program's own measure, added at run time. The loader returns a :class:`Measure` or an object
+    :func:`as_measure` adapts; it raises :class:`MeasureUnavailableError` (see :func:`trained_model_dir`)
+    when the run lacks its model."""
+    if name in _LOADERS and not replace:
+        raise MeasureError(f"measure {name!r} is already registered (pass replace=True)")
+    _LOADERS[name] = loader
+    from artsim_lib.config.schema import EXTRA_MEASURES, KNOWN_MEASURES
+
+    if name not in KNOWN_MEASURES:
+        EXTRA_MEASURES.add(name)
+
+
+def available_measures() -> list[str]:
+    """The names :func:`load_measure` knows: the table and what was registered."""
+    return sorted(_LOADERS)
 
 
 # -- matrices ---------------------------------------------------------------------------
