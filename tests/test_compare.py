@@ -231,3 +231,23 @@ def test_matrix_skips_and_lists_unreadable_files(images, tmp_path, capsys):
     assert list(table.index) == ["a.png", "a_blur.png", "b.png"]
     assert "skipped 2 file(s)" in out.err and "broken.png: cannot read image" in out.err
     assert "empty.jpg" in out.err and "2 skipped" in out.out
+
+
+def test_the_trained_measures_table_names_every_backbone_and_variant():
+    from artsim_lib import models
+    from artsim_lib.measures import sota, trained
+    from artsim_lib.models import heads
+
+    cnn = {f"{k}_finetuned" for k in models.BACKBONE_KINDS}
+    cnn |= {trained.measure_name(k, v) for k in models.BACKBONE_KINDS for v in heads.VARIANTS}
+    assert set(trained.LOADERS) == {"clip", "clip_siamese", "resnet"} | cnn
+    assert set(trained.LOADERS) | set(sota.LOADERS) <= set(compare.available_measures())
+
+
+def test_the_registry_loads_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, artsim_lib.measures.registry as r; r.available_measures(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # `artsim compare --measure descriptor` stays light
