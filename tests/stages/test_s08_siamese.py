@@ -358,7 +358,7 @@ def backbone_dir(tmp_path_factory):
     return build_tiny("resnet", tmp_path_factory.mktemp("models") / "tiny-resnet")
 
 
-def _colour_colour_image(colour, seed, size=40):
+def _colour_image(colour, seed, size=40):
     rng = np.random.default_rng(seed)
     arr = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
     return Image.fromarray(arr)
@@ -569,7 +569,7 @@ def test_effnet_siamese_trains_its_last_stage_and_is_named_after_it(run_dir, eff
 def test_the_second_variant_reuses_the_frozen_features(run_dir, backbone_dir, cnn_triplets, monkeypatch):
     calls = []
     real = siamese._backbone_features
-    monkeypatch.setattr(rs, "_backbone_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(siamese, "_backbone_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     siamese._FEATURES.clear()
     P = _cnn_params(["siamese.resnet_unfreeze=none", "siamese.resnet_epochs=1"])
     first = siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
