@@ -1,13 +1,34 @@
-"""Stage 07's figures: the confusion matrix, per-class F1 and what the training augmentation does.
-Each function returns the matplotlib Figure it drew."""
+"""The figures of the training stages: the train/validation curves (07 and 08), and stage 07's
+confusion matrix, per-class F1 and what its training augmentation does. Each function returns the
+matplotlib Figure it drew."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from artsim_lib.models.image_batches import Augment, augment_image, open_rgb
+
+
+def plot_history(history: pd.DataFrame, metrics: Iterable[str] = ("loss", "acc"), best_epoch: int | None = None,
+                 title: str | None = None):
+    """Train and validation curves per epoch, one panel per metric (a column of ``history``);
+    a dashed line marks ``best_epoch``. Returns the Figure."""
+    metrics = [m for m in metrics if m in history.columns]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for split, part in history.groupby("split", sort=False):
+            ax.plot(part["epoch"], part[metric], marker="o", ms=3, label=split)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, ls="--", c="k", lw=1, label=f"best (epoch {best_epoch})")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix (test)"):

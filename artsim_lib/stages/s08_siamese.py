@@ -55,7 +55,7 @@ from artsim_lib import models
 from artsim_lib.measures import embeddings, trained
 from artsim_lib.measures.trained import split_name
 from artsim_lib.models import heads, training
-from artsim_lib.models.heads import VARIANTS, build_head, head_config  # noqa: F401 (build_head: the API lofo and tests use)
+from artsim_lib.models.heads import VARIANTS, head_config
 from artsim_lib.models.image_batches import ImageTransform, make_loader
 from artsim_lib.models.training import TrainResult
 from artsim_lib.stages import s07_finetune
@@ -65,7 +65,7 @@ HARD_KINDS = ("same_style", "same_artist")
 UNFREEZE_LEVELS = ("none", "layer4", "all")  # layer4: the backbone's last stage (Backbone.unfreeze_prefixes)
 
 
-# -- 2. the CLIP siamese: the train/val splits ---------------------------------------------------------
+# -- 2. the CLIP siamese: the train/val splits ------------------------------------------------------------
 
 
 def resplit_originals(manifest: pd.DataFrame, share: float, seed: int) -> pd.Series:
@@ -109,7 +109,7 @@ def split_triplets(triplets: pd.DataFrame, manifest: pd.DataFrame, share: float,
 
 
 
-# -- 2. the CLIP siamese: training on cached embeddings -----------------------------------------
+# -- 2. the CLIP siamese: training on cached embeddings ---------------------------------------------------
 
 
 @dataclass
@@ -226,7 +226,7 @@ def train_clip_siamese(P, triplets: pd.DataFrame, table: pd.DataFrame, share: fl
     return fit
 
 
-# -- 3. the CNN siamese: data ---------------------------------------------------------------------------------
+# -- 3. the CNN siamese: data -----------------------------------------------------------------------------
 
 
 def _image_table(triplets: pd.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -256,7 +256,7 @@ def _targets(part: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(pos), torch.from_numpy(neg)
 
 
-# -- 3. the CNN siamese: loss and one epoch ---------------------------------------------------------------------------------
+# -- 3. the CNN siamese: loss and one epoch ---------------------------------------------------------------
 
 
 def batch_loss(model: heads.ResNetSiamese, ea, ep, en, t_pos=None, t_neg=None, in_batch: bool = False,
@@ -308,7 +308,7 @@ def _cnn_epoch(model, data: dict, setup, cfg, optimizer=None, scheduler=None, se
     return {"loss": total / max(len(s_pos), 1), **_accuracies(s_pos, s_neg, np.concatenate(kinds))}
 
 
-# -- 3. the CNN siamese: training --------------------------------------------------------------------------------------------
+# -- 3. the CNN siamese: training -------------------------------------------------------------------------
 
 
 def _split_data(part: pd.DataFrame, index: np.ndarray, source, cached: bool) -> dict:
@@ -516,7 +516,7 @@ def text_image_table(nway: pd.DataFrame, binary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
-# -- the stage -------------------------------------------------------------------------------------------
+# -- the stage --------------------------------------------------------------------------------------------
 
 
 @dataclass
