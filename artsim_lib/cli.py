@@ -25,13 +25,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import yaml
 
 from artsim_lib.workflow import cluster, runner
 from artsim_lib import config
 from artsim_lib.io import paths, runlock
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from artsim_lib.measures.base import Measure
 
 EXIT_PARAMS = 2
 EXIT_LOCKED = 3
@@ -357,10 +362,186 @@ def _add_stage(sub, parent) -> None:
     p.add_argument("--no-html", action="store_true", help="skip the HTML export")
 
 
-# Subcommands with their own argument parser in artsim_lib.measures.registry (see `artsim compare -h`).
+# -- artsim compare / artsim matrix: a measure of the registry (artsim_lib.measures.registry) on images ----
+# Their own parsers: bad input gives exit status 2 and one line on stderr (ARTSIM_DEBUG=1 shows the
+# traceback instead). The registry is imported when one runs, so `artsim run` does not pay for it.
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name."""
+    from artsim_lib.measures.base import MeasureError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MeasureError(f"{folder}: no such directory")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise MeasureError(f"{folder}: no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(readable files, [(file, reason), ...])``: each file is read as the study reads images."""
+    from artsim_lib.core.descriptors import ImageReadError
+    from artsim_lib.measures.base import read_image
+
+    good, bad = [], []
+    for f in files:
+        try:
+            read_image(f)
+        except ImageReadError as err:
+            bad.append((f, " ".join(str(err).split()).removeprefix(f"{f}: ")))
+        else:
+            good.append(f)
+    return good, bad
+
+
+def write_matrix(folder: str | os.PathLike, measure: Measure | str, out_png: str | os.PathLike,
+                 out_csv: str | os.PathLike, run_dir=None) -> pd.DataFrame:
+    """The [0, 1] similarity of every pair of images in ``folder``: a CSV (file names as row
+    and column labels) and a heatmap PNG, both written atomically. Returns the table."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from artsim_lib.measures import registry
+    from artsim_lib.plots.similarity import plot_matrix
+
+    m = registry.load_measure(measure, run_dir) if isinstance(measure, str) else registry.as_measure(measure)
+    files, skipped = readable_images(list_images(folder))
+    if not files:
+        raise registry.MeasureError(f"{folder}: none of the {len(skipped)} image(s) can be read "
+                                    f"(first: {skipped[0][0].name}: {skipped[0][1]})")
+    names = [f.name for f in files]
+    table = pd.DataFrame(m.matrix(files, normalised=True), index=names, columns=names)
+    with paths.atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, float_format="%.6f")
+    fig = plot_matrix(table, f"{m.name} similarity · {Path(folder).name}")
+    with paths.atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    table.attrs["skipped"] = [(f.name, why) for f, why in skipped]
+    return table
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        raise _UsageError(message)
+
+
+def _run_cli(prog: str, build, body, argv) -> int:
+    parser = build(_Parser(prog=prog))
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        return body(args)
+    except SystemExit as stop:  # --help
+        return int(stop.code or 0)
+    except _UsageError as err:
+        print(f"{prog}: error: {err} (see --help)", file=sys.stderr)
+    except (ValueError, OSError) as err:  # ImageReadError, MeasureError, ParamsError, missing files
+        if os.environ.get("ARTSIM_DEBUG"):
+            raise
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
+
+
+def _load_for_cli(name: str, run_dir):
+    from artsim_lib.measures import registry
+
+    try:
+        return registry.load_measure(name, run_dir)
+    except FileNotFoundError as err:  # a loader's own "no model" error: add the CLI's way out
+        msg = str(err)
+        raise registry.MeasureUnavailableError(msg if "--run" in msg else f"{msg}; or pass --run DIR") from None
+
+
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from artsim_lib.core.descriptors import FAMILIES
+    from artsim_lib.measures.registry import DEFAULT_MEASURE
+
+    p.add_argument("--measure", default=DEFAULT_MEASURE,
+                   help=f"a measure name (default: {DEFAULT_MEASURE}; built-in: "
+                        f"effnet_lite0, descriptor, descriptor_fitted, {', '.join(FAMILIES)}; trained ones need --run)")
+    p.add_argument("--run", metavar="DIR", help="run directory holding trained models and params "
+                                                "(default: descriptor measures use the default "
+                                                "params, trained ones $ARTSIM_RUN_DIR or runs/smoke)")
+    return p
+
+
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    """``artsim compare A B [--measure NAME] [--run DIR] [--families]``: print the raw and the
+    [0, 1] similarity of two images. Exit status 2 with a one-line error on bad input."""
+    def build(p):
+        p.description = "Similarity of two images under one measure: raw and mapped to [0, 1]."
+        p.add_argument("a", help="first image file")
+        p.add_argument("b", help="second image file")
+        p.add_argument("--families", action="store_true", help="also print each descriptor family")
+        return _common(p)
+
+    def body(args) -> int:
+        from artsim_lib.measures.base import DescriptorMeasure, read_image
+        from artsim_lib.measures.registry import settings_source
+
+        for p in (args.a, args.b):
+            read_image(p)  # fails early, naming the file, before any model is loaded
+        m = _load_for_cli(args.measure, args.run)
+        print(f"artsim compare: settings: {settings_source(args.measure, args.run)}", file=sys.stderr)
+        if isinstance(m, DescriptorMeasure):  # features once, for the total and the families
+            fa, fb = m.features([args.a, args.b])
+            raw = m.raw_from_features(fa, fb)
+            s01 = m.to01(raw)
+        else:
+            raw, s01 = m.scores(args.a, args.b)
+        print(f"measure  {m.name}\nraw      {raw:.6f}\n[0,1]    {s01:.6f}\nmapping  {m.mapping}")
+        if args.families and isinstance(m, DescriptorMeasure):
+            for family, value in m.family_scores(fa, fb).items():
+                print(f"  {family:<8} {value:.6f}")
+        return 0
+
+    return _run_cli("artsim compare", build, body, argv)
+
+
+def matrix_main(argv: Sequence[str] | None = None) -> int:
+    """``artsim matrix DIR [--measure NAME] [--run DIR] [--png F] [--csv F]``: the [0, 1]
+    similarity of every pair of images in a folder, as a heatmap PNG and a CSV."""
+    def build(p):
+        p.description = "Pairwise [0, 1] similarity of the images in a folder: heatmap PNG and CSV."
+        p.add_argument("dir", help="folder of images (png, jpg, webp, bmp, tif)")
+        p.add_argument("--png", help="heatmap file (default: ./<dir name>-<measure>.png)")
+        p.add_argument("--csv", help="table file (default: ./<dir name>-<measure>.csv)")
+        return _common(p)
+
+    def body(args) -> int:
+        from artsim_lib.measures.registry import settings_source
+
+        stem = f"{Path(args.dir).resolve().name}-{args.measure}"
+        png, csv = Path(args.png or f"{stem}.png"), Path(args.csv or f"{stem}.csv")
+        list_images(args.dir)  # a bad folder fails before any model is loaded
+        m = _load_for_cli(args.measure, args.run)
+        print(f"artsim matrix: settings: {settings_source(args.measure, args.run)}", file=sys.stderr)
+        table = write_matrix(args.dir, m, png, csv)
+        skipped = table.attrs.get("skipped", [])
+        if skipped:
+            print(f"artsim matrix: skipped {len(skipped)} file(s) that cannot be read:", file=sys.stderr)
+            for name, why in skipped:
+                print(f"  {name}: {why}", file=sys.stderr)
+        if len(table) <= 12:
+            print(table.round(3).to_string())
+        print(f"{len(table)} images · measure {args.measure} · wrote {png} and {csv}"
+              + (f" · {len(skipped)} skipped" if skipped else ""))
+        return 0
+
+    return _run_cli("artsim matrix", build, body, argv)
+
+
+# Subcommands with their own argument parser (above; see `artsim compare -h`).
 DELEGATED = {
-    "compare": ("similarity of two images: A B [--measure NAME] [--run DIR]", "compare_main"),
-    "matrix": ("similarity matrix of a folder of images: DIR -> heatmap PNG + CSV", "matrix_main"),
+    "compare": ("similarity of two images: A B [--measure NAME] [--run DIR]", compare_main),
+    "matrix": ("similarity matrix of a folder of images: DIR -> heatmap PNG + CSV", matrix_main),
 }
 
 
@@ -390,9 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("--")
         argv, passthrough = argv[:i], argv[i + 1:]
     if argv and argv[0] in DELEGATED:
-        from artsim_lib.measures import registry as compare
-
-        return getattr(compare, DELEGATED[argv[0]][1])(argv[1:])
+        return DELEGATED[argv[0]][1](argv[1:])
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if passthrough and args.command != "run":

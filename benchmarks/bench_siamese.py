@@ -27,7 +27,7 @@ from PIL import Image, ImageEnhance
 
 from artsim_lib.measures import embeddings
 from artsim_lib.core import losses
-from artsim_lib.stages import s08_siamese as siamese
+from artsim_lib.models import heads
 from artsim_lib.models import training
 from artsim_lib.io import synthart
 from artsim_lib.models import build_tiny, freeze
@@ -106,14 +106,14 @@ def bench_training(enc: embeddings.Encoder, table: pd.DataFrame, batch: int, epo
         return times
 
     torch.manual_seed(0)
-    cached = siamese.Siamese(siamese.build_head(cfg), siamese.Temperature())
-    # One thread for the head, as siamese.fit_head does on the CPU (small matrices); CLIP gets them all.
+    cached = heads.Siamese(heads.build_head(cfg), heads.Temperature())
+    # One thread for the head, as stages.s08_siamese.fit_head does on the CPU (small matrices); CLIP gets them all.
     t_cached = min(run_epochs(cached, emb, 30, threads=1))
     proc = enc.processor.image_processor
     pixels = torch.from_numpy(np.stack([proc(images=Image.open(f).convert("RGB"), return_tensors="np")
                                         ["pixel_values"][0] for f in table["path"]]))  # [2n, 3, H, W]
     torch.manual_seed(0)
-    online = siamese.Siamese(siamese.build_head(cfg), siamese.Temperature(), embeddings.ClipEncoder(enc.model))
+    online = heads.Siamese(heads.build_head(cfg), heads.Temperature(), embeddings.ClipEncoder(enc.model))
     t_online = min(run_epochs(online, pixels, epochs, threads=torch.get_num_threads()))
     _, t_extract, _ = timed(lambda: list(embeddings.encode(enc, list(table["path"]), batch, 2)))
     print(f"(a) {n} triplets, batch {batch}, head {cfg['hidden']} -> {cfg['out_dim']}, {enc.dim}-d CLIP embeddings")

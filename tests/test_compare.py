@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
+from artsim_lib import cli
 from artsim_lib.measures import registry as compare
 
 
@@ -30,19 +31,19 @@ def _values(out: str) -> dict:
 
 
 def test_compare_main_prints_raw_and_01(images, capsys):
-    assert compare.compare_main([str(images[0]), str(images[1])]) == 0
+    assert cli.compare_main([str(images[0]), str(images[1])]) == 0
     v = _values(capsys.readouterr().out)
     m = compare.load_measure("descriptor")
     expected = m.similarity(images[0], images[1])
     assert v["measure"] == "descriptor"
     assert float(v["raw"]) == pytest.approx(expected, abs=1e-6)
     assert float(v["[0,1]"]) == pytest.approx(m.similarity01(images[0], images[1]), abs=1e-6)
-    assert compare.compare_main([str(images[0]), str(images[0]), "--measure", "texture"]) == 0
+    assert cli.compare_main([str(images[0]), str(images[0]), "--measure", "texture"]) == 0
     assert float(_values(capsys.readouterr().out)["raw"]) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_compare_families_breakdown_matches_the_family_measures(images, capsys):
-    assert compare.compare_main([str(images[0]), str(images[2]), "--families"]) == 0
+    assert cli.compare_main([str(images[0]), str(images[2]), "--families"]) == 0
     lines = dict(line.split() for line in capsys.readouterr().out.splitlines()[4:])
     for family in ("colour", "texture", "edges", "shape"):
         direct = compare.load_measure(family).similarity01(images[0], images[2])
@@ -54,23 +55,23 @@ def test_bad_image_exits_2_naming_the_file(images, tmp_path, capsys, case):
     bad = tmp_path / "nothing-here.png"
     if case == "garbage":
         bad.write_bytes(b"\x89PNG but not really")
-    assert compare.compare_main([str(images[0]), str(bad)]) == 2
+    assert cli.compare_main([str(images[0]), str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err
 
 
 def test_unknown_measure_and_bad_usage_exit_2(images, capsys):
-    assert compare.compare_main([str(images[0]), str(images[1]), "--measure", "nope"]) == 2
+    assert cli.compare_main([str(images[0]), str(images[1]), "--measure", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown measure 'nope'" in err and "descriptor" in err
-    assert compare.compare_main([str(images[0])]) == 2
+    assert cli.compare_main([str(images[0])]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert compare.compare_main(["--help"]) == 0
+    assert cli.compare_main(["--help"]) == 0
 
 
 def test_fitted_measure_without_a_run_says_what_to_do(images, tmp_path, capsys):
     argv = [str(images[0]), str(images[1]), "--measure", "descriptor_fitted", "--run", str(tmp_path / "run")]
-    assert compare.compare_main(argv) == 2
+    assert cli.compare_main(argv) == 2
     assert "run stage 06 first or pass --run DIR" in capsys.readouterr().err
 
 
@@ -87,7 +88,7 @@ def test_registered_embedding_measure(images, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare, "_LOADERS", dict(compare._LOADERS))
 
     def loader(run_dir):
-        compare.require_dir(run_dir / "siamese", "mean-colour")
+        compare.trained_model_dir(run_dir / "siamese", "mean-colour")
         # An embedding by hand: the mean colour minus mid-grey.
         return compare.EmbeddingMeasure("mean-colour", lambda ims: np.stack(
             [np.asarray(i, float).reshape(-1, 3).mean(0) - 127.5 for i in ims]))
@@ -96,7 +97,7 @@ def test_registered_embedding_measure(images, tmp_path, monkeypatch, capsys):
     with pytest.raises(compare.MeasureError, match="already registered"):
         compare.register_measure("mean-colour", loader)
     run = tmp_path / "run"
-    assert compare.compare_main([str(images[0]), str(images[2]), "--measure", "mean-colour", "--run", str(run)]) == 2
+    assert cli.compare_main([str(images[0]), str(images[2]), "--measure", "mean-colour", "--run", str(run)]) == 2
     assert "run stage 08 first or pass --run DIR" in capsys.readouterr().err
     (run / "siamese").mkdir(parents=True)
     m = compare.load_measure("mean-colour", run)
@@ -123,7 +124,7 @@ def test_similarity_matrix_matches_pairwise_calls(images):
 
 def test_matrix_main_writes_png_and_csv(images, tmp_path, capsys):
     png, csv = tmp_path / "out" / "m.png", tmp_path / "out" / "m.csv"
-    assert compare.matrix_main([str(images[0].parent), "--png", str(png), "--csv", str(csv),
+    assert cli.matrix_main([str(images[0].parent), "--png", str(png), "--csv", str(csv),
                                 "--measure", "colour"]) == 0
     table = pd.read_csv(csv, index_col=0)
     assert list(table.index) == list(table.columns) == ["a.png", "a_blur.png", "b.png"]
@@ -134,7 +135,7 @@ def test_matrix_main_writes_png_and_csv(images, tmp_path, capsys):
     assert "3 images" in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert compare.matrix_main([str(empty)]) == 2
+    assert cli.matrix_main([str(empty)]) == 2
     assert "no images" in capsys.readouterr().err
 
 
@@ -186,7 +187,7 @@ def test_duck_typed_measures_are_adapted(images, monkeypatch, capsys):
     assert pw.scores(images[0], Image.new("RGB", (5, 5))) == (-1.0, 0.0)
     small = images[0].parent / "small.png"
     Image.new("RGB", (5, 5)).save(small)
-    assert compare.compare_main([str(images[0]), str(small), "--measure", "same-size"]) == 0
+    assert cli.compare_main([str(images[0]), str(small), "--measure", "same-size"]) == 0
     out = _values(capsys.readouterr().out)
     assert (float(out["raw"]), float(out["[0,1]"])) == (-1.0, 0.0)  # the object's own similarity01
     compare.register_measure("broken", lambda run: object())
@@ -208,12 +209,12 @@ def test_compare_uses_the_defaults_unless_a_run_is_given(images, tmp_path, monke
     run = _run_with_colour_only(tmp_path / "run")
     monkeypatch.setenv("ARTSIM_RUN_DIR", str(run))  # the default run: it used to be read silently
     argv = [str(images[0]), str(images[2])]
-    assert compare.compare_main(argv) == 0
+    assert cli.compare_main(argv) == 0
     out = capsys.readouterr()
     default = compare.DescriptorMeasure("descriptor", compare.config.compare_descriptor_params())
     assert float(_values(out.out)["raw"]) == pytest.approx(default.similarity(images[0], images[2]), abs=1e-6)
     assert "the default descriptor params (no --run given)" in out.err
-    assert compare.compare_main(argv + ["--run", str(run)]) == 0
+    assert cli.compare_main(argv + ["--run", str(run)]) == 0
     out = capsys.readouterr()
     colour = compare.load_measure("colour").similarity(images[0], images[2])
     assert float(_values(out.out)["raw"]) == pytest.approx(colour, abs=1e-6)
@@ -225,9 +226,29 @@ def test_matrix_skips_and_lists_unreadable_files(images, tmp_path, capsys):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     (folder / "empty.jpg").write_bytes(b"")
     png, csv = tmp_path / "m.png", tmp_path / "m.csv"
-    assert compare.matrix_main([str(folder), "--png", str(png), "--csv", str(csv)]) == 0
+    assert cli.matrix_main([str(folder), "--png", str(png), "--csv", str(csv)]) == 0
     out = capsys.readouterr()
     table = pd.read_csv(csv, index_col=0)
     assert list(table.index) == ["a.png", "a_blur.png", "b.png"]
     assert "skipped 2 file(s)" in out.err and "broken.png: cannot read image" in out.err
     assert "empty.jpg" in out.err and "2 skipped" in out.out
+
+
+def test_the_trained_measures_table_names_every_backbone_and_variant():
+    from artsim_lib import models
+    from artsim_lib.measures import sota, trained
+    from artsim_lib.models import heads
+
+    cnn = {f"{k}_finetuned" for k in models.BACKBONE_KINDS}
+    cnn |= {trained.measure_name(k, v) for k in models.BACKBONE_KINDS for v in heads.VARIANTS}
+    assert set(trained.LOADERS) == {"clip", "clip_siamese", "resnet"} | cnn
+    assert set(trained.LOADERS) | set(sota.LOADERS) <= set(compare.available_measures())
+
+
+def test_the_registry_loads_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, artsim_lib.measures.registry as r; r.available_measures(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # `artsim compare --measure descriptor` stays light

@@ -131,12 +131,12 @@ def test_another_model_finds_a_cold_cache(run_dir, images, monkeypatch):
     from artsim_lib.config import load_params
 
     P = load_params("smoke")
-    first = embeddings.require_embeddings(P, images)
+    first = embeddings.extract_embeddings(P, images)
     assert (first.misses, first.hits) == (10, 0)
-    assert (embeddings.require_embeddings(P, images).hits) == 10
+    assert (embeddings.extract_embeddings(P, images).hits) == 10
     build_tiny("clip", P.model_ref("clip"), seed=1)  # the checkpoint changes under the same ref
     monkeypatch.setattr(embeddings.models, "ensure_tiny_checkpoints", lambda *a, **k: {})  # keep it
-    after = embeddings.require_embeddings(P, images)
+    after = embeddings.extract_embeddings(P, images)
     assert after.key != first.key and (after.misses, after.hits) == (10, 0)
     assert (run_dir / "embeddings" / first.key / "model.json").exists()
 

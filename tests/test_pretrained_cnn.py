@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from artsim_lib.core import augment
+from artsim_lib import cli
 from artsim_lib.measures import registry as compare
 from artsim_lib.io import synthart
 from artsim_lib.models import backbone_from_spec, embed_images, load_backbone
@@ -93,7 +94,7 @@ def test_compare_measure_needs_no_run(tmp_path, paintings, capsys):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     images[0].save(a)
     augment.apply(images[0], "photometric", 0.25, seed=0)[0].save(b)
-    assert compare.compare_main([str(a), str(b), "--measure", "effnet_lite0", "--run", str(tmp_path / "none")]) == 0
+    assert cli.compare_main([str(a), str(b), "--measure", "effnet_lite0", "--run", str(tmp_path / "none")]) == 0
     out = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
     m = compare.load_measure("effnet_lite0", tmp_path / "none")
     assert out["measure"].strip() == "effnet_lite0"

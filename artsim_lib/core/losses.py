@@ -47,3 +47,13 @@ def triplet_accuracy(s_pos: torch.Tensor, s_neg: torch.Tensor) -> float:
     if not len(s_pos):
         return float("nan")
     return ((s_pos > s_neg).float() + 0.5 * (s_pos == s_neg).float()).mean().item()
+
+
+def triplet_loss(za, zp, zn, tau, groups: torch.Tensor | None = None, in_batch: bool = False):
+    """The study's InfoNCE loss, optionally with the other positives of the batch as extra
+    negatives (except those of the same original, ``groups``). Returns (loss, s+, s-)."""
+    s_pos, s_neg = triplet_similarities(za, zp, zn)  # [B], [B]
+    negs = s_neg[:, None]
+    if in_batch and len(za) > 1:
+        negs = torch.cat([negs, in_batch_negatives(za, zp, groups)], dim=1)  # [B, 1 + B-1]
+    return infonce_triplet_loss(s_pos, negs, tau), s_pos, s_neg

@@ -461,3 +461,24 @@ def binary_text_image_accuracy(img_anchor, txt_pos, img_neg, txt_neg) -> dict:
     cos = lambda x, y: np.einsum("td,td->t", x, y)               # noqa: E731 - row-wise cosine [T]
     return {"i2t": triplet_accuracy(cos(a, tp), cos(a, tn)), "t2i": triplet_accuracy(cos(tp, a), cos(tp, n_img)),
             "chance": 0.5, "triplets": int(len(a))}
+
+
+def retrieval_accuracy(img: np.ndarray, txt: np.ndarray) -> tuple[float, float]:
+    """Top-1 accuracy of N (image, caption) pairs: i2t = share of images whose own caption is the
+    most similar of the N, t2i the converse. Ties count at their expected value (chance)."""
+    sim = np.asarray(img, np.float64) @ np.asarray(txt, np.float64).T  # [N, N]
+    truth = np.arange(len(sim))
+    return recall_at_k(sim, truth, 1), recall_at_k(sim.T, truth, 1)
+
+
+def batched_retrieval(img: np.ndarray, txt: np.ndarray, n: int, seed: int = 0) -> dict:
+    """:func:`retrieval_accuracy` over seeded batches of ``n`` pairs (the remainder joins the
+    last batch), averaged by pairs; ``chance`` is the matching average of 1/N."""
+    order = np.random.default_rng(seed).permutation(len(img))
+    batches = [b for b in np.split(order, list(range(n, len(order) - n + 1, n))) if len(b) > 1]
+    if not batches:
+        return {"pairs": 0, "N": n, "i2t": float("nan"), "t2i": float("nan"), "chance": float("nan")}
+    w = np.array([len(b) for b in batches])
+    acc = np.array([retrieval_accuracy(img[b], txt[b]) for b in batches])  # [batches, 2]
+    i2t, t2i = (acc * w[:, None]).sum(0) / w.sum()
+    return {"pairs": int(w.sum()), "N": n, "i2t": float(i2t), "t2i": float(t2i), "chance": float(len(w) / w.sum())}

@@ -3,7 +3,8 @@
 A :class:`Measure` turns images into features once (:meth:`Measure.features`) and compares two
 features (:meth:`Measure.raw_from_features`, in [-1, 1]); :meth:`Measure.to01` maps that to
 [0, 1]. :class:`DescriptorMeasure` wraps stage 06's families, :class:`EmbeddingMeasure` any
-cosine-of-embeddings model, :class:`PairwiseMeasure` anything with ``similarity``/``similarity01``.
+cosine-of-embeddings model, :class:`PairwiseMeasure` anything with ``similarity``/``similarity01``,
+:class:`PairHeadMeasure` a learnt score of two embeddings.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def read_image(src: ImageLike):
     return descriptors.as_rgb_image(src)
 
 
-def require_dir(path: str | os.PathLike, measure: str, stage: str = "08") -> Path:
+def trained_model_dir(path: str | os.PathLike, measure: str, stage: str = "08") -> Path:
     """``path`` when it is a folder, else :class:`MeasureUnavailableError` saying what to run."""
     path = Path(path)
     if not path.is_dir():
@@ -205,6 +206,36 @@ class PairwiseMeasure(Measure):
             for j in range(i, len(feats)):
                 out[i, j] = out[j, i] = float(fn(feats[i], feats[j]))
         return out
+
+
+class PairHeadMeasure(Measure):
+    """A learnt score of two embeddings (the CNN regression siamese): ``embed_fn(images)`` ->
+    ``[N, D]``, ``score_fn(ea [B, D], eb [B, D])`` -> ``[B]`` in [0, 1] (torch tensors)."""
+
+    mapping = "the pair head's sigmoid score, already in [0, 1]"
+
+    def __init__(self, name: str, embed_fn, score_fn, chunk: int = 65536):
+        self.name, self.embed_fn, self.score_fn, self.chunk = name, embed_fn, score_fn, chunk
+
+    def features(self, images) -> list:
+        emb = self.embed_fn(list(images))
+        return list(emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb))
+
+    def raw_pairs(self, fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+        """Scores of row-aligned embeddings ``[P, D]`` x ``[P, D]`` -> ``[P]``, in chunks."""
+        import torch
+
+        with torch.no_grad():
+            out = [self.score_fn(torch.from_numpy(np.ascontiguousarray(fa[i:i + self.chunk], np.float32)),
+                                 torch.from_numpy(np.ascontiguousarray(fb[i:i + self.chunk], np.float32)))
+                   for i in range(0, len(fa), self.chunk)]
+        return np.concatenate([o.detach().float().cpu().numpy() for o in out]) if out else np.zeros(0)
+
+    def raw_from_features(self, fa, fb) -> float:
+        return float(self.raw_pairs(np.asarray(fa)[None], np.asarray(fb)[None])[0])
+
+    def to01(self, raw: float) -> float:
+        return float(min(1.0, max(0.0, raw)))
 
 
 def as_measure(obj) -> Measure:

@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
@@ -344,10 +343,10 @@ def stage_images(manifest: pd.DataFrame, triplets: pd.DataFrame | None = None) -
     return out.sort_values("id").reset_index(drop=True)
 
 
-def require_embeddings(P, images: pd.DataFrame, num_shards: int = 1, shard_index: int = 0,
+def extract_embeddings(P, images: pd.DataFrame, num_shards: int = 1, shard_index: int = 0,
                        encoder: Encoder | None = None) -> ExtractResult:
     """Stage 08's extraction step for params ``P``: CLIP embeddings of ``images`` (id, path),
-    read from or added to ``<run>/embeddings/<model-key>/``."""
+    read from or added to ``<run>/embeddings/<model-key>/`` (computes what is not cached)."""
     encoder = encoder or load_encoder(P)
     root = P.run.sub("embeddings", encoder.key)
     what = {k: encoder.identity[k] for k in KEY_FIELDS}  # the same from every job, whatever its dtype
@@ -420,10 +419,7 @@ class ClipMeasure:
 def run_encoder(run_dir: str | Path):
     """``(params, Encoder)`` of a run directory: its ``params.resolved.yaml`` and its CLIP, with
     ``{run_dir}`` in ``models.clip`` read as ``run_dir`` (as ``P.model_ref`` does)."""
-    f = Path(run_dir) / "params.resolved.yaml"
-    if not f.exists():
-        raise FileNotFoundError(f"{f}: not a run directory (no resolved params)")
-    P = config.validate(yaml.safe_load(f.read_text(encoding="utf-8")), str(f))
+    P = config.read_run_params(run_dir)  # FileNotFoundError: not a run directory
     return P, open_encoder(P.model_ref("clip", run_dir), P.device, P.dtype)
 
 

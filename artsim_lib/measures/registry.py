@@ -22,77 +22,28 @@ stage 09 ranks best on the calibration set (see :data:`DEFAULT_MEASURE` and the 
 Descriptor measures use the default descriptor params unless a run directory is given, then
 that run's ``params.resolved.yaml`` (``descriptor_fitted`` always reads its run: the weights
 were fitted with its params). ``artsim compare``/``matrix`` say on stderr where the settings
-came from. Trained measures (a siamese head, ResNet variants) register a
-loader with :func:`register_measure`; they are usually :class:`EmbeddingMeasure` (raw: cosine of
+came from. Trained measures (the models of stages 07 and 08: :data:`artsim_lib.measures.trained.LOADERS`)
+and the field's copy detectors (:data:`artsim_lib.measures.sota.LOADERS`) are rows of the same static
+table, read from a run directory; they are usually :class:`EmbeddingMeasure` (raw: cosine of
 embeddings in [-1, 1]; ``similarity01 = (raw + 1) / 2``), and any object with ``embed`` or with
-``similarity``/``similarity01`` is adapted (:func:`as_measure`). The modules in
-``PLUGIN_MODULES`` are imported on first use (and their ``register_measures()`` called, if any)
-so that their measures are known.
+``similarity``/``similarity01`` is adapted (:func:`as_measure`). A program adds its own measure
+at run time with :func:`register_measure`.
 
-``compare_main``/``matrix_main`` are ``artsim compare``/``artsim matrix``: bad input gives exit
-status 2 and one line on stderr (``ARTSIM_DEBUG=1`` shows the traceback instead).
+The commands ``artsim compare``/``artsim matrix`` on top of it are in :mod:`artsim_lib.cli`.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from artsim_lib import config
 from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.core.descriptors import FAMILIES, ImageLike, ImageReadError  # noqa: F401 (API)
-from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, Measure, MeasureError, MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, require_dir
-
-PLUGIN_MODULES = ("artsim_lib.stages.s08_siamese", "artsim_lib.stages.s07_finetune", "artsim_lib.stages.s08_resnet_siamese", "artsim_lib.measures.sota")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-_LOADERS: dict[str, Callable[[Path], "Measure"]] = {}
-_plugins_loaded = False
-
-
-# -- the registry -------------------------------------------------------------------
-def register_measure(name: str, loader: Callable[[Path], Measure], replace: bool = False) -> None:
-    """Make ``load_measure(name, run_dir)`` call ``loader(run_dir)`` (a Path, maybe missing).
-    The loader returns a :class:`Measure` or an object :func:`as_measure` adapts; it raises
-    :class:`MeasureUnavailableError` (see :func:`require_dir`) when the run lacks its model."""
-    if name in _LOADERS and not replace:
-        raise MeasureError(f"measure {name!r} is already registered (pass replace=True)")
-    _LOADERS[name] = loader
-    from artsim_lib.config.schema import EXTRA_MEASURES, KNOWN_MEASURES
-
-    if name not in KNOWN_MEASURES:
-        EXTRA_MEASURES.add(name)
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for module in PLUGIN_MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # the plugin exists but one of its imports is missing
-                raise
-            continue
-        hook = getattr(mod, "register_measures", None)
-        if callable(hook):  # a plugin may register on import or through this hook
-            try:
-                hook()
-            except MeasureError:
-                pass  # it had registered itself already
-
-
-def available_measures() -> list[str]:
-    """The names :func:`load_measure` knows, built-ins and registered plugins."""
-    _load_plugins()
-    return sorted(_LOADERS)
+from artsim_lib.measures import sota, trained
+from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, GeometryMeasure, Measure, MeasureError, MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, trained_model_dir  # noqa: F401 (API)
 
 
 def resolve_run_dir(run_dir: str | os.PathLike | None) -> Path:
@@ -114,8 +65,6 @@ def load_measure(name: str, run_dir: str | os.PathLike | None = None) -> Measure
     """The measure called ``name``; trained ones read their model from ``run_dir`` (default:
     :func:`resolve_run_dir`), descriptor ones its params (default: the defaults)."""
     if name not in _LOADERS:
-        _load_plugins()
-    if name not in _LOADERS:
         raise MeasureError(f"unknown measure {name!r} (known: {', '.join(available_measures())})")
     if name in DESCRIPTOR_MEASURES and run_dir is None and _LOADERS[name].__name__ == "_descriptor":
         return as_measure(_LOADERS[name](None))
@@ -125,19 +74,8 @@ def load_measure(name: str, run_dir: str | os.PathLike | None = None) -> Measure
 def descriptor_params(run_dir: Path | None):
     """The descriptor params of a run (``params.resolved.yaml``), else (no run, or a run without
     that file) the defaults."""
-    resolved = params_file(run_dir)
-    if resolved is not None:
-        data = config.read_yaml(resolved) or {}
-        return config.validate(data, str(resolved)).descriptors
-    return config.compare_descriptor_params()
-
-
-def params_file(run_dir: Path | None) -> Path | None:
-    """``<run_dir>/params.resolved.yaml`` when there is one."""
-    if run_dir is None:
-        return None
-    resolved = Path(run_dir) / "params.resolved.yaml"
-    return resolved if resolved.is_file() else None
+    P = config.read_run_params(run_dir, missing_ok=True) if run_dir is not None else None
+    return P.descriptors if P is not None else config.compare_descriptor_params()
 
 
 def settings_source(name: str, run_dir: str | os.PathLike | None) -> str:
@@ -145,12 +83,12 @@ def settings_source(name: str, run_dir: str | os.PathLike | None) -> str:
     if name in DESCRIPTOR_MEASURES:
         if run_dir is None:
             return "the default descriptor params (no --run given)"
-        resolved = params_file(Path(run_dir).expanduser().resolve())
+        resolved = config.run_params_file(Path(run_dir).expanduser().resolve())
         return (f"the descriptor params of {resolved}" if resolved else
                 f"the default descriptor params ({run_dir} has no params.resolved.yaml)")
     run = resolve_run_dir(run_dir)
     if name == "descriptor_fitted":
-        resolved = params_file(run)
+        resolved = config.run_params_file(run)
         params = f"the descriptor params of {resolved}" if resolved else "the default descriptor params"
         return f"the weights fitted in {run} and {params}"
     return f"the models of {run}" + ("" if run_dir is not None else " (the default run; pass --run DIR)")
@@ -171,12 +109,6 @@ def _fitted_loader(run_dir: Path) -> Measure:
     return DescriptorMeasure("descriptor_fitted", descriptor_params(run_dir), None, fitted["weights"])
 
 
-register_measure("descriptor", _descriptor_loader(None, "descriptor"))
-register_measure("descriptor_fitted", _fitted_loader)
-for _family in FAMILIES:
-    register_measure(_family, _descriptor_loader(_family, _family))
-
-
 # -- the pretrained CNN (issue 11): a real deep measure that needs no run and no training --------
 # The default of `artsim compare`: the measure needing no trained model that does best in stage 09 on
 # the smoke profile's calibration set (65 test originals, stretched, 200 bootstrap draws): descriptor
@@ -187,18 +119,11 @@ PRETRAINED_IMAGE_SIZE = 224  # EfficientNet-Lite0's own input side: the same num
 
 
 def _pretrained_cnn_loader(run_dir: Path) -> Measure:
-    from artsim_lib.models import BackboneUnavailableError, embed_images, load_backbone
+    from artsim_lib.models import BackboneUnavailableError, embed_images, load_backbone, pick_device
 
-    device = "cpu"
-    resolved = Path(run_dir) / "params.resolved.yaml"
-    if resolved.exists():  # inside a run, use its device (stage 09 on a GPU)
-        import yaml
-
-        device = (yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}).get("device", "cpu")
+    P = config.read_run_params(run_dir, missing_ok=True)  # inside a run, use its device (stage 09 on a GPU)
     try:
-        from artsim_lib.models import pick_device
-
-        model, preprocess = load_backbone("effnet_lite0", device=pick_device(device),
+        model, preprocess = load_backbone("effnet_lite0", device=pick_device(P.device if P else "cpu"),
                                           image_size=PRETRAINED_IMAGE_SIZE)
     except BackboneUnavailableError as err:
         raise MeasureUnavailableError(f"measure 'effnet_lite0': {err}") from None
@@ -206,22 +131,41 @@ def _pretrained_cnn_loader(run_dir: Path) -> Measure:
                             pass_sources=True)
 
 
-register_measure("effnet_lite0", _pretrained_cnn_loader)
-
 def _geometry_loader(run_dir: Path) -> Measure:
     """The content-free baseline, with the run's padding colour when it has params."""
-    from artsim_lib.measures.base import GeometryMeasure
-
-    resolved = Path(run_dir) / "params.resolved.yaml"
-    pad = (0, 0, 0)
-    if resolved.exists():
-        import yaml
-        pad = tuple(config.validate(yaml.safe_load(resolved.read_text(encoding="utf-8")) or {},
-                                    str(resolved)).preprocess.pad_color)
-    return GeometryMeasure("geometry", pad)
+    P = config.read_run_params(run_dir, missing_ok=True)
+    return GeometryMeasure("geometry", tuple(P.preprocess.pad_color) if P else (0, 0, 0))
 
 
-register_measure("geometry", _geometry_loader)
+# -- the registry: one static table, name -> loader(run_dir) ---------------------------------------------
+_LOADERS: dict[str, Callable[[Path], Measure]] = {
+    "descriptor": _descriptor_loader(None, "descriptor"),
+    "descriptor_fitted": _fitted_loader,
+    **{family: _descriptor_loader(family, family) for family in FAMILIES},
+    "effnet_lite0": _pretrained_cnn_loader,
+    "geometry": _geometry_loader,
+    **trained.LOADERS,  # stages 07 and 08: clip, clip_siamese, resnet, <backbone>_finetuned/_siamese/_regression
+    **sota.LOADERS,     # dinov2, sscd
+}
+
+
+def register_measure(name: str, loader: Callable[[Path], Measure], replace: bool = False) -> None:
+    """Make ``load_measure(name, run_dir)`` call ``loader(run_dir)`` (a Path, maybe missing): a
+    program's own measure, added at run time. The loader returns a :class:`Measure` or an object
+    :func:`as_measure` adapts; it raises :class:`MeasureUnavailableError` (see :func:`trained_model_dir`)
+    when the run lacks its model."""
+    if name in _LOADERS and not replace:
+        raise MeasureError(f"measure {name!r} is already registered (pass replace=True)")
+    _LOADERS[name] = loader
+    from artsim_lib.config.schema import EXTRA_MEASURES, KNOWN_MEASURES
+
+    if name not in KNOWN_MEASURES:
+        EXTRA_MEASURES.add(name)
+
+
+def available_measures() -> list[str]:
+    """The names :func:`load_measure` knows: the table and what was registered."""
+    return sorted(_LOADERS)
 
 
 # -- matrices ---------------------------------------------------------------------------
@@ -234,176 +178,3 @@ def similarity_matrix(images_or_paths: Sequence[ImageLike], measure: Measure | s
                       normalised: bool = True, run_dir=None) -> np.ndarray:
     """Pairwise similarities ``[N, N]`` of the images, in [0, 1] (``normalised``) or raw."""
     return _as_measure(measure, run_dir).matrix(list(images_or_paths), normalised)
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise MeasureError(f"{folder}: no such directory")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise MeasureError(f"{folder}: no images ({', '.join(IMAGE_EXTS)})")
-    return files
-
-
-def plot_matrix(table: pd.DataFrame, title: str):
-    """A heatmap of a similarity table (values annotated when there are few images)."""
-    import matplotlib.pyplot as plt
-
-    n = len(table)
-    side = min(14.0, 2.5 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    im = ax.imshow(table.to_numpy(), vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(n), table.columns, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), table.index, fontsize=7)
-    if n <= 16:
-        for (i, j), v in np.ndenumerate(table.to_numpy()):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="similarity [0, 1]")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def write_matrix(folder: str | os.PathLike, measure: Measure | str, out_png: str | os.PathLike,
-                 out_csv: str | os.PathLike, run_dir=None) -> pd.DataFrame:
-    """The [0, 1] similarity of every pair of images in ``folder``: a CSV (file names as row
-    and column labels) and a heatmap PNG, both written atomically. Returns the table."""
-    import matplotlib.pyplot as plt
-
-    from artsim_lib.io import paths
-
-    m = _as_measure(measure, run_dir)
-    files, skipped = readable_images(list_images(folder))
-    if not files:
-        raise MeasureError(f"{folder}: none of the {len(skipped)} image(s) can be read "
-                           f"(first: {skipped[0][0].name}: {skipped[0][1]})")
-    names = [f.name for f in files]
-    table = pd.DataFrame(m.matrix(files, normalised=True), index=names, columns=names)
-    with paths.atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, float_format="%.6f")
-    fig = plot_matrix(table, f"{m.name} similarity · {Path(folder).name}")
-    with paths.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    table.attrs["skipped"] = [(f.name, why) for f, why in skipped]
-    return table
-
-
-def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """``(readable files, [(file, reason), ...])``: each file is read as the study reads images."""
-    good, bad = [], []
-    for f in files:
-        try:
-            read_image(f)
-        except ImageReadError as err:
-            bad.append((f, " ".join(str(err).split()).removeprefix(f"{f}: ")))
-        else:
-            good.append(f)
-    return good, bad
-
-
-# -- command lines -----------------------------------------------------------------------
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + message
-        raise _UsageError(message)
-
-
-def _run_cli(prog: str, build, body, argv) -> int:
-    parser = build(_Parser(prog=prog))
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        return body(args)
-    except SystemExit as stop:  # --help
-        return int(stop.code or 0)
-    except _UsageError as err:
-        print(f"{prog}: error: {err} (see --help)", file=sys.stderr)
-    except (ValueError, OSError) as err:  # ImageReadError, MeasureError, ParamsError, missing files
-        if os.environ.get("ARTSIM_DEBUG"):
-            raise
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-    return 2
-
-
-def _load_for_cli(name: str, run_dir) -> Measure:
-    try:
-        return load_measure(name, run_dir)
-    except FileNotFoundError as err:  # a plugin's own "no model" error: add the CLI's way out
-        msg = str(err)
-        raise MeasureUnavailableError(msg if "--run" in msg else f"{msg}; or pass --run DIR") from None
-
-
-def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--measure", default=DEFAULT_MEASURE,
-                   help=f"a measure name (default: {DEFAULT_MEASURE}; built-in: "
-                        f"effnet_lite0, descriptor, descriptor_fitted, {', '.join(FAMILIES)}; trained ones need --run)")
-    p.add_argument("--run", metavar="DIR", help="run directory holding trained models and params "
-                                                "(default: descriptor measures use the default "
-                                                "params, trained ones $ARTSIM_RUN_DIR or runs/smoke)")
-    return p
-
-
-def compare_main(argv: Sequence[str] | None = None) -> int:
-    """``artsim compare A B [--measure NAME] [--run DIR] [--families]``: print the raw and the
-    [0, 1] similarity of two images. Exit status 2 with a one-line error on bad input."""
-    def build(p):
-        p.description = "Similarity of two images under one measure: raw and mapped to [0, 1]."
-        p.add_argument("a", help="first image file")
-        p.add_argument("b", help="second image file")
-        p.add_argument("--families", action="store_true", help="also print each descriptor family")
-        return _common(p)
-
-    def body(args) -> int:
-        for p in (args.a, args.b):
-            read_image(p)  # fails early, naming the file, before any model is loaded
-        m = _load_for_cli(args.measure, args.run)
-        print(f"artsim compare: settings: {settings_source(args.measure, args.run)}", file=sys.stderr)
-        if isinstance(m, DescriptorMeasure):  # features once, for the total and the families
-            fa, fb = m.features([args.a, args.b])
-            raw = m.raw_from_features(fa, fb)
-            s01 = m.to01(raw)
-        else:
-            raw, s01 = m.scores(args.a, args.b)
-        print(f"measure  {m.name}\nraw      {raw:.6f}\n[0,1]    {s01:.6f}\nmapping  {m.mapping}")
-        if args.families and isinstance(m, DescriptorMeasure):
-            for family, value in m.family_scores(fa, fb).items():
-                print(f"  {family:<8} {value:.6f}")
-        return 0
-
-    return _run_cli("artsim compare", build, body, argv)
-
-
-def matrix_main(argv: Sequence[str] | None = None) -> int:
-    """``artsim matrix DIR [--measure NAME] [--run DIR] [--png F] [--csv F]``: the [0, 1]
-    similarity of every pair of images in a folder, as a heatmap PNG and a CSV."""
-    def build(p):
-        p.description = "Pairwise [0, 1] similarity of the images in a folder: heatmap PNG and CSV."
-        p.add_argument("dir", help="folder of images (png, jpg, webp, bmp, tif)")
-        p.add_argument("--png", help="heatmap file (default: ./<dir name>-<measure>.png)")
-        p.add_argument("--csv", help="table file (default: ./<dir name>-<measure>.csv)")
-        return _common(p)
-
-    def body(args) -> int:
-        stem = f"{Path(args.dir).resolve().name}-{args.measure}"
-        png, csv = Path(args.png or f"{stem}.png"), Path(args.csv or f"{stem}.csv")
-        list_images(args.dir)  # a bad folder fails before any model is loaded
-        m = _load_for_cli(args.measure, args.run)
-        print(f"artsim matrix: settings: {settings_source(args.measure, args.run)}", file=sys.stderr)
-        table = write_matrix(args.dir, m, png, csv)
-        skipped = table.attrs.get("skipped", [])
-        if skipped:
-            print(f"artsim matrix: skipped {len(skipped)} file(s) that cannot be read:", file=sys.stderr)
-            for name, why in skipped:
-                print(f"  {name}: {why}", file=sys.stderr)
-        if len(table) <= 12:
-            print(table.round(3).to_string())
-        print(f"{len(table)} images · measure {args.measure} · wrote {png} and {csv}"
-              + (f" · {len(skipped)} skipped" if skipped else ""))
-        return 0
-
-    return _run_cli("artsim matrix", build, body, argv)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from artsim_lib.measures.base import EmbeddingMeasure, MeasureUnavailableError
+from artsim_lib import config
+from artsim_lib.measures.base import EmbeddingMeasure, MeasureUnavailableError, unavailable_as_such
 
 SSCD_SHORT_SIDE = 288
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -112,12 +113,6 @@ def sscd_measure(path: str | Path, batch_size: int = 32, device: str = "cpu",
     return EmbeddingMeasure("sscd", embed, batch_size)
 
 
-def _run(run_dir):
-    from artsim_lib.measures.scoring import run_params
-
-    return run_params(run_dir)
-
-
 def _device(P) -> str:
     from artsim_lib.models.hub import pick_device
 
@@ -126,7 +121,7 @@ def _device(P) -> str:
 
 def load_dinov2(run_dir) -> EmbeddingMeasure:
     """``dinov2`` of a run: ``models.dinov2`` (built tiny when the run builds tiny models)."""
-    P = _run(run_dir)
+    P = config.read_run_params(run_dir)
     ref = P.model_ref("dinov2", run_dir)
     if (P.models.build_tiny or P.models.build_rehearsal) and P.is_path(P.models.dinov2) and not Path(ref).is_dir():
         make_tiny_dinov2(ref, P.seed)
@@ -138,7 +133,7 @@ def load_dinov2(run_dir) -> EmbeddingMeasure:
 
 def load_sscd(run_dir) -> EmbeddingMeasure:
     """``sscd`` of a run: the TorchScript file ``models.sscd`` (built tiny when the run builds tiny models)."""
-    P = _run(run_dir)
+    P = config.read_run_params(run_dir)
     if not P.models.sscd:
         raise MeasureUnavailableError("measure 'sscd': models.sscd is not set (the path of the SSCD TorchScript file)")
     path = P.path(P.models.sscd, run_dir)  # a file, never a hub id: relative to the project root
@@ -147,10 +142,5 @@ def load_sscd(run_dir) -> EmbeddingMeasure:
     return sscd_measure(path, P.evaluation.batch_size, _device(P))
 
 
-def register_measures() -> bool:
-    """Register 'dinov2' and 'sscd' with :mod:`artsim_lib.measures.registry`."""
-    from artsim_lib.measures import registry as compare
-
-    compare.register_measure("dinov2", load_dinov2, replace=True)
-    compare.register_measure("sscd", load_sscd, replace=True)
-    return True
+# The registry's share: name -> loader(run_dir); a run without params gives MeasureUnavailableError.
+LOADERS = {"dinov2": unavailable_as_such(load_dinov2), "sscd": unavailable_as_such(load_sscd)}

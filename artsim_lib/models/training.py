@@ -272,24 +272,3 @@ def mean_of(values: list[float], weights: list[int] | None = None) -> float:
     if not values:
         return float("nan")
     return float(np.average(values, weights=weights))
-
-
-def plot_history(history: pd.DataFrame, metrics: Iterable[str] = ("loss", "acc"), best_epoch: int | None = None,
-                 title: str | None = None):
-    """Train and validation curves per epoch, one panel per metric (a column of ``history``);
-    a dashed line marks ``best_epoch``. Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    metrics = [m for m in metrics if m in history.columns]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for split, part in history.groupby("split", sort=False):
-            ax.plot(part["epoch"], part[metric], marker="o", ms=3, label=split)
-        if best_epoch is not None:
-            ax.axvline(best_epoch, ls="--", c="k", lw=1, label=f"best (epoch {best_epoch})")
-        ax.set(xlabel="epoch", ylabel=metric, title=metric)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

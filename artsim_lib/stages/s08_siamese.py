@@ -1,13 +1,33 @@
-"""Stage 08: the CLIP siamese -- a trainable head on frozen CLIP image embeddings.
+"""Stage 08: siamese networks -- when are two images "the same painting"?
 
-Anchor (an original), positive (its derivative) and negative (another original) go through the
-*same* frozen CLIP and the *same* head, trained with the study's InfoNCE triplet loss. CLIP being
-frozen, the head trains on cached embeddings (:mod:`artsim_lib.measures.embeddings`), never on pixels.
-The seed's 80/20 and 40/60 train/val splits (``siamese.train_splits: [0.8, 0.4]``, named '80-20' and
-'40-60') are re-drawn per original; test is left to stage 09::
+Three steps, as notebook 08 runs them (:func:`run`):
 
-    res = train_clip_siamese(P, triplets, ext.table, 0.8, ext.key)  # -> <run>/siamese/clip-head-80-20/
-    measure = load_clip_siamese(P.run_path)                          # .similarity(a, b), .embed(images)
+1. **CLIP embeddings**, computed once per image and cached by content
+   (:func:`artsim_lib.measures.embeddings.extract_embeddings`; sharded like stages 03 and 05).
+2. **The CLIP siamese**: a trainable head (:mod:`artsim_lib.models.heads`) on the frozen CLIP
+   embeddings. Anchor (an original), positive (its derivative) and negative (another original)
+   go through the *same* head, trained with the study's InfoNCE triplet loss on the cached
+   embeddings, never on pixels. The seed's 80/20 and 40/60 train/val splits
+   (``siamese.train_splits: [0.8, 0.4]``, named '80-20' and '40-60') are re-drawn per original;
+   test is left to stage 09. Saved under ``<run>/siamese/clip-head-<split>/``.
+3. **The CNN siamese**: stage 07's fine-tuned backbone + a projection head, trained with the same
+   loss (``variant='triplet'``; similarity = cosine of the projections) or with a pair head
+   ``[|a-b|, a*b] -> MLP -> sigmoid`` that outputs the similarity directly, trained towards 1 for
+   (anchor, positive) and 0 for (anchor, negative) (``variant='regression'``; a ``target`` /
+   ``target_neg`` column overrides those targets). With ``siamese.resnet_unfreeze='none'`` the
+   backbone is frozen, so its pooled features are computed once per image and only the head
+   trains; ``'layer4'`` or ``'all'`` fine-tune it too (at ``resnet_backbone_lr``). Saved under
+   ``<run>/siamese/<backbone>-<variant>/`` (``resnet-triplet``, ``effnet_lite0-regression``, ...).
+
+Besides, CLIP's text <-> image accuracy of the captions and prompts (the seed's binary form and
+the N-way retrieval form)::
+
+    result = run(P)                     # extraction, both CLIP heads, both CNN variants
+    models = load(P)                    # their folders, or StageNotRunError: run stage 08 first
+    measure = trained.load_clip_siamese(P.run.root)   # .similarity(a, b), .embed(images)
+
+The saved models are read back as measures by :mod:`artsim_lib.measures.trained`
+(``clip_siamese``, ``<backbone>_siamese``, ``<backbone>_regression``).
 """
 from __future__ import annotations
 
@@ -15,129 +35,37 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from artsim_lib.measures import embeddings
 from artsim_lib.core import losses, metrics
-from artsim_lib import models
-from artsim_lib.io import paths, shards
-from artsim_lib.models import training
-from artsim_lib.io.manifest import require_manifest
 from artsim_lib.core.splits import stratified_split
+from artsim_lib.io import paths, shards
+from artsim_lib.io.artifacts import StageNotRunError, require_file
+from artsim_lib.io.manifest import require_manifest
+from artsim_lib.io.workers import worker_count
+from artsim_lib import models
+from artsim_lib.measures import embeddings, trained
+from artsim_lib.measures.trained import split_name
+from artsim_lib.models import heads, training
+from artsim_lib.models.heads import VARIANTS, head_config
+from artsim_lib.models.image_batches import ImageTransform, make_loader
+from artsim_lib.models.training import TrainResult
+from artsim_lib.stages import s07_finetune
+from artsim_lib.stages.s05_triplets import require_triplets
 
-# -- the head ----------------------------------------------------------------------------------------
-
-
-class MLPHead(nn.Module):
-    """FC + BatchNorm + Dropout + ReLU per hidden size, then FC to ``out_dim``; L2-normalised."""
-
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.1):
-        super().__init__()
-        layers, prev = [], in_dim
-        for h in hidden:
-            layers += [nn.Linear(prev, h), nn.BatchNorm1d(h), nn.Dropout(dropout), nn.ReLU()]
-            prev = h
-        layers.append(nn.Linear(prev, out_dim))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(x), dim=-1)  # [B, out_dim]
+HARD_KINDS = ("same_style", "same_artist")
+UNFREEZE_LEVELS = ("none", "layer4", "all")  # layer4: the backbone's last stage (Backbone.unfreeze_prefixes)
 
 
-class TransformerHead(nn.Module):
-    """The embedding as ``tokens`` tokens of ``in_dim / tokens`` values, a transformer encoder
-    over them, mean pooling and an FC to ``out_dim``; L2-normalised."""
-
-    def __init__(self, in_dim: int, out_dim: int, tokens: int = 4, width: int = 64, layers: int = 1,
-                 heads: int = 4, dropout: float = 0.1):
-        super().__init__()
-        if in_dim % tokens or width % heads:
-            raise ValueError(f"transformer head: tokens ({tokens}) must divide {in_dim}, heads ({heads}) {width}")
-        self.tokens = tokens
-        self.proj = nn.Linear(in_dim // tokens, width)
-        self.pos = nn.Parameter(torch.zeros(tokens, width))
-        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = nn.Linear(width, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.proj(x.view(len(x), self.tokens, -1)) + self.pos  # [B, k, width]
-        return F.normalize(self.out(self.encoder(t).mean(1)), dim=-1)  # [B, out_dim]
-
-
-def head_config(S, in_dim: int) -> dict:
-    """The architecture of the head from the ``siamese`` params section, as a JSON-able dict."""
-    return {"kind": S.head, "in_dim": in_dim, "hidden": list(S.hidden), "out_dim": S.out_dim,
-            "dropout": S.dropout, "tokens": S.tokens, "layers": S.layers, "heads": S.heads,
-            "tau": S.tau, "learn_tau": S.learn_tau, "tau_min": S.tau_min, "tau_max": S.tau_max}
-
-
-def build_head(cfg: dict) -> nn.Module:
-    """An untrained head from :func:`head_config`."""
-    if cfg["kind"] == "transformer":
-        width = cfg["hidden"][0] if cfg["hidden"] else cfg["in_dim"] // cfg["tokens"]
-        return TransformerHead(cfg["in_dim"], cfg["out_dim"], cfg["tokens"], width, cfg["layers"],
-                               cfg["heads"], cfg["dropout"])
-    return MLPHead(cfg["in_dim"], cfg["hidden"], cfg["out_dim"], cfg["dropout"])
-
-
-class Temperature(nn.Module):
-    """τ of the loss: fixed, or learnt as ``log τ`` (so it stays positive) within [min, max]."""
-
-    def __init__(self, tau: float = 0.07, learn: bool = False, tau_min: float = 0.01, tau_max: float = 1.0):
-        super().__init__()
-        self.log_min, self.log_max = math.log(tau_min), math.log(tau_max)
-        self.log_tau = nn.Parameter(torch.tensor(math.log(tau)), requires_grad=learn)
-
-    def forward(self) -> torch.Tensor:
-        return self.log_tau.clamp(self.log_min, self.log_max).exp()
-
-    @torch.no_grad()
-    def clamp_(self) -> None:  # after each step: outside the range the gradient would vanish
-        self.log_tau.clamp_(self.log_min, self.log_max)
-
-
-class Siamese(nn.Module):
-    """Three branches, one set of weights: anchor, positive and negative go through the same
-    (optional, frozen) encoder and the same head in one pass."""
-
-    def __init__(self, head: nn.Module, temperature: Temperature, encoder: nn.Module | None = None):
-        super().__init__()
-        self.head, self.temperature, self.encoder = head, temperature, encoder
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Refined embeddings of CLIP embeddings [B, D] (or of pixels with an encoder). # [B, out_dim]"""
-        return self.head(self.encoder(x) if self.encoder is not None else x)
-
-    def forward(self, anchor, positive, negative):
-        z = self.embed(torch.cat([anchor, positive, negative]))  # [3B, out_dim]
-        return z.chunk(3)
-
-
-def triplet_loss(za, zp, zn, tau, groups: torch.Tensor | None = None, in_batch: bool = False):
-    """The study's InfoNCE loss, optionally with the other positives of the batch as extra
-    negatives (except those of the same original, ``groups``). Returns (loss, s+, s-)."""
-    s_pos, s_neg = losses.triplet_similarities(za, zp, zn)  # [B], [B]
-    negs = s_neg[:, None]
-    if in_batch and len(za) > 1:
-        negs = torch.cat([negs, losses.in_batch_negatives(za, zp, groups)], dim=1)  # [B, 1 + B-1]
-    return losses.infonce_triplet_loss(s_pos, negs, tau), s_pos, s_neg
-
-
-# -- the train/val splits ----------------------------------------------------------------------------
-
-
-def split_name(share: float) -> str:
-    """0.8 -> '80-20'."""
-    return f"{round(share * 100)}-{100 - round(share * 100)}"
+# -- 2. the CLIP siamese: the train/val splits ------------------------------------------------------------
 
 
 def resplit_originals(manifest: pd.DataFrame, share: float, seed: int) -> pd.Series:
@@ -180,7 +108,8 @@ def split_triplets(triplets: pd.DataFrame, manifest: pd.DataFrame, share: float,
     return out[keep].reset_index(drop=True)
 
 
-# -- training on cached embeddings ---------------------------------------------------------------------
+
+# -- 2. the CLIP siamese: training on cached embeddings ---------------------------------------------------
 
 
 @dataclass
@@ -208,7 +137,7 @@ def triplet_tensors(triplets: pd.DataFrame, table: pd.DataFrame) -> TripletTenso
 
 
 @torch.no_grad()
-def evaluate(model: Siamese, data: TripletTensors, idx: np.ndarray) -> dict:
+def evaluate(model: heads.Siamese, data: TripletTensors, idx: np.ndarray) -> dict:
     """Loss and triplet accuracy on random and on hard negatives, for the triplets ``idx``."""
     model.eval()
     i = torch.as_tensor(idx, dtype=torch.long, device=data.emb.device)
@@ -224,7 +153,7 @@ def evaluate(model: Siamese, data: TripletTensors, idx: np.ndarray) -> dict:
 class SiameseResult:
     """One trained CLIP siamese head."""
 
-    model: Siamese
+    model: heads.Siamese
     history: pd.DataFrame          # epoch, split, loss, acc_random, acc_hard, tau, seconds (of the epoch)
     best_epoch: int                # the epoch whose weights were kept
     seconds: float                 # wall time of training, all epochs
@@ -249,8 +178,7 @@ def fit_head(data: TripletTensors, train_idx: np.ndarray, val_idx: np.ndarray, c
 def _fit(data: TripletTensors, train_idx, val_idx, cfg: dict, S, seed: int, setup) -> SiameseResult:
     torch.manual_seed(seed)
     data = TripletTensors(*(t.to(setup.device) for t in vars(data).values()))
-    model = Siamese(build_head(cfg), Temperature(cfg["tau"], cfg["learn_tau"], cfg["tau_min"],
-                                                 cfg["tau_max"])).to(setup.device)
+    model = heads.siamese_from_config(cfg).to(setup.device)
     opt = training.adamw(model, S.lr, S.weight_decay)
     sched = training.warmup_schedule(opt, S.epochs * training.num_batches(len(train_idx), S.batch_size), 0.0)
     stopper, history, best, t_start = training.EarlyStopping(S.patience), training.History(), None, time.perf_counter()
@@ -260,7 +188,7 @@ def _fit(data: TripletTensors, train_idx, val_idx, cfg: dict, S, seed: int, setu
         for b in training.batch_indices(len(train_idx), S.batch_size, True, training.epoch_seed(seed, epoch)):
             j = torch.as_tensor(train_idx[b], device=setup.device)
             za, zp, zn = model(data.emb[data.a[j]], data.emb[data.p[j]], data.emb[data.n[j]])
-            loss, _, _ = triplet_loss(za, zp, zn, model.temperature(), data.group[j], S.in_batch_negatives)
+            loss, _, _ = losses.triplet_loss(za, zp, zn, model.temperature(), data.group[j], S.in_batch_negatives)
             setup.step(loss, opt, sched)
             model.temperature.clamp_()
         seconds, tau = time.perf_counter() - t0, model.temperature().item()
@@ -294,58 +222,221 @@ def train_clip_siamese(P, triplets: pd.DataFrame, table: pd.DataFrame, share: fl
     cfg.update(clip=P.model_ref("clip"), clip_key=clip_key, split=name, share=share, best_epoch=fit.best_epoch,
                tau_final=fit.model.temperature().item(), triplets={"train": len(train_idx), "val": len(val_idx)})
     fit.name, fit.triplets = name, trip
-    fit.model_dir = save_head(fit.model, cfg, fit.history, P.run.sub("siamese") / f"clip-head-{name}")
+    fit.model_dir = trained.save_head(fit.model, cfg, fit.history, trained.clip_head_dir(P.run.root, name))
     return fit
 
 
-# -- saving and loading -------------------------------------------------------------------------------
+# -- 3. the CNN siamese: data -----------------------------------------------------------------------------
 
 
-def save_head(model: Siamese, cfg: dict, history: pd.DataFrame, out_dir: str | Path) -> Path:
-    """``head.safetensors`` (head + τ), ``config.json`` and ``history.csv``, written atomically."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    with paths.atomic_dir(out_dir) as tmp:
-        save_file(state, str(tmp / "head.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=1, default=str), encoding="utf-8")
-        history.to_csv(tmp / "history.csv", index=False)
-    return Path(out_dir)
+def _image_table(triplets: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """Unique image paths and the triplets' indices into them. # [N, 3] (anchor, positive, negative)"""
+    cols = ["anchor_path", "positive_path", "negative_path"]
+    flat = triplets[cols].astype(str).to_numpy().ravel()
+    uniq, inv = np.unique(flat, return_inverse=True)
+    return list(uniq), inv.reshape(-1, 3)
 
 
-def load_head(path: str | Path) -> tuple[Siamese, dict]:
-    """A saved head (in eval mode) and its config."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    model = Siamese(build_head(cfg), Temperature(cfg["tau"], cfg["learn_tau"], cfg["tau_min"], cfg["tau_max"]))
-    model.load_state_dict(load_file(str(path / "head.safetensors")))
-    return model.eval(), cfg
-
-
-# -- text <-> image retrieval ---------------------------------------------------------------------------
+@torch.no_grad()
+def _backbone_features(model: heads.ResNetSiamese, images: list[str], tf: ImageTransform, setup, batch_size: int,
+                       num_workers: int) -> torch.Tensor:
+    """Pooled features of every image, once (the frozen-backbone case). # [N, D] on the device"""
+    model.backbone.eval()
+    out = []
+    for pixels, _ in make_loader(images, None, tf, batch_size, num_workers=num_workers):
+        with setup.autocast():
+            out.append(model.features(pixels.to(setup.device)).float())
+    return torch.cat(out)
 
 
-def retrieval_accuracy(img: np.ndarray, txt: np.ndarray) -> tuple[float, float]:
-    """Top-1 accuracy of N (image, caption) pairs: i2t = share of images whose own caption is the
-    most similar of the N, t2i the converse. Ties count at their expected value (chance)."""
-    sim = np.asarray(img, np.float64) @ np.asarray(txt, np.float64).T  # [N, N]
-    truth = np.arange(len(sim))
-    return metrics.recall_at_k(sim, truth, 1), metrics.recall_at_k(sim.T, truth, 1)
+def _targets(part: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """Regression targets of (anchor, positive) and (anchor, negative): columns or 1 and 0. # [T], [T]"""
+    pos = part["target"].to_numpy(np.float32) if "target" in part else np.ones(len(part), np.float32)
+    neg = part["target_neg"].to_numpy(np.float32) if "target_neg" in part else np.zeros(len(part), np.float32)
+    return torch.from_numpy(pos), torch.from_numpy(neg)
 
 
-def batched_retrieval(img: np.ndarray, txt: np.ndarray, n: int, seed: int = 0) -> dict:
-    """:func:`retrieval_accuracy` over seeded batches of ``n`` pairs (the remainder joins the
-    last batch), averaged by pairs; ``chance`` is the matching average of 1/N."""
-    order = np.random.default_rng(seed).permutation(len(img))
-    batches = [b for b in np.split(order, list(range(n, len(order) - n + 1, n))) if len(b) > 1]
-    if not batches:
-        return {"pairs": 0, "N": n, "i2t": math.nan, "t2i": math.nan, "chance": math.nan}
-    w = np.array([len(b) for b in batches])
-    acc = np.array([retrieval_accuracy(img[b], txt[b]) for b in batches])  # [batches, 2]
-    i2t, t2i = (acc * w[:, None]).sum(0) / w.sum()
-    return {"pairs": int(w.sum()), "N": n, "i2t": float(i2t), "t2i": float(t2i), "chance": float(len(w) / w.sum())}
+# -- 3. the CNN siamese: loss and one epoch ---------------------------------------------------------------
+
+
+def batch_loss(model: heads.ResNetSiamese, ea, ep, en, t_pos=None, t_neg=None, in_batch: bool = False,
+               regression_loss: str = "bce", groups: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The variant's loss on one batch of embeddings, and the scores ``(s+, s-)`` it implies.
+    ``groups`` ``[B]``: each item's original; in-batch negatives of the same original are masked."""
+    if model.variant == "triplet":
+        s_pos, s_neg = losses.triplet_similarities(ea, ep, en)  # [B], [B]
+        negs = torch.cat([s_neg[:, None], losses.in_batch_negatives(ea, ep, groups)], 1) \
+            if in_batch and len(ea) > 1 else s_neg
+        return losses.infonce_triplet_loss(s_pos, negs, model.tau), s_pos, s_neg
+    l_pos, l_neg = model.pair_logit(ea, ep).float(), model.pair_logit(ea, en).float()  # [B], [B]
+    logits, target = torch.cat([l_pos, l_neg]), torch.cat([t_pos, t_neg]).to(l_pos.device)
+    loss = F.binary_cross_entropy_with_logits(logits, target) if regression_loss == "bce" \
+        else F.mse_loss(torch.sigmoid(logits), target)
+    return loss, torch.sigmoid(l_pos), torch.sigmoid(l_neg)
+
+
+def _accuracies(s_pos: torch.Tensor, s_neg: torch.Tensor, kinds: np.ndarray) -> dict:
+    hard = np.isin(kinds, HARD_KINDS)
+    pick = lambda m: torch.from_numpy(m)  # noqa: E731
+    return {"acc_random": losses.triplet_accuracy(s_pos[pick(kinds == "random")], s_neg[pick(kinds == "random")]),
+            "acc_hard": losses.triplet_accuracy(s_pos[pick(hard)], s_neg[pick(hard)])}
+
+
+def _cnn_epoch(model, data: dict, setup, cfg, optimizer=None, scheduler=None, seed: int = 0) -> dict:
+    """One pass over a split's triplets; trains when an optimizer is given."""
+    train = optimizer is not None
+    model.train_mode(cfg.resnet_unfreeze) if train else model.eval()
+    n = len(data["index"])
+    drop = train and n > cfg.batch_size and n % cfg.batch_size == 1  # batch norm cannot train on 1 item
+    total, s_pos, s_neg, kinds = 0.0, [], [], []
+    with torch.set_grad_enabled(train):
+        for idx in training.batch_indices(n, cfg.batch_size, shuffle=train, seed=seed, drop_last=drop):
+            trip = data["index"][idx]  # [B, 3] image indices
+            branches = [data["source"](trip[:, k]) for k in range(3)]
+            with setup.autocast():
+                ea, ep, en = model(*branches, from_features=data["cached"])
+                loss, sp, sn = batch_loss(model, ea, ep, en, data["t_pos"][idx], data["t_neg"][idx],
+                                          cfg.in_batch_negatives, cfg.resnet_regression_loss, data["group"][idx])
+            if train:
+                setup.step(loss, optimizer, scheduler)
+            total += loss.item() * len(idx)
+            s_pos.append(sp.detach().float().cpu())
+            s_neg.append(sn.detach().float().cpu())
+            kinds.append(data["kinds"][idx])
+    s_pos, s_neg = torch.cat(s_pos), torch.cat(s_neg)
+    return {"loss": total / max(len(s_pos), 1), **_accuracies(s_pos, s_neg, np.concatenate(kinds))}
+
+
+# -- 3. the CNN siamese: training -------------------------------------------------------------------------
+
+
+def _split_data(part: pd.DataFrame, index: np.ndarray, source, cached: bool) -> dict:
+    t_pos, t_neg = _targets(part)
+    kinds = part["negative_kind"].astype(str).to_numpy() if "negative_kind" in part else \
+        np.full(len(part), "random")
+    # the anchor's original: masks the in-batch negatives that are derivatives of the same painting
+    group = torch.as_tensor(pd.factorize(part["anchor_id"].astype(str))[0] if "anchor_id" in part
+                            else np.arange(len(part)), dtype=torch.long)
+    return {"index": index, "source": source, "cached": cached, "t_pos": t_pos, "t_neg": t_neg, "kinds": kinds,
+            "group": group}
+
+
+PIXEL_CACHE_BYTES = 2 * 1024**3  # keep every image's pixels in memory below this size
+
+
+# The frozen backbone's features of the last image list, so that the second variant (triplet, then
+# regression, in one process) does not compute them again: key -> [N, D] on the CPU. One entry only.
+_FEATURES: dict[tuple, torch.Tensor] = {}
+
+
+def _features_key(backbone_dir, images: list[str], tf: ImageTransform) -> tuple | None:
+    """What the frozen features depend on: the checkpoint's files (path, size, mtime), the input side
+    and the images. None when the checkpoint is not a directory (nothing to key on)."""
+    d = Path(backbone_dir) if backbone_dir is not None else None
+    if d is None or not d.is_dir():
+        return None
+    files = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file()))
+    return (str(d.resolve()), files, tf.size, tuple(images))
+
+
+def _sources(model, images, tf, setup, cfg, P, key: tuple | None = None):
+    """A function from image indices to branch inputs: cached features (frozen backbone), or
+    pixels: all held in memory when they fit in PIXEL_CACHE_BYTES, else loaded per batch by threads."""
+    if cfg.resnet_unfreeze == "none":
+        if key is not None and key in _FEATURES:
+            feats = _FEATURES[key].to(setup.device)
+        else:
+            feats = _backbone_features(model, images, tf, setup, cfg.batch_size,
+                                       worker_count(P.num_workers))  # [N, D]
+            _FEATURES.clear()
+            if key is not None:
+                _FEATURES[key] = feats.cpu()
+        return (lambda ix: feats[torch.as_tensor(ix)]), True
+    if len(images) * 3 * tf.size ** 2 * 4 <= PIXEL_CACHE_BYTES:
+        pixels = torch.cat([x for x, _ in make_loader(images, None, tf, cfg.batch_size,
+                                                      num_workers=worker_count(P.num_workers))])  # [N, 3, S, S]
+        return (lambda ix: pixels[torch.as_tensor(ix)].to(setup.device)), False
+    pool = ThreadPoolExecutor(max_workers=worker_count(P.num_workers))  # PIL decodes and resizes without the GIL
+    return (lambda ix: torch.stack(list(pool.map(tf, [images[i] for i in ix]))).to(setup.device)), False
+
+
+def build_model(P, backbone_dir, variant: str, setup) -> heads.ResNetSiamese:
+    """A fresh siamese on stage 07's backbone (seeded head), trainable parts set per ``resnet_unfreeze``.
+    ``backbone_dir``: stage 07's checkpoint, or a transformers ResNet checkpoint directory."""
+    cfg = P.siamese
+    if (Path(backbone_dir) / trained.CLASSIFIER_SPEC).exists():
+        clf, processor = trained.load_classifier(backbone_dir, setup.device)
+        backbone = clf.backbone
+    else:
+        clf, processor = models.load_resnet(str(backbone_dir), setup.device, torch.float32)
+        backbone = clf.resnet
+    torch.manual_seed(P.seed)
+    model = heads.ResNetSiamese(backbone, cfg.hidden, cfg.out_dim, cfg.dropout, variant, cfg.tau, cfg.learn_tau)
+    model.processor = processor
+    return model.to(setup.device).set_unfreeze(cfg.resnet_unfreeze)
+
+
+def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: str = "triplet",
+                         val_split: str = "val", progress: bool = True) -> TrainResult:
+    """Train the ResNet siamese on the ``train`` rows of ``triplets`` (the triplets artifact's
+    columns), early-stopping on the ``val_split`` rows' loss; save the best epoch to
+    ``<run>/siamese/<backbone>-<variant>/``. ``backbone_dir``: a CNN checkpoint (default: stage 07's
+    best, :func:`artsim_lib.stages.s07_finetune.load`: StageNotRunError when stage 07 has not run)."""
+    cfg = P.siamese
+    parts = {s: triplets[triplets["split"] == s].reset_index(drop=True) for s in ("train", val_split)}
+    for s, part in parts.items():
+        if part.empty:
+            raise ValueError(f"train_resnet_siamese: no triplets with split == {s!r}")
+    backbone_dir = Path(backbone_dir) if backbone_dir is not None else s07_finetune.load(P)
+    setup = training.setup(P.device, P.dtype, mixed_precision=True)
+    model = build_model(P, backbone_dir, variant, setup)
+    tf = ImageTransform(model.processor)
+    everything = pd.concat(parts.values(), ignore_index=True)
+    images, index = _image_table(everything)
+    source, cached = _sources(model, images, tf, setup, cfg, P, _features_key(backbone_dir, images, tf))
+    n_train = len(parts["train"])
+    data = {"train": _split_data(parts["train"], index[:n_train], source, cached),
+            "val": _split_data(parts[val_split], index[n_train:], source, cached)}
+    opt = training.adamw(model, cfg.lr, cfg.weight_decay, {"backbone.": cfg.resnet_backbone_lr})
+    steps = cfg.resnet_epochs * training.num_batches(n_train, cfg.batch_size)
+    sched = training.warmup_schedule(opt, steps, cfg.resnet_warmup_ratio, "cosine")
+    stopper, history = training.EarlyStopping(cfg.patience), training.History()
+    P.run.sub("siamese")
+    out_dir = trained.siamese_dir(P.run.root, model.backbone.kind, variant)
+    t0 = time.perf_counter()
+    torch.manual_seed(P.seed)  # dropout draws do not depend on what ran before
+    desc = f"{model.backbone.kind} siamese ({variant})"
+    for epoch in tqdm(range(1, cfg.resnet_epochs + 1), desc=desc, disable=not progress):
+        tr = _cnn_epoch(model, data["train"], setup, cfg, opt, sched, seed=training.epoch_seed(P.seed, epoch))
+        with torch.no_grad():
+            va = _cnn_epoch(model, data["val"], setup, cfg)
+        history.log(epoch=epoch, split="train", **tr)
+        history.log(epoch=epoch, split="val", **va)
+        if stopper.step(va["loss"], epoch):
+            trained.save_resnet_siamese(model, out_dir, _info(P, variant, backbone_dir, epoch, va, val_split))
+        if stopper.should_stop:
+            break
+    hist = history.frame()
+    if stopper.best_epoch is None:
+        raise FloatingPointError("train_resnet_siamese: the validation loss was NaN in every epoch")
+    paths.write_parquet(hist, out_dir / "history.parquet", meta={"variant": variant, "siamese": cfg.model_dump()})
+    best = hist[(hist["epoch"] == stopper.best_epoch) & (hist["split"] == "val")].iloc[0].to_dict()
+    metrics = {"best_val": best, "seconds": time.perf_counter() - t0, "train_triplets": n_train,
+               "backbone": model.backbone.kind, "backbone_label": model.backbone.label,
+               "val_triplets": len(parts[val_split]), "images": len(images), "cached_features": cached}
+    return TrainResult(hist, stopper.best_epoch, out_dir, variant, metrics)
+
+
+def _info(P, variant, backbone_dir, epoch, val, val_split) -> dict:
+    cfg = P.siamese
+    return {"variant": variant, "hidden": list(cfg.hidden), "out_dim": cfg.out_dim, "dropout": cfg.dropout,
+            "tau": cfg.tau, "learn_tau": cfg.learn_tau, "unfreeze": cfg.resnet_unfreeze,
+            "backbone_dir": str(backbone_dir), "epoch": epoch, "val": val, "val_split": val_split,
+            "siamese_params": cfg.model_dump(mode="json"), "seed": P.seed}
+
+
+# -- text <-> image accuracy with CLIP --------------------------------------------------------------------
 
 
 def text_image_accuracy(encoder: embeddings.Encoder, table: pd.DataFrame, manifest: pd.DataFrame,
@@ -358,7 +449,7 @@ def text_image_accuracy(encoder: embeddings.Encoder, table: pd.DataFrame, manife
     for split, part in ((s, df[df["split"] == s]) for s in ("train", "val", "test") if (df["split"] == s).any()):
         txt = np.concatenate([models.clip_text_embeddings(encoder.model, encoder.processor, list(c)).numpy()
                               for c in shards.batches(list(part["caption"]), 64)])  # [n, D]
-        rows.append({"split": split, **batched_retrieval(embeddings.embedding_matrix(part), txt, n, seed)})
+        rows.append({"split": split, **metrics.batched_retrieval(embeddings.embedding_matrix(part), txt, n, seed)})
     return pd.DataFrame(rows)
 
 
@@ -425,42 +516,65 @@ def text_image_table(nway: pd.DataFrame, binary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
-# -- the 'clip_siamese' measure ------------------------------------------------------------------------
+# -- the stage --------------------------------------------------------------------------------------------
 
 
-def load_clip_siamese(run_dir: str | Path, split: str | None = None) -> embeddings.ClipMeasure:
-    """The trained CLIP siamese of a run as a measure (``.similarity(a, b)``, ``.embed(images)``);
-    ``split`` ('80-20', ...) defaults to the first of ``siamese.train_splits``."""
-    P, encoder = embeddings.run_encoder(run_dir)
-    folder = Path(run_dir) / "siamese" / f"clip-head-{split or split_name(P.siamese.train_splits[0])}"
-    if not (folder / "head.safetensors").exists():
-        raise FileNotFoundError(f"{folder}: no trained CLIP siamese head (run stage 08 first)")
-    model, cfg = load_head(folder)
-    if cfg.get("clip_key") not in (None, encoder.key):
-        from artsim_lib.measures.base import MeasureUnavailableError  # evaluation skips it and says why
+@dataclass
+class SiameseStageResult:
+    """What :func:`run` did. ``clip`` and ``cnn`` stay empty in a shard job (``num_shards > 1``,
+    ``shard_index >= 0``) and while other shards are unfinished: then only embeddings were made."""
 
-        raise MeasureUnavailableError(f"{folder} was trained on CLIP {cfg['clip_key']}, but the run's CLIP is "
-                                      f"{encoder.key}: re-run stage 08")
-    return embeddings.ClipMeasure(encoder, model.head, "clip_siamese", Path(run_dir) / "embeddings" / encoder.key,
-                                  P.siamese.embed_batch_size)
+    extraction: embeddings.ExtractResult
+    ready: bool                                                    # embeddings complete, models trained
+    clip: dict[str, SiameseResult] = field(default_factory=dict)  # '80-20' -> the CLIP head
+    cnn: dict[str, TrainResult] = field(default_factory=dict)     # 'triplet' / 'regression' -> the CNN siamese
 
 
-def register_measures() -> bool:
-    """Register 'clip' and 'clip_siamese' with :mod:`artsim_lib.measures.registry` (False when it is absent);
-    a run without the model gives its ``MeasureUnavailableError``."""
-    try:
-        from artsim_lib.measures import registry as compare
-    except ImportError:
-        return False
+def run(P, manifest: pd.DataFrame | None = None, triplets: pd.DataFrame | None = None, num_shards: int = 1,
+        shard_index: int = 0, encoder: embeddings.Encoder | None = None, progress: bool = True) -> SiameseStageResult:
+    """Run stage 08 for params ``P``: embed the originals and the triplets' derivatives with CLIP
+    (shard ``shard_index`` of ``num_shards``; -1 only merges), then, once every image is embedded
+    and this is not a shard job, train the CLIP siamese on each of ``siamese.train_splits`` and the
+    CNN siamese (stage 07's backbone) in both variants."""
+    manifest = require_manifest(P) if manifest is None else manifest
+    triplets = require_triplets(P) if triplets is None else triplets
+    encoder = encoder or embeddings.load_encoder(P)
+    ext = embeddings.extract_embeddings(P, embeddings.stage_images(manifest, triplets), num_shards, shard_index,
+                                        encoder)
+    result = SiameseStageResult(ext, ext.complete and not (num_shards > 1 and shard_index >= 0))
+    if result.ready:
+        for share in P.siamese.train_splits:
+            res = train_clip_siamese(P, triplets, ext.table, share, ext.key, manifest)
+            result.clip[res.name] = res
+        for variant in VARIANTS:
+            result.cnn[variant] = train_resnet_siamese(P, triplets, variant=variant, progress=progress)
+    return result
 
-    def unavailable_as_such(loader):
-        def load(run_dir):
-            try:
-                return loader(run_dir)
-            except (FileNotFoundError, models.ModelNotAvailableError) as err:
-                raise compare.MeasureUnavailableError(str(err)) from None
-        return load
 
-    compare.register_measure("clip", unavailable_as_such(embeddings.load_clip_measure), replace=True)
-    compare.register_measure("clip_siamese", unavailable_as_such(load_clip_siamese), replace=True)
-    return True
+@dataclass
+class SiameseModels:
+    """Stage 08's saved models: read them with :mod:`artsim_lib.measures.trained`."""
+
+    clip: dict[str, Path]  # split name ('80-20') -> the CLIP head's folder
+    cnn: dict[str, Path]   # variant -> the CNN siamese's folder (on stage 07's ``finetune.backbone``)
+
+
+def load(P) -> SiameseModels:
+    """The folders of stage 08's models for ``P``; :class:`StageNotRunError` when one is missing
+    or was trained with another head architecture (CLIP) or other ``siamese`` params / seed (CNN)."""
+    kind, root = P.finetune.backbone, P.run.root
+    clip = {split_name(s): trained.clip_head_dir(root, split_name(s)) for s in P.siamese.train_splits}
+    cnn = {v: trained.siamese_dir(root, kind, v) for v in VARIANTS}
+    arch = {k: v for k, v in paths.json_roundtrip(head_config(P.siamese, 0)).items() if k != "in_dim"}
+    for name, d in clip.items():
+        f = require_file(d / "config.json", "08", f"the CLIP siamese head {name}")
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+        if {k: cfg.get(k) for k in arch} != arch:
+            raise StageNotRunError("08", f"the CLIP siamese head {name}", d, stale=True)
+    want = paths.json_roundtrip(P.siamese.model_dump(mode="json"))
+    for variant, d in cnn.items():
+        f = require_file(d / trained.SIAMESE_CONFIG, "08", f"the {kind} siamese ({variant})")
+        info = json.loads(f.read_text(encoding="utf-8"))
+        if info.get("siamese_params") != want or info.get("seed") != P.seed:
+            raise StageNotRunError("08", f"the {kind} siamese ({variant})", d, stale=True)
+    return SiameseModels(clip, cnn)

@@ -8,8 +8,11 @@ import torch
 from PIL import Image
 
 from artsim_lib import config
+from artsim_lib.io.artifacts import StageNotRunError
+from artsim_lib.measures import trained
 from artsim_lib.stages import s07_finetune as finetune
 from artsim_lib.models import training
+from artsim_lib.models.heads import CNNClassifier, resnet_embed
 from artsim_lib.models.image_batches import ImageTransform, make_loader
 from artsim_lib.models import build_tiny, load_resnet
 
@@ -150,9 +153,9 @@ def test_cnn_classifier_round_trip_predicts_the_same_logits(tmp_path):
     from artsim_lib.models import load_backbone
 
     backbone, proc = load_backbone("effnet_lite0", image_size=32)
-    model = finetune.CNNClassifier(backbone, ["a", "b", "c"], seed=3).eval()
-    target = finetune.save_checkpoint(model, proc, tmp_path / "best", {"classes": ["a", "b", "c"]})
-    again, proc2 = finetune.load_classifier(target)
+    model = CNNClassifier(backbone, ["a", "b", "c"], seed=3).eval()
+    target = trained.save_checkpoint(model, proc, tmp_path / "best", {"classes": ["a", "b", "c"]})
+    again, proc2 = trained.load_classifier(target)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(pixel_values=x).logits, again(pixel_values=x).logits, atol=1e-6)
@@ -164,19 +167,19 @@ def test_checkpoint_round_trip_predicts_the_same_logits(tmp_path, tiny_resnet):
 
     model, proc = load_resnet(tiny_resnet)
     finetune.replace_head(model, ["a", "b", "c", "d"], seed=3)
-    target = finetune.save_checkpoint(model, proc, tmp_path / "best", {"classes": ["a", "b", "c", "d"]})
+    target = trained.save_checkpoint(model, proc, tmp_path / "best", {"classes": ["a", "b", "c", "d"]})
     again = ResNetForImageClassification.from_pretrained(target).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model.eval()(pixel_values=x).logits, again(pixel_values=x).logits, atol=1e-6)
-    assert again.config.id2label[3] == "d" and json.loads((target / finetune.INFO_FILE).read_text())["classes"]
+    assert again.config.id2label[3] == "d" and json.loads((target / trained.FINETUNE_INFO).read_text())["classes"]
 
 
 @pytest.mark.parametrize("backbone", ["effnet_lite0", "resnet"])
 def test_finetune_end_to_end(run_dir, backbone):
     P = _params([f"finetune.backbone={backbone}"])
     m = tiny_manifest(run_dir / "images")
-    result = finetune.finetune(P, manifest=m, progress=False)
+    result = finetune.run(P, manifest=m, progress=False)
     hist = pd.read_parquet(P.run.root / "finetune" / "history.parquet")
     assert set(hist["split"]) == {"train", "val"} and hist["epoch"].max() == result.metrics["epochs_run"]
     metrics = json.loads((P.run.root / "finetune" / "metrics.json").read_text())
@@ -185,11 +188,11 @@ def test_finetune_end_to_end(run_dir, backbone):
     assert result.confusion.sum() == 9 and len(result.predictions) == 9
     val = hist[hist["split"] == "val"]
     assert metrics["best_epoch"] == int(val.loc[val["loss"].idxmin(), "epoch"])
-    model, proc = finetune.load_finetuned(P.run.root)
-    assert isinstance(model, finetune.CNNClassifier) and model.backbone.kind == backbone
+    model, proc = trained.load_finetuned(P.run.root)
+    assert isinstance(model, CNNClassifier) and model.backbone.kind == backbone
     assert model.classes == result.classes and len(model.classes) == 3 and not model.training
-    assert metrics["backbone"] == backbone == finetune.finetuned_backbone(P.run.root)
-    emb = finetune.resnet_embed(model, proc, list(m["path"][:5]), batch_size=2)
+    assert metrics["backbone"] == backbone == trained.finetuned_backbone(P.run.root)
+    emb = resnet_embed(model, proc, list(m["path"][:5]), batch_size=2)
     assert emb.shape == (5, {"resnet": 64, "effnet_lite0": 1280}[backbone])
     assert torch.allclose(emb.norm(dim=1), torch.ones(5), atol=1e-5)
     # The test split was scored with the saved checkpoint: re-scoring it gives the same top-1.
@@ -208,10 +211,26 @@ def test_finetune_end_to_end(run_dir, backbone):
     other = {"resnet": "effnet_lite0", "effnet_lite0": "resnet"}[backbone]
     with pytest.raises(compare.MeasureUnavailableError, match=f"fine-tuned '{backbone}'"):
         compare.load_measure(f"{other}_finetuned", P.run.root)
-    # require_finetuned reuses the complete checkpoint made with the same params.
-    stamp = (result.best_dir / finetune.WEIGHTS_FILE).stat().st_mtime_ns
-    assert finetune.require_finetuned(P) == result.best_dir
-    assert (result.best_dir / finetune.WEIGHTS_FILE).stat().st_mtime_ns == stamp
+    # load() gives back the complete checkpoint made with the same params, and trains nothing.
+    stamp = (result.best_dir / trained.CLASSIFIER_WEIGHTS).stat().st_mtime_ns
+    assert finetune.load(P) == result.best_dir
+    assert (result.best_dir / trained.CLASSIFIER_WEIGHTS).stat().st_mtime_ns == stamp
+
+
+def test_load_says_run_stage_07_first(run_dir):
+    P = _params()
+    with pytest.raises(StageNotRunError, match="is missing: run stage 07 first"):
+        finetune.load(P)  # nothing trained
+    best = P.run.root / "finetune" / "best"
+    best.mkdir(parents=True)
+    info = {"key": finetune.finetune_key(P), "complete": False}
+    (best / trained.FINETUNE_INFO).write_text(json.dumps(info))
+    with pytest.raises(StageNotRunError, match="is missing: run stage 07 first"):
+        finetune.load(P)  # an interrupted run: the checkpoint was never marked complete
+    (best / trained.FINETUNE_INFO).write_text(json.dumps({**info, "complete": True}))
+    assert finetune.load(P) == best
+    with pytest.raises(StageNotRunError, match="made with other params: run stage 07 first"):
+        finetune.load(_params(["finetune.lr=0.02"]))
 
 
 def test_finetune_stops_early_on_a_scripted_val_loss(run_dir, monkeypatch):
@@ -226,12 +245,12 @@ def test_finetune_stops_early_on_a_scripted_val_loss(run_dir, monkeypatch):
 
     monkeypatch.setattr(finetune, "_run_epoch", scripted)
     P = _params(["finetune.epochs=8", "finetune.patience=3"])
-    result = finetune.finetune(P, manifest=tiny_manifest(run_dir / "images", (4, 1, 1)), progress=False)
+    result = finetune.run(P, manifest=tiny_manifest(run_dir / "images", (4, 1, 1)), progress=False)
     val = result.history[result.history["split"] == "val"]
     assert val["loss"].tolist() == [1.0, 0.7, 0.8, 0.75, 0.9]
     assert result.metrics["epochs_run"] == 5 and result.metrics["stopped_early"]
     assert result.metrics["best_epoch"] == 2
-    assert json.loads((result.best_dir / finetune.INFO_FILE).read_text())["epoch"] == 2
+    assert json.loads((result.best_dir / trained.FINETUNE_INFO).read_text())["epoch"] == 2
 
 
 def test_layer4_unfreeze_trains_only_the_last_stage_and_the_head(tmp_path):
@@ -241,7 +260,7 @@ def test_layer4_unfreeze_trains_only_the_last_stage_and_the_head(tmp_path):
     df, classes = finetune.label_frame(m[m["split"] == "train"], "style")
     backbone, proc = load_backbone("effnet_lite0", image_size=32)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    model = finetune.CNNClassifier(backbone, classes, seed=0).set_unfreeze("layer4")
+    model = CNNClassifier(backbone, classes, seed=0).set_unfreeze("layer4")
     model.train()
     assert not model.backbone.net._bn0.training and all(mod.training for mod in model.backbone.last_stage())
     setup = training.setup("cpu", "float32")
