@@ -64,12 +64,12 @@ def test_16bit_rgb_png_matches_its_8bit_copy(tmp_path, gradient16):
 
 
 def test_compare_of_a_16bit_png_and_its_8bit_copy_is_near_one(tmp_path, gradient16, capsys):
-    from artsim_lib.measures import registry as compare
+    from artsim_lib import cli
 
     big = np.kron(gradient16, np.ones((2, 2), np.uint16))
     Image.fromarray(big).save(tmp_path / "g16.png")
     Image.fromarray((big // 257).astype(np.uint8)).save(tmp_path / "g8.png")
-    assert compare.compare_main([str(tmp_path / "g16.png"), str(tmp_path / "g8.png")]) == 0
+    assert cli.compare_main([str(tmp_path / "g16.png"), str(tmp_path / "g8.png")]) == 0
     out = capsys.readouterr().out
     value = float(next(line.split()[-1] for line in out.splitlines() if line.startswith("[0,1]")))
     assert value > 0.99

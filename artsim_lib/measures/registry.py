@@ -40,7 +40,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from artsim_lib import config
-from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.core.descriptors import FAMILIES, ImageLike, ImageReadError  # noqa: F401 (API)
 from artsim_lib.measures import sota, trained
 from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, GeometryMeasure, Measure, MeasureError, MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, trained_model_dir  # noqa: F401 (API)
@@ -103,7 +102,7 @@ def _descriptor_loader(family: str | None, name: str):
 
 def _fitted_loader(run_dir: Path) -> Measure:
     try:
-        fitted = dsim.load_fitted_weights(run_dir)
+        fitted = trained.load_fitted_weights(run_dir)
     except FileNotFoundError as err:
         raise MeasureUnavailableError(f"measure 'descriptor_fitted': {err}") from None
     return DescriptorMeasure("descriptor_fitted", descriptor_params(run_dir), None, fitted["weights"])

@@ -29,53 +29,13 @@ from artsim_lib.measures.base import (
     GeometryMeasure,
     Measure,
     MeasureUnavailableError,
-    unavailable_as_such,
+    PairHeadMeasure,
 )
 
 PARALLEL_MIN_PAIRS = 20_000  # descriptor pair scores go to worker processes above this many pairs
 
 
 # -- loading measures from a run -------------------------------------------------------------------
-# The one run-params reader is config.read_run_params, the one unavailable_as_such is measures.base's;
-# these two names stay only for the plugins that still import them from here (stages 07/08, sota).
-run_params = unavailable_as_such(config.read_run_params)  # a missing run: MeasureUnavailableError, as before
-
-
-def run_model_ref(P: config.Params, run_dir, name: str) -> str:
-    """``P.model_ref(name)`` with ``{run_dir}`` read as ``run_dir``: use ``P.model_ref(name, run_dir)``."""
-    return P.model_ref(name, run_dir)
-
-
-class PairHeadMeasure(Measure):
-    """A learnt score of two embeddings (the ResNet regression siamese): ``embed_fn(images)`` ->
-    ``[N, D]``, ``score_fn(ea [B, D], eb [B, D])`` -> ``[B]`` in [0, 1] (torch tensors)."""
-
-    mapping = "the pair head's sigmoid score, already in [0, 1]"
-
-    def __init__(self, name: str, embed_fn, score_fn, chunk: int = 65536):
-        self.name, self.embed_fn, self.score_fn, self.chunk = name, embed_fn, score_fn, chunk
-
-    def features(self, images) -> list:
-        emb = self.embed_fn(list(images))
-        return list(emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb))
-
-    def raw_pairs(self, fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
-        """Scores of row-aligned embeddings ``[P, D]`` x ``[P, D]`` -> ``[P]``, in chunks."""
-        import torch
-
-        with torch.no_grad():
-            out = [self.score_fn(torch.from_numpy(np.ascontiguousarray(fa[i:i + self.chunk], np.float32)),
-                                 torch.from_numpy(np.ascontiguousarray(fb[i:i + self.chunk], np.float32)))
-                   for i in range(0, len(fa), self.chunk)]
-        return np.concatenate([o.detach().float().cpu().numpy() for o in out]) if out else np.zeros(0)
-
-    def raw_from_features(self, fa, fb) -> float:
-        return float(self.raw_pairs(np.asarray(fa)[None], np.asarray(fb)[None])[0])
-
-    def to01(self, raw: float) -> float:
-        return float(min(1.0, max(0.0, raw)))
-
-
 def load_measures(names, run_dir) -> tuple[dict[str, Measure], pd.DataFrame]:
     """``{name: Measure}`` of the measures a run can provide, and the skipped ones (measure, reason)."""
     from artsim_lib.measures import registry as compare

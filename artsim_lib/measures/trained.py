@@ -300,3 +300,16 @@ LOADERS: dict[str, Callable[[Path], Measure]] = {name: unavailable_as_such(loade
     "effnet_lite0_siamese": partial(load_cnn_siamese_measure, "effnet_lite0", "triplet"),
     "effnet_lite0_regression": partial(load_cnn_siamese_measure, "effnet_lite0", "regression"),
 }.items()}
+
+
+def fitted_weights_path(run_root) -> Path:
+    """Where stage 06 writes the fitted weights: ``<run>/descriptors/fitted_weights.json``."""
+    return Path(run_root) / "descriptors" / "fitted_weights.json"
+
+
+def load_fitted_weights(run_root) -> dict:
+    """The JSON written by stage 06; FileNotFoundError names the file when it is missing."""
+    target = fitted_weights_path(run_root)
+    if not target.exists():
+        raise FileNotFoundError(f"{target}: no fitted descriptor weights (run stage 06 first or pass --run DIR)")
+    return json.loads(target.read_text(encoding="utf-8"))

@@ -26,6 +26,7 @@ from artsim_lib.core.descriptor_similarity import (MEASURES, accuracy_table, com
 from artsim_lib.io import paths, workers
 from artsim_lib.io.artifacts import read_current
 from artsim_lib.stages.s05_generation import load_triplets
+from artsim_lib.measures.trained import fitted_weights_path, load_fitted_weights  # noqa: F401  (stage 06 writes them)
 
 
 @dataclass
@@ -44,19 +45,6 @@ class DescriptorResult:
 def pair_similarity_path(P) -> Path:
     """``<run>/descriptors/pair_similarity.parquet``."""
     return P.run.root / "descriptors" / "pair_similarity.parquet"
-
-
-def fitted_weights_path(run_root) -> Path:
-    """Where stage 06 writes the fitted weights: ``<run>/descriptors/fitted_weights.json``."""
-    return Path(run_root) / "descriptors" / "fitted_weights.json"
-
-
-def load_fitted_weights(run_root) -> dict:
-    """The JSON written by stage 06; FileNotFoundError names the file when it is missing."""
-    target = fitted_weights_path(run_root)
-    if not target.exists():
-        raise FileNotFoundError(f"{target}: no fitted descriptor weights (run stage 06 first or pass --run DIR)")
-    return json.loads(target.read_text(encoding="utf-8"))
 
 
 def stage_meta(P, triplets: pd.DataFrame) -> dict:

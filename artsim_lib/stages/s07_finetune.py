@@ -241,10 +241,10 @@ class _Fit:
 def run(P, manifest: pd.DataFrame | None = None, progress: bool = True) -> FinetuneResult:
     """Run stage 07 for params ``P``: train, keep the best epoch by validation loss (train loss
     when there is no val split), score it on test, write history/metrics/checkpoint."""
-    from artsim_lib.io.manifest import require_manifest
+    from artsim_lib.stages import s02_preprocess
 
     cfg, out_dir = P.finetune, P.run.sub("finetune")
-    manifest = require_manifest(P) if manifest is None else manifest
+    manifest = s02_preprocess.load(P) if manifest is None else manifest
     df, classes = label_frame(manifest, cfg.label)
     setup = training.setup(P.device, P.dtype, cfg.mixed_precision)
     torch.manual_seed(P.seed)

@@ -49,7 +49,6 @@ from artsim_lib.core import losses, metrics
 from artsim_lib.core.splits import stratified_split
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import StageNotRunError, require_file
-from artsim_lib.io.manifest import require_manifest
 from artsim_lib.io.workers import worker_count
 from artsim_lib import models
 from artsim_lib.measures import embeddings, trained
@@ -58,8 +57,7 @@ from artsim_lib.models import heads, training
 from artsim_lib.models.heads import VARIANTS, head_config
 from artsim_lib.models.image_batches import ImageTransform, make_loader
 from artsim_lib.models.training import TrainResult
-from artsim_lib.stages import s07_finetune
-from artsim_lib.stages.s05_triplets import require_triplets
+from artsim_lib.stages import s02_preprocess, s05_generation, s07_finetune
 
 HARD_KINDS = ("same_style", "same_artist")
 UNFREEZE_LEVELS = ("none", "layer4", "all")  # layer4: the backbone's last stage (Backbone.unfreeze_prefixes)
@@ -211,7 +209,7 @@ def train_clip_siamese(P, triplets: pd.DataFrame, table: pd.DataFrame, share: fl
     """Train the CLIP siamese head on the ``share`` split and save it under
     ``<run>/siamese/clip-head-<split>/``. ``table`` holds the cached embeddings (id, embedding)
     of the CLIP model ``clip_key`` (:attr:`embeddings.ExtractResult.key`)."""
-    manifest = require_manifest(P) if manifest is None else manifest
+    manifest = s02_preprocess.load(P) if manifest is None else manifest
     name = split_name(share)
     trip = split_triplets(triplets, manifest, share, P.seed)
     tensors = triplet_tensors(trip, table)
@@ -536,8 +534,8 @@ def run(P, manifest: pd.DataFrame | None = None, triplets: pd.DataFrame | None =
     (shard ``shard_index`` of ``num_shards``; -1 only merges), then, once every image is embedded
     and this is not a shard job, train the CLIP siamese on each of ``siamese.train_splits`` and the
     CNN siamese (stage 07's backbone) in both variants."""
-    manifest = require_manifest(P) if manifest is None else manifest
-    triplets = require_triplets(P) if triplets is None else triplets
+    manifest = s02_preprocess.load(P) if manifest is None else manifest
+    triplets = s05_generation.load_triplets(P) if triplets is None else triplets
     encoder = encoder or embeddings.load_encoder(P)
     ext = embeddings.extract_embeddings(P, embeddings.stage_images(manifest, triplets), num_shards, shard_index,
                                         encoder)

@@ -599,14 +599,9 @@ def check_inputs(P) -> pd.DataFrame:
     weights offline, a backbone stage 07 did not train, an SSCD file) is listed with its reason in
     :attr:`EvalResult.skipped`, as the registry's loaders say (``MeasureUnavailableError``)."""
     from artsim_lib import models
-    from artsim_lib.core import descriptor_similarity as dsim
-    from artsim_lib.stages import (
-        s02_preprocess,
-        s05_generation,
-        s07_finetune,
-        s08_siamese,
-    )
-    from artsim_lib.stages import s08_resnet_siamese as cnn_siamese
+    from artsim_lib.measures import trained
+    from artsim_lib.models.heads import VARIANTS
+    from artsim_lib.stages import s06_descriptors, s07_finetune
 
     names, run_root, rows, missing, covered = list(P.evaluation.measures), P.run.root, [], [], set()
 
@@ -628,21 +623,21 @@ def check_inputs(P) -> pd.DataFrame:
     have_trip = current(s05_generation.triplets_path(P), s05_generation.triplet_meta(P), "05", "triplets")
     if "descriptor_fitted" in names and have_trip:  # stage 06's pair table: its feature cache and fitted weights
         trip = pd.read_parquet(s05_generation.triplets_path(P))
-        current(run_root / "descriptors" / "pair_similarity.parquet", dsim.stage_meta(P, trip), "06",
+        current(s06_descriptors.pair_similarity_path(P), s06_descriptors.stage_meta(P, trip), "06",
                 "descriptor pair table + fitted weights", ["descriptor_fitted"])
     kind = P.finetune.backbone  # stage 08's CNN siamese trains on stage 07's backbone
-    cnn_trained = {cnn_siamese.measure_name(k, v) for k in models.BACKBONE_KINDS for v in cnn_siamese.VARIANTS}
+    cnn_trained = {trained.measure_name(k, v) for k in models.BACKBONE_KINDS for v in VARIANTS}
     cnn_trained |= {f"{k}_finetuned" for k in models.BACKBONE_KINDS}  # issue 11: one name per backbone
     if uses := [n for n in names if n in cnn_trained]:
-        info = s07_finetune.finetuned_info(run_root) or {}
-        need("07", f"fine-tuned {kind}", run_root / "finetune" / "best" / s07_finetune.INFO_FILE,
+        info = trained.finetuned_info(run_root) or {}
+        need("07", f"fine-tuned {kind}", trained.finetuned_dir(run_root) / trained.FINETUNE_INFO,
              bool(info.get("complete")), info.get("key") == s07_finetune.finetune_key(P), uses)
     if "clip_siamese" in names:
-        head = run_root / "siamese" / f"clip-head-{s08_siamese.split_name(P.siamese.train_splits[0])}" / "head.safetensors"
+        head = trained.clip_head_dir(run_root, trained.split_name(P.siamese.train_splits[0])) / "head.safetensors"
         need("08", "CLIP siamese head", head, head.exists(), used_by=["clip_siamese"])
-    for variant in cnn_siamese.VARIANTS:
-        if (name := cnn_siamese.measure_name(kind, variant)) in names:
-            saved = cnn_siamese.siamese_dir(run_root, kind, variant) / cnn_siamese.CONFIG_FILE
+    for variant in VARIANTS:
+        if (name := trained.measure_name(kind, variant)) in names:
+            saved = trained.siamese_dir(run_root, kind, variant) / trained.SIAMESE_CONFIG
             need("08", f"{kind} siamese ({variant})", saved, saved.exists(), used_by=[name])
     if rest := [n for n in names if n not in covered]:
         rows.append({"input": f"no stage's model ({', '.join(rest)})", "status": "loaded by stage 09; skipped "

@@ -345,8 +345,8 @@ def test_resnet_measures_from_a_run(run_dir, image_study):
     import torch
 
     from artsim_lib import models
-    from artsim_lib.stages import s07_finetune as finetune
-    from artsim_lib.stages import s08_resnet_siamese as resnet_siamese
+    from artsim_lib.measures import trained
+    from artsim_lib.models import heads
 
     P = config.load_params("smoke", ["evaluation.batch_size=2"])
     P.run.root.mkdir(parents=True, exist_ok=True)
@@ -359,14 +359,14 @@ def test_resnet_measures_from_a_run(run_dir, image_study):
     emb = before.embed(imgs + imgs[:1])  # [4, D]
     assert np.allclose(np.linalg.norm(emb, axis=1), 1) and emb[0] @ emb[3] == pytest.approx(1)
     clf, proc = models.load_resnet(P.model_ref("resnet"))
-    finetune.save_checkpoint(clf, proc, P.run.root / "finetune" / "best", {"complete": True})
+    trained.save_checkpoint(clf, proc, P.run.root / "finetune" / "best", {"complete": True})
     after = compare.load_measure("resnet_finetuned", run_dir)
-    assert np.allclose(after.embed(imgs), finetune.resnet_embed(clf, proc, imgs).numpy(), atol=1e-5)
+    assert np.allclose(after.embed(imgs), heads.resnet_embed(clf, proc, imgs).numpy(), atol=1e-5)
     for variant, name in (("regression", "resnet_regression"), ("triplet", "resnet_siamese")):
         torch.manual_seed(0)
-        model = resnet_siamese.ResNetSiamese(clf.resnet, [8], 4, 0.0, variant)
+        model = heads.ResNetSiamese(clf.resnet, [8], 4, 0.0, variant)
         model.processor = proc
-        resnet_siamese.save_resnet_siamese(model, P.run.root / "siamese" / f"resnet-{variant}", {
+        trained.save_resnet_siamese(model, P.run.root / "siamese" / f"resnet-{variant}", {
             "variant": variant, "hidden": [8], "out_dim": 4, "dropout": 0.0, "tau": 0.07, "learn_tau": False})
         m = compare.load_measure(name, run_dir)
         direct = model.eval().similarity(imgs, imgs[::-1]).numpy()
@@ -555,16 +555,10 @@ def test_a_family_only_training_can_teach_drops_when_held_out():
 
 # -- the stage on a run: its inputs are checked, never made; load reads the metrics back --------------------
 def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
-    from artsim_lib.core import descriptor_similarity as dsim
     from artsim_lib.io import paths
     from artsim_lib.io.artifacts import StageNotRunError
-    from artsim_lib.stages import (
-        s02_preprocess,
-        s05_generation,
-        s07_finetune,
-        s08_siamese,
-    )
-    from artsim_lib.stages import s08_resnet_siamese as cnn_siamese
+    from artsim_lib.measures import trained
+    from artsim_lib.stages import s02_preprocess, s05_generation, s06_descriptors, s07_finetune
 
     measures = ["descriptor", "descriptor_fitted", "effnet_lite0_finetuned", "clip_siamese", "effnet_lite0_siamese",
                 "resnet_regression", "sscd"]
@@ -586,22 +580,22 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     paths.write_parquet(trip, s05_generation.triplets_path(P), s05_generation.triplet_meta(P))
     assert stage_asked() == "06"                                  # descriptor_fitted: stage 06's pair table
     paths.write_parquet(pd.DataFrame({"x": [1]}), P.run.root / "descriptors" / "pair_similarity.parquet",
-                        dsim.stage_meta(P, trip))
+                        s06_descriptors.stage_meta(P, trip))
     assert stage_asked() == "07"                                  # the fine-tuned and siamese CNN rows
-    info = P.run.root / "finetune" / "best" / s07_finetune.INFO_FILE
+    info = trained.finetuned_dir(P.run.root) / trained.FINETUNE_INFO
     info.parent.mkdir(parents=True)
     info.write_text(json.dumps({"complete": True, "key": {"other": "params"}}))
     with pytest.raises(StageNotRunError, match="made with other params: run stage 07"):
         evaluation.check_inputs(P)
     info.write_text(json.dumps({"complete": True, "key": s07_finetune.finetune_key(P)}, default=str))
     assert stage_asked() == "08"                                  # the CLIP head
-    head = P.run.root / "siamese" / f"clip-head-{s08_siamese.split_name(P.siamese.train_splits[0])}"
+    head = trained.clip_head_dir(P.run.root, trained.split_name(P.siamese.train_splits[0]))
     head.mkdir(parents=True)
     (head / "head.safetensors").write_bytes(b"")
     assert stage_asked() == "08"                                  # the CNN siamese on stage 07's backbone
-    saved = cnn_siamese.siamese_dir(P.run.root, "effnet_lite0", "triplet")
+    saved = trained.siamese_dir(P.run.root, "effnet_lite0", "triplet")
     saved.mkdir(parents=True)
-    (saved / cnn_siamese.CONFIG_FILE).write_text("{}")
+    (saved / trained.SIAMESE_CONFIG).write_text("{}")
     table = evaluation.check_inputs(P)
     assert list(table.columns) == ["input", "status", "path"] and (table["status"].iloc[:-1] == "found").all()
     # resnet_regression (another backbone) and sscd are no stage's model here: skipped when they cannot load
