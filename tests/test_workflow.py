@@ -26,7 +26,8 @@ def write_notebook(path, stage, body="", parameters=""):
     nb.cells = [
         params,
         nbformat.v4.new_code_cell(
-            "from artsim_lib import config, provenance\n"
+            "from artsim_lib import config\n"
+            "from artsim_lib.io import provenance\n"
             "P = config.load_params(profile, overrides)\n"
             f"stage = provenance.start_stage({stage!r}, P)"),
         nbformat.v4.new_code_cell(body or "pass"),

@@ -1,7 +1,7 @@
 """Run the study's notebooks: discovery, papermill execution, self-contained HTML export.
 
 >>> nbs = discover_notebooks()           # notebooks/NN-name.ipynb, in stage order
->>> execute(nbs[0], "reports/smoke/01-eda.ipynb", "smoke", ["preprocess.size=96"])
+>>> execute(nbs[0], reports_dir(P) / "01-eda.ipynb", "smoke", ["preprocess.size=96"])
 """
 from __future__ import annotations
 
@@ -43,9 +43,12 @@ def notebooks_dir() -> Path:
     return paths.resolve(env) if env else paths.project_root() / "notebooks"
 
 
-def reports_dir(profile: str) -> Path:
-    """``<project root>/reports/<profile>``: executed notebooks, HTML and the index."""
-    return paths.project_root() / "reports" / profile
+def reports_dir(run: Any) -> Path:
+    """``<project root>/reports/<run name>``: the executed notebooks, their HTML and the index of
+    one run directory (``runs/smoke`` -> ``reports/smoke``, ``runs/smoke-pilot24`` ->
+    ``reports/smoke-pilot24``). ``run``: the run's params, its run directory, or its name."""
+    path = getattr(run, "run_path", run)
+    return paths.project_root() / "reports" / Path(path).name
 
 
 def discover_notebooks(directory: str | os.PathLike | None = None) -> list[Path]:
