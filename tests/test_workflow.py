@@ -68,6 +68,31 @@ def artsim(root, *args, check=True):
     return proc
 
 
+# What the kernel's libraries write while a stage runs (transformers' bars, tqdm's IProgress
+# warning, torchvision fallbacks, log lines): the stage log's, never the notebook's.
+NOISY = """
+import logging, warnings
+from tqdm.auto import tqdm
+for _ in tqdm(range(3), desc="Loading weights"):
+    pass
+warnings.warn("a fallback warning")
+logging.getLogger("transformers.x").warning("a library warning")
+print("ran in", os.path.dirname(os.getcwd()))
+"""
+
+
+def assert_reads_as_a_report(ipynb, root):
+    """An executed notebook (and its HTML) shows no stderr blocks (progress bars, warnings) and
+    no absolute path of the project."""
+    nb = json.loads(Path(ipynb).read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    stderr = ["".join(o["text"])[:200] for o in outputs if o.get("name") == "stderr"]
+    assert not stderr, stderr
+    text = json.dumps(outputs)
+    assert "it/s]" not in text and "Warning" not in text and "a library warning" not in text
+    assert str(root) not in text and str(root) not in Path(ipynb).with_suffix(".html").read_text()
+
+
 def mtimes(reports, stages):
     return {s: (reports / f"{s}.ipynb").stat().st_mtime_ns for s in stages}
 
@@ -76,7 +101,7 @@ def mtimes(reports, stages):
 @pytest.mark.slow
 def test_run_end_to_end_and_incremental(tmp_path):
     root = make_project(tmp_path / "proj", bodies={
-        "01-a": "import os, sys\nprint('PREFIX=' + sys.prefix)\nprint('CWD=' + os.getcwd())"})
+        "01-a": "import os, sys\nprint('PREFIX=' + sys.prefix)\nprint('CWD=' + os.getcwd())\n" + NOISY})
     reports = root / "reports" / "smoke"
     stages = ["01-a", "02-b"]
 
@@ -88,7 +113,10 @@ def test_run_end_to_end_and_incremental(tmp_path):
     assert (root / "runs" / "smoke" / "params.resolved.yaml").is_file()
     out = (reports / "01-a.ipynb").read_text()
     assert f"PREFIX={sys.prefix}" in out  # the kernel is this interpreter (the venv)
-    assert f"CWD={root / 'notebooks'}" in out  # notebooks run from notebooks/
+    assert "CWD=notebooks\\n" in out  # notebooks run from notebooks/, shown relative to the root
+    assert_reads_as_a_report(reports / "01-a.ipynb", root)
+    log = (reports / "logs" / "01-a.log").read_text()
+    assert "Loading weights: 100%" in log and "a fallback warning" in log  # progress: in the log
     assert 'src="http' not in (reports / "01-a.html").read_text()
     index = (reports / "index.html").read_text()
     for href in re.findall(r'href="([^"#]+)"', index):
@@ -222,3 +250,44 @@ def test_rerun_sets(tmp_path):
     block = text[text.index(f"rule {rule('07')}:"):].split("output:")[0]
     assert re.findall(r"reports/smoke/(\S+?)\.ipynb", block) == [names[1]]
     assert {f.name: f.read_text() for f in (root / "runs" / "smoke" / "params").iterdir()} == params_before
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb")), ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(notebook, caplog):
+    """``papermill --help-notebook`` (papermill.inspect_notebook, which the workflow uses to find
+    shardable stages) lists every name the parameters cell assigns, each with its type, and
+    warns about nothing (a second '=' on a line, in a comment too, hides the parameter)."""
+    import ast
+
+    import papermill
+
+    from artsim_lib.workflow import cluster
+
+    cell = next(c for c in nbformat.read(notebook, as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+    assigned = [node.target.id if isinstance(node, ast.AnnAssign) else node.targets[0].id
+                for node in ast.parse(cell.source).body]
+    with caplog.at_level("WARNING"):
+        found = papermill.inspect_notebook(str(notebook))
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= 30]
+    assert list(found) == assigned and {"profile", "overrides"} <= set(found)
+    assert all(p["inferred_type_name"] not in ("None", "") for p in found.values()), found
+    assert cluster.parameter_names(notebook) == set(assigned)
+
+
+def test_outputs_and_records_show_paths_relative_to_the_project(tmp_path, monkeypatch):
+    from artsim_lib.io import provenance
+    from artsim_lib.workflow import runner
+
+    root = tmp_path / "proj"
+    monkeypatch.setenv("ARTSIM_ROOT", str(root))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")])
+    nb.cells[0].outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text=f"run directory {root}/runs/smoke, root `{root}`\n"),
+        nbformat.v4.new_output("execute_result", data={"text/plain": f"'{root}2/x'", "image/png": "AAAA"}),
+    ]
+    assert runner.relative_outputs(nb, root) == 1
+    assert nb.cells[0].outputs[0]["text"] == "run directory runs/smoke, root `.`\n"
+    assert nb.cells[0].outputs[1]["data"]["text/plain"] == f"'{root}2/x'"  # another folder
+    assert provenance.shown(root / "runs" / "x") == "runs/x" and provenance.shown(5) == 5
+    assert provenance.shown("/elsewhere/y") == "/elsewhere/y"
