@@ -11,7 +11,7 @@ changed ``evaluation.*`` re-runs 09 alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import yaml
 
