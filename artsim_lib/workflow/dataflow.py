@@ -10,8 +10,8 @@ changed ``evaluation.*`` re-runs 09 alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import yaml
 
