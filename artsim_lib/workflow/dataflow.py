@@ -49,10 +49,6 @@ STAGES: dict[str, StageReads] = {
 SCHEDULING = ("workflow",)  # decides how stages run, never what they compute
 
 
-def known(number: str) -> bool:
-    return number in STAGES
-
-
 def upstream(number: str, present: Sequence[str]) -> list[str]:
     """The stages among ``present`` whose outputs stage ``number`` waits for.
 
