@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "from artsim_lib.models import bpe, backbones; bpe.clip_merges_path(); backbones.effnet_lite0_weights_path(); print('real CLIP tokenizer and EfficientNet-Lite0 weights: ok')"
 	touch $(STAMP)
 
-study: install ## run the whole study on PROFILE (default smoke) -> reports/PROFILE/index.html
+study: install ## run the whole study on PROFILE (default smoke) -> reports/<run dir name>/index.html (reports/PROFILE)
 	$(VENV)/bin/artsim run --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
 
 dry-run: install ## validate the params and show the plan without running anything

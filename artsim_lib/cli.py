@@ -46,6 +46,7 @@ EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C
 INTERRUPT_GRACE_S = (60.0, 15.0)
 LOCK_ENV = runlock.LOCK_ENV  # the token of the run that holds the lock, for its own jobs
 RERUN_TRIGGERS = ("mtime", "params", "input", "code")
+SOURCE_ROOT = cluster.SOURCE_ROOT
 
 
 def profile_ref(profile: str) -> str:
@@ -59,7 +60,7 @@ def profile_ref(profile: str) -> str:
 
 def snakefile() -> Path:
     """``<root>/workflow/Snakefile``, else the one beside this package (editable install)."""
-    for base in (paths.project_root(), paths.PACKAGE_DIR.parent):
+    for base in (paths.project_root(), SOURCE_ROOT):
         f = base / "workflow" / "Snakefile"
         if f.exists():
             return f
@@ -98,7 +99,7 @@ def until_target(stage: str, P: config.Params) -> str:
     """The stage's executed notebook, as a Snakemake target: a sharded stage's last job is
     its merge job, so a file names the stage whichever rule makes it."""
     nb = resolve_stage(stage)
-    return os.path.relpath(runner.reports_dir(P.profile) / f"{nb.stem}.ipynb", paths.project_root())
+    return os.path.relpath(runner.reports_dir(P) / f"{nb.stem}.ipynb", paths.project_root())
 
 
 def resolve_stage(stage: str) -> Path:
@@ -130,7 +131,7 @@ def cmd_run(args) -> int:
     cmd = snakemake_command(args, P)  # resolves --until before anything is written
     if args.dry_run or getattr(args, "dag", None):
         return _plan(args, P, cmd)
-    folders = [P.run_path, runner.reports_dir(P.profile)]
+    folders = [P.run_path, runner.reports_dir(P)]
     try:
         lock = runlock.RunLock.acquire(folders)
     except runlock.RunLocked as err:
@@ -172,19 +173,14 @@ def _plan(args, P: config.Params, cmd: list[str]) -> int:
     """``-n`` and ``--dag``: Snakemake's plan for the params as they are now, writing nothing
     into the run directory. Params files that would change are written to a temporary folder
     instead, so the plan shows the stages that changed params would re-run."""
-    real = {"params_file": P.run.params_file,
-            "stage_params_file": P.run.params_file.with_name("params.stages.yaml")}
-    texts = {"params_file": P.to_yaml(), "stage_params_file": cluster.stage_params_yaml(P)}
     with tempfile.TemporaryDirectory(prefix="artsim-plan-") as tmp:
-        where = {}
-        for key, target in real.items():
-            same = target.exists() and target.read_text(encoding="utf-8") == texts[key]
-            where[key] = target if same else Path(tmp) / target.name
-            if not same:
-                where[key].write_text(texts[key], encoding="utf-8")
+        target, text = P.run.params_file, P.to_yaml()
+        if not (target.exists() and target.read_text(encoding="utf-8") == text):
+            target = Path(tmp) / target.name
+            target.write_text(text, encoding="utf-8")
         i = cmd.index("--config")
         cmd = [c for c in cmd if not c.startswith("params_file=")]
-        cmd[i + 1:i + 1] = [f"{key}={where[key]}" for key in real]
+        cmd[i + 1:i + 1] = [f"params_file={target}", f"plan_dir={tmp}"]  # the stages' params: the Snakefile
         if getattr(args, "dag", None):
             return _write_dag(cmd, Path(args.dag).resolve())
         return subprocess.run(cmd, cwd=paths.project_root()).returncode
@@ -280,7 +276,7 @@ def cmd_stage(args) -> int:
     """Execute one notebook with papermill, then export it to HTML."""
     P = _load(args)
     nb = Path(args.notebook)
-    out = Path(args.out) if args.out else runner.reports_dir(P.profile) / f"{nb.stem}.ipynb"
+    out = Path(args.out) if args.out else runner.reports_dir(P) / f"{nb.stem}.ipynb"
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
     _setup_logging(args.log)
     if args.log:  # the kernel inherits it: model loads and computed items per job
@@ -303,9 +299,9 @@ def cmd_report(args) -> int:
     from artsim_lib.workflow import report
 
     P = _load(args)
-    holder = runlock.holder_of(runner.reports_dir(P.profile))
+    holder = runlock.holder_of(runner.reports_dir(P))
     if holder is not None and holder.get("token") != os.environ.get(LOCK_ENV):
-        lock_file = runner.reports_dir(P.profile) / runlock.LOCK_NAME
+        lock_file = runner.reports_dir(P) / runlock.LOCK_NAME
         print(f"artsim: error: {lock_file.parent} is in use by {runlock.describe(holder, lock_file)}; "
               "its index is written by that run", file=sys.stderr)
         return EXIT_LOCKED
@@ -355,7 +351,7 @@ def _add_stage(sub, parent) -> None:
     p.add_argument("notebook")
     p.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"), help="another notebook parameter (YAML value)")
-    p.add_argument("--out", help="executed notebook (default reports/<profile>/<stage>.ipynb)")
+    p.add_argument("--out", help="executed notebook (default reports/<run name>/<stage>.ipynb)")
     p.add_argument("--log", help="log file (papermill, cell output, kernel stderr)")
     p.add_argument("--log-dir", help="where a failed notebook is kept (default <out dir>/logs)")
     p.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
@@ -554,7 +550,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     parent = _params_parent()
     _add_run(sub, parent)
     _add_stage(sub, parent)
-    sub.add_parser("report", parents=[parent], help="write reports/<profile>/index.html")
+    sub.add_parser("report", parents=[parent], help="write reports/<run name>/index.html (runs/smoke -> reports/smoke)")
     p = sub.add_parser("params", parents=[parent], help="print the resolved params (YAML)")
     p.add_argument("-o", "--output", help="write to this file (only if changed)")
     for name, (text, _) in DELEGATED.items():  # listed here, parsed by their own parsers

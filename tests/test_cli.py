@@ -142,3 +142,16 @@ def test_compare_is_an_artsim_subcommand(tmp_path, capsys):
     assert value(same) == pytest.approx(1.0) and value(differ) < value(same)
     assert cli.main(["compare", str(a), str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
+
+
+def test_each_run_directory_has_its_own_reports(project):
+    """reports/<run name>/: one per run directory, never shared by the run dirs of a profile."""
+    from artsim_lib.workflow import runner
+
+    for args, name in ((["--set", "run_dir=runs/other"], "other"), (["--pilot", "8"], "smoke-pilot8"),
+                       ([], "smoke")):
+        text = artsim(project, "run", "-n", "--until", "02", *args).stdout
+        assert f"reports/{name}/02-b.ipynb" in text and "params/02-b.yaml" in text, args
+    P = cli.config.load_params("smoke", ["run_dir=runs/other"])
+    assert runner.reports_dir(P) == project / "reports" / "other" == runner.reports_dir(P.run_path)
+    assert not (project / "reports").exists() and not (project / "runs").exists()  # plans only

@@ -151,13 +151,14 @@ def _sh(*args, timeout=120):
 
 @pytest.fixture(scope="module")
 def slurm():
-    """A single-node SLURM on this machine (started, and stopped again, unless it was up)."""
+    """A single-node SLURM on this machine (started, and stopped again, unless it was up). The
+    tests install nothing: `make slurm-up` (or .ci/run) installs Debian's SLURM packages."""
     if os.geteuid() != 0:
         pytest.skip("the single-node SLURM needs root")
     with open("/tmp/artsim-slurm.lock", "w") as lock:  # one SLURM test at a time on a machine
         fcntl.flock(lock, fcntl.LOCK_EX)
         was_up = shutil.which("scontrol") is not None and _sh("scontrol", "ping").returncode == 0
-        start = _sh(str(SCRIPTS / "start-slurm.sh"), "--install", timeout=300)
+        start = _sh(str(SCRIPTS / "start-slurm.sh"), timeout=300)
         if start.returncode == 3:
             pytest.skip(f"no SLURM here: {start.stderr.strip()}")
         assert start.returncode == 0, start.stdout + start.stderr

@@ -11,7 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from artsim_lib.workflow import cluster
+from artsim_lib.workflow import cluster, dataflow
 from artsim_lib import config
 from artsim_lib.io import shards
 from test_workflow import artsim, make_project, write_notebook
@@ -151,10 +151,12 @@ def test_shards_param_validation():
 
 def test_stage_params_leave_out_the_workflow_section():
     one = config.load_params("smoke")
-    two = config.load_params("smoke", ["workflow.shards.03=4"])
-    assert cluster.stage_params_yaml(one) == cluster.stage_params_yaml(two)
+    two = config.load_params("smoke", ["workflow.shards.03=4", "workflow.job_dtype.03=float16"])
+    for number in ("03", "09", "42"):  # a stage the table does not know: all but workflow
+        assert dataflow.stage_params(one, number) == dataflow.stage_params(two, number)
+        assert dataflow.stage_params(config.load_params("smoke", ["seed=9"]), number) != \
+            dataflow.stage_params(one, number)
     assert one.to_yaml() != two.to_yaml()
-    assert cluster.stage_params_yaml(config.load_params("smoke", ["seed=9"])) != cluster.stage_params_yaml(one)
 
 
 # -- the plan ------------------------------------------------------------------------------

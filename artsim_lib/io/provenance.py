@@ -59,12 +59,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def shown(value):
+    """A path (``Path`` or ``str``) under the project root as relative to it (``runs/smoke``;
+    the root itself: ``.``); anything else as it is. What records and reports show, so they do
+    not carry the machine's folders."""
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    text, root = os.fspath(value), str(paths.project_root())
+    if text == root:
+        return "."
+    if text.startswith(root + os.sep):
+        return text[len(root) + 1:]
+    return value if isinstance(value, str) else text
+
+
 def provenance(params) -> dict:
     """A JSON-able record of the run: profile, seed, commit, versions, machine."""
     return {
         "profile": params.profile,
         "seed": params.seed,
-        "run_dir": str(params.run_path),
+        "run_dir": shown(params.run_path),  # relative to the project root
         "git_commit": git_commit(),
         "packages": package_versions(),
         "platform": platform.platform(),
@@ -101,7 +115,7 @@ class Stage:
             "finished": _now(),
             "wall_s": round(time.perf_counter() - self._t0, 3),
             "git_commit": git_commit(),
-            "summary": summary,
+            "summary": {k: shown(v) for k, v in summary.items()},
         }
         target = self.params.run.stages_dir / f"{self.name}.json"
         paths.atomic_write_text(target, json.dumps(record, indent=2, default=str))

@@ -6,8 +6,6 @@
 """
 from __future__ import annotations
 
-import ast
-import json
 import os
 import re
 import shutil
@@ -21,6 +19,9 @@ from artsim_lib import config
 from artsim_lib.io import paths
 from artsim_lib.workflow import runner
 
+# The checkout holding this package (workflow/, params/): the Snakefile and profiles of an
+# editable install when the project root (``$ARTSIM_ROOT``) is another folder.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 MERGE_ONLY = -1  # the shard_index of the job that merges the shards' results
 PROFILES_DIR = Path("workflow") / "profiles"
 DAG_FORMATS = {".dot": "dot", ".mmd": "mermaid-js"}  # written as Snakemake prints them
@@ -29,20 +30,17 @@ _STAGE_RULE = re.compile(r"^stage_(\d{2})_")
 
 
 # -- shardable stages ------------------------------------------------------------------
+def parameters(notebook: str | os.PathLike) -> dict[str, dict]:
+    """The notebook's parameters as papermill reads them (``papermill --help-notebook``): name ->
+    ``{name, inferred_type_name, default, help}``; empty if it has no ``parameters`` cell."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
 def parameter_names(notebook: str | os.PathLike) -> set[str]:
     """The names a notebook's ``parameters`` cell assigns (empty if it has no such cell)."""
-    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") != "code" or "parameters" not in cell.get("metadata", {}).get("tags", []):
-            continue
-        source = cell.get("source", "")
-        tree = ast.parse(source if isinstance(source, str) else "".join(source))
-        names = set()
-        for node in tree.body:
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            names |= {t.id for t in targets if isinstance(t, ast.Name)}
-        return names
-    return set()
+    return set(parameters(notebook))
 
 
 def is_shardable(notebook: str | os.PathLike) -> bool:
@@ -86,25 +84,16 @@ def shard_label(stage: str, index: int | str, num_shards: int) -> str:
     return f"{stage}.{index}-of-{num_shards}"
 
 
-def stage_params_yaml(P: config.Params) -> str:
-    """The resolved params a stage's result depends on: all but the ``workflow`` section,
-    which decides how stages are scheduled, not what they compute."""
-    data = P.model_dump(mode="json")
-    data.pop("workflow", None)
-    head = "# params.resolved.yaml without its workflow section: the stages' rules depend on this\n"
-    return head + yaml.safe_dump(data, sort_keys=False)
-
-
 # -- workflow profiles -------------------------------------------------------------------
 def profile_dir(cluster: str | os.PathLike) -> Path:
     """A profile given as a name under ``workflow/profiles/`` (``slurm``) or as a folder."""
     p = Path(cluster)
     if p.is_dir():
         return p.resolve()
-    for base in (paths.project_root(), paths.PACKAGE_DIR.parent):
+    for base in (paths.project_root(), SOURCE_ROOT):
         if (base / PROFILES_DIR / str(cluster)).is_dir():
             return base / PROFILES_DIR / str(cluster)
-    known = sorted(d.name for d in (paths.PACKAGE_DIR.parent / PROFILES_DIR).glob("*") if d.is_dir())
+    known = sorted(d.name for d in (SOURCE_ROOT / PROFILES_DIR).glob("*") if d.is_dir())
     raise config.ParamsError(f"--cluster {cluster}: no such profile (known: {', '.join(known) or 'none'})")
 
 

@@ -1,4 +1,4 @@
-"""The study's front page: reports/<profile>/index.html, one self-contained file that opens offline.
+"""The study's front page: reports/<run name>/index.html, one self-contained file that opens offline.
 
 From top to bottom: on synthetic or tiny-model runs a banner saying the numbers test the pipeline,
 not the science; what was done (one line per stage, its status and links to the executed notebook's
@@ -139,7 +139,7 @@ def stage_info(name: str, source: Path | None, rdir: Path, P: config.Params) -> 
 
 def collect_stages(P: config.Params, notebooks: Sequence[Path] | None = None) -> list[StageInfo]:
     """Every stage: the notebooks found now, plus any executed ones left in the reports dir."""
-    rdir = runner.reports_dir(P.profile)
+    rdir = runner.reports_dir(P)
     found = runner.discover_notebooks() if notebooks is None else notebooks
     sources: dict[str, Path | None] = {nb.stem: nb for nb in found}
     for done in runner.discover_notebooks(rdir) if rdir.is_dir() else []:
@@ -305,7 +305,7 @@ CLIP and ResNet-50 features and siamese networks then measure how much of each p
 
 def build_index(profile_or_params: str | os.PathLike | config.Params,
                 overrides: Sequence[str] = (), notebooks: Sequence[Path] | None = None) -> Path:
-    """Write ``reports/<profile>/index.html`` (atomically) and return its path."""
+    """Write ``reports/<run name>/index.html`` (the run directory's name) (atomically) and return its path."""
     P = (profile_or_params if isinstance(profile_or_params, config.Params)
          else config.load_params(profile_or_params, overrides))
     params_file = P.run.params_file
@@ -313,4 +313,4 @@ def build_index(profile_or_params: str | os.PathLike | config.Params,
                    else f"# {params_file} not written yet; resolved now:\n{P.to_yaml()}")
     evaluation = _read_json(P.run.root / "evaluation" / "metrics.json") or None
     page = render(P, collect_stages(P, notebooks), _read_json(P.run.provenance_file), params_text, evaluation)
-    return paths.atomic_write_text(runner.reports_dir(P.profile) / "index.html", page)
+    return paths.atomic_write_text(runner.reports_dir(P) / "index.html", page)

@@ -1,7 +1,7 @@
 """Run the study's notebooks: discovery, papermill execution, self-contained HTML export.
 
 >>> nbs = discover_notebooks()           # notebooks/NN-name.ipynb, in stage order
->>> execute(nbs[0], "reports/smoke/01-eda.ipynb", "smoke", ["preprocess.size=96"])
+>>> execute(nbs[0], reports_dir(P) / "01-eda.ipynb", "smoke", ["preprocess.size=96"])
 """
 from __future__ import annotations
 
@@ -43,9 +43,12 @@ def notebooks_dir() -> Path:
     return paths.resolve(env) if env else paths.project_root() / "notebooks"
 
 
-def reports_dir(profile: str) -> Path:
-    """``<project root>/reports/<profile>``: executed notebooks, HTML and the index."""
-    return paths.project_root() / "reports" / profile
+def reports_dir(run: Any) -> Path:
+    """``<project root>/reports/<run name>``: the executed notebooks, their HTML and the index of
+    one run directory (``runs/smoke`` -> ``reports/smoke``, ``runs/smoke-pilot24`` ->
+    ``reports/smoke-pilot24``). ``run``: the run's params, its run directory, or its name."""
+    path = getattr(run, "run_path", run)
+    return paths.project_root() / "reports" / Path(path).name
 
 
 def discover_notebooks(directory: str | os.PathLike | None = None) -> list[Path]:
@@ -71,18 +74,44 @@ def failed_notebook(log_dir: str | os.PathLike, stage: str) -> Path:
 
 
 # -- the kernel ----------------------------------------------------------------
+KERNEL_STDERR_ENV = "ARTSIM_KERNEL_STDERR"
+# Run in the kernel before the first cell: the cells' stderr (progress bars of tqdm and
+# transformers, warnings, library log lines) goes to the stage log (or, without one, to the
+# terminal), not into the executed notebook, which keeps what the cells print and display.
+# tqdm draws a bar at most every TQDM_MININTERVAL seconds there (a log, not a screen).
+KERNEL_STARTUP = (
+    "import os as _o, sys as _s; _f = _o.environ.get('" + KERNEL_STDERR_ENV + "'); "
+    "_s.stderr = open(_f, 'a', buffering=1, encoding='utf-8') if _f else _s.__stderr__; "
+    "del _o, _s, _f"
+)
+KERNEL_ENV = {"TQDM_MININTERVAL": "5"}
+
+
+def kernel_argv(argv: Sequence[str]) -> list[str]:
+    """The kernel's command line with :data:`KERNEL_STARTUP` and no capture of the process's own
+    file descriptors (C-level output goes to the kernel's stderr, i.e. the log, too)."""
+    return [*argv, f"--IPKernelApp.exec_lines={KERNEL_STARTUP}", "--IPKernelApp.capture_fd_output=False"]
+
+
 def _kernel_manager_class(stderr_path: str | os.PathLike | None = None):
-    """An ipykernel manager pinned to this interpreter, whatever kernelspecs are installed;
-    the kernel process's own stderr (not the cells') goes to ``stderr_path`` when given."""
+    """An ipykernel manager pinned to this interpreter, whatever kernelspecs are installed; the
+    kernel process's stderr and the cells' (progress, warnings) go to ``stderr_path`` when given,
+    else to this process's stderr."""
     from ipykernel.kernelspec import RESOURCES, get_kernel_dict
     from jupyter_client.kernelspec import KernelSpec
     from jupyter_client.manager import AsyncKernelManager
+
+    env = {k: os.environ.get(k, v) for k, v in KERNEL_ENV.items()}
+    if stderr_path is not None:
+        env[KERNEL_STDERR_ENV] = str(stderr_path)
 
     class ThisPythonKernelManager(AsyncKernelManager):
         @property
         def kernel_spec(self):
             if self._kernel_spec is None:
-                self._kernel_spec = KernelSpec(resource_dir=RESOURCES, **get_kernel_dict())
+                spec = get_kernel_dict()
+                spec["argv"] = kernel_argv(spec["argv"])
+                self._kernel_spec = KernelSpec(resource_dir=RESOURCES, env=env, **spec)
             return self._kernel_spec
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
@@ -146,11 +175,42 @@ def execute(notebook: str | os.PathLike, out_ipynb: str | os.PathLike, profile: 
     return StageResult(stage, out_ipynb, out_html, wall)
 
 
+TEXT_MIMES = ("text/plain", "text/markdown", "text/html", "text/latex")
+
+
+def relative_outputs(nb, root: str | os.PathLike) -> int:
+    """Write paths under the project ``root`` as relative to it (the root itself as ``.``) in
+    the text outputs of an executed notebook (streams, text results, tracebacks), so a report
+    does not show the folders of the machine that ran it. Returns how many outputs changed."""
+    pattern = re.compile(re.escape(str(root)) + r"(/|(?![\w.-]))")
+
+    def fix(text):
+        if isinstance(text, list):
+            return [fix(t) for t in text]
+        return pattern.sub(lambda m: "" if m.group(1) == "/" else ".", text) if isinstance(text, str) else text
+
+    changed = 0
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            before = repr(out)
+            if "text" in out:
+                out["text"] = fix(out["text"])
+            for mime in TEXT_MIMES:
+                if mime in out.get("data", {}):
+                    out["data"][mime] = fix(out["data"][mime])
+            if "traceback" in out:
+                out["traceback"] = fix(out["traceback"])
+            changed += repr(out) != before
+    return changed
+
+
 def _stamp(tmp: Path, final: Path, **info: Any) -> None:
-    """Record the final path and the run (wall time, interpreter) in the notebook's metadata."""
+    """Record the final path and the run (wall time, interpreter) in the notebook's metadata;
+    paths under the project root in the outputs made relative (:func:`relative_outputs`)."""
     import nbformat
 
     nb = nbformat.read(tmp, as_version=4)
+    relative_outputs(nb, paths.project_root())
     nb.metadata.setdefault("papermill", {})["output_path"] = str(final)
     nb.metadata["artsim"] = info
     nbformat.write(nb, tmp)
