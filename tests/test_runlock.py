@@ -139,7 +139,7 @@ def test_a_refused_run_changes_nothing_and_names_the_holder(project, artsim):
         assert "in use by artsim run --profile smoke (the live one)" in proc.stderr
         assert f"pid {os.getpid()}" in proc.stderr
         assert _snapshot(run, reports) == before
-        assert not (run / "params.stages.yaml").exists()
+        assert not (run / "params").exists()  # nor the per-stage params files
     assert not (run / runlock.LOCK_NAME).exists()
 
 

@@ -21,7 +21,7 @@ from artsim_lib.workflow import runner
 
 # The checkout holding this package (workflow/, params/): the Snakefile and profiles of an
 # editable install when the project root (``$ARTSIM_ROOT``) is another folder.
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
+SOURCE_ROOT = paths.PACKAGE_DIR.parent  # the checkout holding artsim_lib/ (an editable install)
 MERGE_ONLY = -1  # the shard_index of the job that merges the shards' results
 PROFILES_DIR = Path("workflow") / "profiles"
 DAG_FORMATS = {".dot": "dot", ".mmd": "mermaid-js"}  # written as Snakemake prints them
