@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from artsim_lib import config
+from artsim_lib.core import cleaning
 from artsim_lib.stages import s02_preprocess as pp
 
 
@@ -147,8 +148,8 @@ def _random_hashes(n, seed, bits=64, exact=0.15, near=0.2):
 @pytest.mark.parametrize("bits", [64, 256])
 def test_find_duplicates_matches_the_brute_force_reference(monkeypatch, bits):
     # Small blocks and chunks: the hashes span many of both, as 81k hashes would.
-    monkeypatch.setattr(pp, "_BLOCK", 37)
-    monkeypatch.setattr(pp, "_CHUNK", 23)
+    monkeypatch.setattr(cleaning, "_BLOCK", 37)
+    monkeypatch.setattr(cleaning, "_CHUNK", 23)
     hashes = _random_hashes(400, seed=bits, bits=bits)
     hashes[5], hashes[17] = None, "not-hex"  # unparsable rows are neither kept nor matched
     df = pd.DataFrame({"id": [f"r{i:03d}" for i in range(len(hashes))], "phash": hashes})
