@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from artsim_lib import config, models
 from artsim_lib.io import paths, shards
+from artsim_lib.io.images import open_rgb, to_rgb
 from artsim_lib.io.worklog import record
 from artsim_lib.io.workers import worker_count
 
@@ -183,7 +184,7 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         x = self.images[i]
-        img = (x if isinstance(x, Image.Image) else Image.open(x)).convert("RGB")  # a file closes once read
+        img = to_rgb(x) if isinstance(x, Image.Image) else open_rgb(x)  # the study's one reader
         return torch.from_numpy(np.ascontiguousarray(clip_pixels(img, self.proc)))  # [3, H, W]
 
 
@@ -210,13 +211,13 @@ def _batches(dataset: _Images, batch_size: int, workers: int, device: torch.devi
             yield torch.stack(list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset))))))
 
 
-def encode(encoder: Encoder, images: Sequence, batch_size: int = 32, workers: int = 0):
+def encode(encoder: Encoder, images: Sequence, batch_size: int = 32, workers: int = 0, progress: bool = True):
     """Yield ``(index slice, embeddings [b, D])`` batch by batch for image paths or PIL images."""
     dataset = _Images(images, encoder.processor.image_processor)
     batches = _batches(dataset, batch_size, workers if len(images) > batch_size else 0, encoder.model.device)
     start = 0
     for pixels in tqdm(batches, desc="CLIP embeddings", unit="batch", total=-(-len(images) // batch_size),
-                       disable=not images):
+                       disable=not (images and progress)):
         yield slice(start, start + len(pixels)), embed_pixels(encoder.model, pixels, batch_size)
         start += len(pixels)
 
@@ -291,16 +292,16 @@ def extract(encoder: Encoder, images: pd.DataFrame, root: str | Path, num_shards
     cached = cached_hashes(root)
     distinct = own.drop_duplicates("hash").sort_values("hash")
     todo = distinct[~distinct["hash"].isin(cached)]
-    t0 = last = time.perf_counter()
+    t0 = time.perf_counter()
     if len(todo) and not merge_only:
         store = shards.ShardStore(root, num_shards, shard_index, key="hash")
         dtype = encoder.identity.get("dtype")  # provenance: the cache is read in float32 whatever it was
-        for sl, emb in encode(encoder, list(todo["path"]), batch_size, workers):
-            each = (time.perf_counter() - last) / len(emb)  # per image: loading, preprocessing, forward
-            store.append({"hash": h, "embedding": e, "seconds": each, "dtype": dtype}
-                         for h, e in zip(todo["hash"].iloc[sl], emb))
-            last = time.perf_counter()
-    seconds = last - t0
+        hashes = todo["hash"]
+        # seconds per image: loading, preprocessing and the forward pass
+        shards.run_batches(encode(encoder, list(todo["path"]), batch_size, workers, progress=False),
+                           lambda b: ({"hash": h, "embedding": e, "dtype": dtype} for h, e in zip(hashes.iloc[b[0]], b[1])),
+                           store, len(todo), "CLIP embeddings")
+    seconds = time.perf_counter() - t0
     if len(todo) and not merge_only:
         record("made", stage="embeddings", items=len(todo), model=encoder.key)
     missing = sorted(set(images["hash"]) - cached_hashes(root))
