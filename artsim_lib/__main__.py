@@ -1,4 +1,5 @@
 """``python -m artsim_lib``: the ``artsim`` command."""
+
 import sys
 
 from artsim_lib.cli import main

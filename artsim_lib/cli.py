@@ -12,6 +12,7 @@ second run on the same run directory is refused (status 3) and changes nothing. 
 Snakemake through its own shutdown (SIGINT; a second Ctrl-C or a minute without progress:
 SIGTERM; then SIGKILL), and the next run cleans up whatever a killed run left.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,14 +25,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import yaml
 
-from artsim_lib.workflow import cluster, runner
 from artsim_lib import config
 from artsim_lib.io import paths, runlock
+from artsim_lib.workflow import cluster, runner
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,9 +79,17 @@ def snakemake_command(args, P: config.Params) -> list[str]:
     cmd = [sys.executable, "-m", "snakemake"]
     if args.until:
         cmd.append(until_target(args.until, P))
-    cmd += ["--snakefile", str(snakefile()), "--directory", str(paths.project_root()),
-            "--cores", str(args.cores), "--rerun-triggers", *RERUN_TRIGGERS,
-            "--rerun-incomplete"]  # a killed job's outputs: redo them, no manual step
+    cmd += [
+        "--snakefile",
+        str(snakefile()),
+        "--directory",
+        str(paths.project_root()),
+        "--cores",
+        str(args.cores),
+        "--rerun-triggers",
+        *RERUN_TRIGGERS,
+        "--rerun-incomplete",
+    ]  # a killed job's outputs: redo them, no manual step
     if args.dry_run:
         cmd.append("--dry-run")
     if args.forceall:
@@ -89,9 +99,13 @@ def snakemake_command(args, P: config.Params) -> list[str]:
     if getattr(args, "cluster", None):
         cmd += cluster.snakemake_args(args.cluster)
     cmd += list(args.snakemake_args)
-    cmd += ["--config", f"profile={profile_ref(args.profile)}",
-            f"overrides={json.dumps(list(args.overrides))}",
-            f"params_file={P.run.params_file}", f"notebooks_dir={runner.notebooks_dir()}"]
+    cmd += [
+        "--config",
+        f"profile={profile_ref(args.profile)}",
+        f"overrides={json.dumps(list(args.overrides))}",
+        f"params_file={P.run.params_file}",
+        f"notebooks_dir={runner.notebooks_dir()}",
+    ]
     return cmd
 
 
@@ -153,8 +167,10 @@ def cmd_run(args) -> int:
         if rc != 0 or args.until:
             _index_anyway(P)  # Snakemake's report rule did not run: show failed/'not run' stages
         if how:
-            print("artsim: the run was interrupted; run the same command again to go on "
-                  "(finished stages are kept)", file=sys.stderr)
+            print(
+                "artsim: the run was interrupted; run the same command again to go on (finished stages are kept)",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
     return rc
 
@@ -163,8 +179,7 @@ def _clean_up(folders: list[Path], snakemake_killed: bool = True) -> None:
     """What an interrupted or killed run leaves: temp files, Snakemake's stale locks."""
     removed = runlock.clean_leftovers(folders)
     if removed:
-        print(f"artsim: removed {len(removed)} temporary file(s) left by an interrupted run",
-              file=sys.stderr)
+        print(f"artsim: removed {len(removed)} temporary file(s) left by an interrupted run", file=sys.stderr)
     if snakemake_killed and runlock.clear_snakemake_locks(paths.project_root(), folders):
         print("artsim: removed the Snakemake lock left by an interrupted run", file=sys.stderr)
 
@@ -180,14 +195,15 @@ def _plan(args, P: config.Params, cmd: list[str]) -> int:
             target.write_text(text, encoding="utf-8")
         i = cmd.index("--config")
         cmd = [c for c in cmd if not c.startswith("params_file=")]
-        cmd[i + 1:i + 1] = [f"params_file={target}", f"plan_dir={tmp}"]  # the stages' params: the Snakefile
+        cmd[i + 1 : i + 1] = [f"params_file={target}", f"plan_dir={tmp}"]  # the stages' params: the Snakefile
         if getattr(args, "dag", None):
             return _write_dag(cmd, Path(args.dag).resolve())
         return subprocess.run(cmd, cwd=paths.project_root()).returncode
 
 
-def run_interruptible(cmd: list[str], cwd, env=None, on_start=None,
-                      grace: tuple[float, float] = INTERRUPT_GRACE_S) -> tuple[int, str | None]:
+def run_interruptible(
+    cmd: list[str], cwd, env=None, on_start=None, grace: tuple[float, float] = INTERRUPT_GRACE_S
+) -> tuple[int, str | None]:
     """Run ``cmd`` in a process group of its own and return ``(returncode, how)``, ``how``
     being None, or the last signal sent to the group when we were interrupted.
 
@@ -217,9 +233,12 @@ def run_interruptible(cmd: list[str], cwd, env=None, on_start=None,
                 sig, wait = steps[sent]
                 sent += 1
                 how = sig.name
-                print(f"artsim: stopping Snakemake ({sig.name})" +
-                      (" – Ctrl-C again to stop it harder" if sig != signal.SIGKILL else ""),
-                      file=sys.stderr, flush=True)
+                print(
+                    f"artsim: stopping Snakemake ({sig.name})"
+                    + (" – Ctrl-C again to stop it harder" if sig != signal.SIGKILL else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 try:
                     os.killpg(proc.pid, sig)
                 except ProcessLookupError:
@@ -285,9 +304,18 @@ def cmd_stage(args) -> int:
         worklog.start(args.log)
     extra = {name: _parse_value(value) for name, value in args.parameters}
     try:
-        res = runner.execute(nb, out, profile_ref(args.profile), args.overrides, extra,
-                             log_dir=log_dir, html=not args.no_html, timeout=args.timeout,
-                             log_output=bool(args.log), kernel_stderr=args.log)
+        res = runner.execute(
+            nb,
+            out,
+            profile_ref(args.profile),
+            args.overrides,
+            extra,
+            log_dir=log_dir,
+            html=not args.no_html,
+            timeout=args.timeout,
+            log_output=bool(args.log),
+            kernel_stderr=args.log,
+        )
     except runner.StageError as err:
         logging.getLogger("artsim").error("%s", err)  # stderr and the log file
         return 1
@@ -302,8 +330,11 @@ def cmd_report(args) -> int:
     holder = runlock.holder_of(runner.reports_dir(P))
     if holder is not None and holder.get("token") != os.environ.get(LOCK_ENV):
         lock_file = runner.reports_dir(P) / runlock.LOCK_NAME
-        print(f"artsim: error: {lock_file.parent} is in use by {runlock.describe(holder, lock_file)}; "
-              "its index is written by that run", file=sys.stderr)
+        print(
+            f"artsim: error: {lock_file.parent} is in use by {runlock.describe(holder, lock_file)}; "
+            "its index is written by that run",
+            file=sys.stderr,
+        )
         return EXIT_LOCKED
     print(report.build_index(P))
     return 0
@@ -322,35 +353,61 @@ def cmd_params(args) -> int:
 def _params_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--profile", default="smoke", help="a profile name under params/ or a YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter (repeatable), e.g. preprocess.size=96")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter (repeatable), e.g. preprocess.size=96",
+    )
     return p
 
 
 def _add_run(sub, parent) -> None:
-    p = sub.add_parser("run", parents=[parent], help="run the study (Snakemake)",
-                       description="Run every stage that is out of date, then the index. "
-                                   "Arguments after '--' go to snakemake.")
+    p = sub.add_parser(
+        "run",
+        parents=[parent],
+        help="run the study (Snakemake)",
+        description="Run every stage that is out of date, then the index. Arguments after '--' go to snakemake.",
+    )
     p.add_argument("-n", "--dry-run", action="store_true", help="show the plan, run nothing")
     p.add_argument("--cores", default="1", help="cores for Snakemake (default 1; 'all')")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage (02, 02-preprocessing)")
     p.add_argument("--forceall", action="store_true", help="re-run every stage")
-    p.add_argument("--cluster", metavar="PROFILE",
-                   help="submit the jobs through a workflow profile: a name under "
-                        "workflow/profiles/ (slurm) or a folder; see the README, 'Running on a cluster'")
-    p.add_argument("--pilot", type=int, metavar="N",
-                   help="run the profile on N originals (spread over the styles) into its own run "
-                        "directory runs/<profile>-pilotN: do this first on a cluster")
-    p.add_argument("--dag", metavar="FILE",
-                   help="write the job graph instead of running (.dot, .mmd; .png/.svg/.pdf "
-                        "need graphviz)")
+    p.add_argument(
+        "--cluster",
+        metavar="PROFILE",
+        help="submit the jobs through a workflow profile: a name under "
+        "workflow/profiles/ (slurm) or a folder; see the README, 'Running on a cluster'",
+    )
+    p.add_argument(
+        "--pilot",
+        type=int,
+        metavar="N",
+        help="run the profile on N originals (spread over the styles) into its own run "
+        "directory runs/<profile>-pilotN: do this first on a cluster",
+    )
+    p.add_argument(
+        "--dag",
+        metavar="FILE",
+        help="write the job graph instead of running (.dot, .mmd; .png/.svg/.pdf need graphviz)",
+    )
 
 
 def _add_stage(sub, parent) -> None:
     p = sub.add_parser("stage", parents=[parent], help="execute one notebook (papermill)")
     p.add_argument("notebook")
-    p.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
-                   metavar=("NAME", "VALUE"), help="another notebook parameter (YAML value)")
+    p.add_argument(
+        "-p",
+        "--parameter",
+        dest="parameters",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="another notebook parameter (YAML value)",
+    )
     p.add_argument("--out", help="executed notebook (default reports/<run name>/<stage>.ipynb)")
     p.add_argument("--log", help="log file (papermill, cell output, kernel stderr)")
     p.add_argument("--log-dir", help="where a failed notebook is kept (default <out dir>/logs)")
@@ -393,8 +450,13 @@ def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[tuple[Path,
     return good, bad
 
 
-def write_matrix(folder: str | os.PathLike, measure: Measure | str, out_png: str | os.PathLike,
-                 out_csv: str | os.PathLike, run_dir=None) -> pd.DataFrame:
+def write_matrix(
+    folder: str | os.PathLike,
+    measure: Measure | str,
+    out_png: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    run_dir=None,
+) -> pd.DataFrame:
     """The [0, 1] similarity of every pair of images in ``folder``: a CSV (file names as row
     and column labels) and a heatmap PNG, both written atomically. Returns the table."""
     import matplotlib.pyplot as plt
@@ -406,8 +468,9 @@ def write_matrix(folder: str | os.PathLike, measure: Measure | str, out_png: str
     m = registry.load_measure(measure, run_dir) if isinstance(measure, str) else registry.as_measure(measure)
     files, skipped = readable_images(list_images(folder))
     if not files:
-        raise registry.MeasureError(f"{folder}: none of the {len(skipped)} image(s) can be read "
-                                    f"(first: {skipped[0][0].name}: {skipped[0][1]})")
+        raise registry.MeasureError(
+            f"{folder}: none of the {len(skipped)} image(s) can be read (first: {skipped[0][0].name}: {skipped[0][1]})"
+        )
     names = [f.name for f in files]
     table = pd.DataFrame(m.matrix(files, normalised=True), index=names, columns=names)
     with paths.atomic_path(out_csv) as tmp:
@@ -459,18 +522,26 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from artsim_lib.core.descriptors import FAMILIES
     from artsim_lib.measures.registry import DEFAULT_MEASURE
 
-    p.add_argument("--measure", default=DEFAULT_MEASURE,
-                   help=f"a measure name (default: {DEFAULT_MEASURE}; built-in: "
-                        f"effnet_lite0, descriptor, descriptor_fitted, {', '.join(FAMILIES)}; trained ones need --run)")
-    p.add_argument("--run", metavar="DIR", help="run directory holding trained models and params "
-                                                "(default: descriptor measures use the default "
-                                                "params, trained ones $ARTSIM_RUN_DIR or runs/smoke)")
+    p.add_argument(
+        "--measure",
+        default=DEFAULT_MEASURE,
+        help=f"a measure name (default: {DEFAULT_MEASURE}; built-in: "
+        f"effnet_lite0, descriptor, descriptor_fitted, {', '.join(FAMILIES)}; trained ones need --run)",
+    )
+    p.add_argument(
+        "--run",
+        metavar="DIR",
+        help="run directory holding trained models and params "
+        "(default: descriptor measures use the default "
+        "params, trained ones $ARTSIM_RUN_DIR or runs/smoke)",
+    )
     return p
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
     """``artsim compare A B [--measure NAME] [--run DIR] [--families]``: print the raw and the
     [0, 1] similarity of two images. Exit status 2 with a one-line error on bad input."""
+
     def build(p):
         p.description = "Similarity of two images under one measure: raw and mapped to [0, 1]."
         p.add_argument("a", help="first image file")
@@ -504,6 +575,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 def matrix_main(argv: Sequence[str] | None = None) -> int:
     """``artsim matrix DIR [--measure NAME] [--run DIR] [--png F] [--csv F]``: the [0, 1]
     similarity of every pair of images in a folder, as a heatmap PNG and a CSV."""
+
     def build(p):
         p.description = "Pairwise [0, 1] similarity of the images in a folder: heatmap PNG and CSV."
         p.add_argument("dir", help="folder of images (png, jpg, webp, bmp, tif)")
@@ -527,8 +599,10 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {name}: {why}", file=sys.stderr)
         if len(table) <= 12:
             print(table.round(3).to_string())
-        print(f"{len(table)} images · measure {args.measure} · wrote {png} and {csv}"
-              + (f" · {len(skipped)} skipped" if skipped else ""))
+        print(
+            f"{len(table)} images · measure {args.measure} · wrote {png} and {csv}"
+            + (f" · {len(skipped)} skipped" if skipped else "")
+        )
         return 0
 
     return _run_cli("artsim matrix", build, body, argv)
@@ -544,8 +618,10 @@ DELEGATED = {
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     """The parser and the handler of each subcommand (add ``compare``/``matrix`` here)."""
     parser = argparse.ArgumentParser(
-        prog="artsim", description="Run the artsim study: all stages, one stage, the report.",
-        epilog="A params error prints one line naming the file and the key (exit status 2).")
+        prog="artsim",
+        description="Run the artsim study: all stages, one stage, the report.",
+        epilog="A params error prints one line naming the file and the key (exit status 2).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parent = _params_parent()
     _add_run(sub, parent)
@@ -565,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     passthrough: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, passthrough = argv[:i], argv[i + 1:]
+        argv, passthrough = argv[:i], argv[i + 1 :]
     if argv and argv[0] in DELEGATED:
         return DELEGATED[argv[0]][1](argv[1:])
     parser, handlers = build_parser()

@@ -7,6 +7,7 @@ Prints the wall time of each, the speed-up ratio and checks that both give the s
 both runs do the full work; ``--size`` sets the per-image work (the smoke profile uses 128, the
 full study 1024 originals described at ``descriptors.size``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ def make_images(folder: Path, n: int, size: int) -> list[Path]:
 
 def timed(fn):
     """(result, wall seconds, CPU seconds of this process and its finished children)."""
+
     def cpu():
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
@@ -62,23 +64,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = make_images(Path(tmp), args.images, args.size)
         descriptors.extract(files[0], cfg)  # warm imports and caches in this process
-        seq_runs = [timed(lambda: descriptors.extract_many(files, cfg, None, 1, "1 process"))
-                    for _ in range(args.repeats)]
-        par_runs = [timed(lambda: descriptors.extract_many(files, cfg, None, args.workers,
-                                                           f"{args.workers} processes"))
-                    for _ in range(args.repeats)]
+        seq_runs = [
+            timed(lambda: descriptors.extract_many(files, cfg, None, 1, "1 process")) for _ in range(args.repeats)
+        ]
+        par_runs = [
+            timed(lambda: descriptors.extract_many(files, cfg, None, args.workers, f"{args.workers} processes"))
+            for _ in range(args.repeats)
+        ]
     (seq, _), t_seq, c_seq = min(seq_runs, key=lambda r: r[1])
     (par, _), t_par, c_par = min(par_runs, key=lambda r: r[1])
     same = all(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(seq, par))
     assert same and len(seq) == len(par) == len(files), "parallel features differ from sequential ones"
     load = os.getloadavg()[0]
-    print(f"\n{len(files)} images at {args.size}px, {os.cpu_count()} CPU(s), best of {args.repeats}, "
-          f"load average {load:.1f} (other processes share the cores when it exceeds the CPU count)")
+    print(
+        f"\n{len(files)} images at {args.size}px, {os.cpu_count()} CPU(s), best of {args.repeats}, "
+        f"load average {load:.1f} (other processes share the cores when it exceeds the CPU count)"
+    )
     print(f"  1 process      {t_seq:6.2f} s wall {c_seq:6.2f} s CPU  ({len(files) / t_seq:5.1f} images/s)")
     print(f"  {args.workers} processes    {t_par:6.2f} s wall {c_par:6.2f} s CPU  ({len(files) / t_par:5.1f} images/s)")
     print(f"  speed-up       {t_seq / t_par:6.2f}x   identical features: {same}")
-    print(f"  CPU per image  {1e3 * c_seq / len(files):.1f} ms (1 process), "
-          f"{1e3 * c_par / len(files):.1f} ms (pool, incl. start-up and transfer)")
+    print(
+        f"  CPU per image  {1e3 * c_seq / len(files):.1f} ms (1 process), "
+        f"{1e3 * c_par / len(files):.1f} ms (pool, incl. start-up and transfer)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ SynthArt paintings saved as ``--size``² JPEGs, as stage 02 writes them in the f
 
 Not a test: it prints figures (targets: (a) >= 50x per epoch, (b) >= 0.8x the bare forward).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,10 @@ import pandas as pd
 import torch
 from PIL import Image, ImageEnhance
 
-from artsim_lib.measures import embeddings
 from artsim_lib.core import losses
-from artsim_lib.models import heads
-from artsim_lib.models import training
 from artsim_lib.io import synthart
-from artsim_lib.models import build_tiny, freeze
+from artsim_lib.measures import embeddings
+from artsim_lib.models import build_tiny, freeze, heads, training
 
 
 def make_images(folder: Path, n: int, size: int) -> pd.DataFrame:
@@ -84,8 +83,20 @@ def bench_training(enc: embeddings.Encoder, table: pd.DataFrame, batch: int, epo
     a, p = ids.get_indexer([f"o{i:03d}" for i in range(n)]), ids.get_indexer([f"d{i:03d}" for i in range(n)])
     neg = np.roll(a, 1)  # another original
     emb = torch.from_numpy(embeddings.embedding_matrix(table))  # [2n, D]
-    cfg = {"kind": "mlp", "in_dim": enc.dim, "hidden": [512, 512], "out_dim": 256, "dropout": 0.1, "tokens": 4,
-           "layers": 1, "heads": 4, "tau": 0.07, "learn_tau": False, "tau_min": 0.01, "tau_max": 1.0}
+    cfg = {
+        "kind": "mlp",
+        "in_dim": enc.dim,
+        "hidden": [512, 512],
+        "out_dim": 256,
+        "dropout": 0.1,
+        "tokens": 4,
+        "layers": 1,
+        "heads": 4,
+        "tau": 0.07,
+        "learn_tau": False,
+        "tau_min": 0.01,
+        "tau_max": 1.0,
+    }
 
     def run_epochs(model, inputs, count, threads, seed=0) -> list[float]:
         opt = training.adamw(model, 1e-3)
@@ -110,34 +121,44 @@ def bench_training(enc: embeddings.Encoder, table: pd.DataFrame, batch: int, epo
     # One thread for the head, as stages.s08_siamese.fit_head does on the CPU (small matrices); CLIP gets them all.
     t_cached = min(run_epochs(cached, emb, 30, threads=1))
     proc = enc.processor.image_processor
-    pixels = torch.from_numpy(np.stack([proc(images=Image.open(f).convert("RGB"), return_tensors="np")
-                                        ["pixel_values"][0] for f in table["path"]]))  # [2n, 3, H, W]
+    pixels = torch.from_numpy(
+        np.stack(
+            [proc(images=Image.open(f).convert("RGB"), return_tensors="np")["pixel_values"][0] for f in table["path"]]
+        )
+    )  # [2n, 3, H, W]
     torch.manual_seed(0)
     online = heads.Siamese(heads.build_head(cfg), heads.Temperature(), embeddings.ClipEncoder(enc.model))
     t_online = min(run_epochs(online, pixels, epochs, threads=torch.get_num_threads()))
     _, t_extract, _ = timed(lambda: list(embeddings.encode(enc, list(table["path"]), batch, 2)))
     print(f"(a) {n} triplets, batch {batch}, head {cfg['hidden']} -> {cfg['out_dim']}, {enc.dim}-d CLIP embeddings")
-    print(f"    encode a, p, n through CLIP every step : {t_online:9.3f} s / epoch  (best of {epochs}; pixels "
-          f"preprocessed once)")
+    print(
+        f"    encode a, p, n through CLIP every step : {t_online:9.3f} s / epoch  (best of {epochs}; pixels "
+        f"preprocessed once)"
+    )
     print(f"    head on cached embeddings               : {t_cached:9.5f} s / epoch  (best of 30)")
     print(f"    per-epoch speed-up                      : {t_online / t_cached:9.1f}x   (target >= 50x)")
     for e in (1, 10, 50):
-        print(f"    {e:>3} epochs incl. one extraction ({t_extract:.1f} s) : "
-              f"{(e * t_online) / (t_extract + e * t_cached):7.1f}x")
+        print(
+            f"    {e:>3} epochs incl. one extraction ({t_extract:.1f} s) : "
+            f"{(e * t_online) / (t_extract + e * t_cached):7.1f}x"
+        )
 
 
 def bench_extraction(enc: embeddings.Encoder, table: pd.DataFrame, batch: int, root: Path, repeats: int) -> None:
     """(b): the pipeline (hash, decode, preprocess, forward, parquet parts) vs forward alone,
     interleaved and repeated (the best of each: the machine may be shared)."""
     proc = enc.processor.image_processor
-    pixels = torch.from_numpy(np.stack([proc(images=Image.open(f).convert("RGB"), return_tensors="np")
-                                        ["pixel_values"][0] for f in table["path"]]))  # [n, 3, H, W]
+    pixels = torch.from_numpy(
+        np.stack(
+            [proc(images=Image.open(f).convert("RGB"), return_tensors="np")["pixel_values"][0] for f in table["path"]]
+        )
+    )  # [n, 3, H, W]
     n = len(pixels)
     embeddings.embed_pixels(enc.model, pixels[:batch], batch)  # warm-up (kernel selection, allocations)
 
     def bare():
         for i in range(0, n, batch):
-            embeddings.embed_pixels(enc.model, pixels[i:i + batch], batch)
+            embeddings.embed_pixels(enc.model, pixels[i : i + batch], batch)
 
     def pipeline(workers, k):
         res = embeddings.extract(enc, table, root / f"w{workers}-{k}", batch_size=batch, workers=workers)
@@ -147,7 +168,8 @@ def bench_extraction(enc: embeddings.Encoder, table: pd.DataFrame, batch: int, r
     cpu: dict[str, list[float]] = {}
     for k in range(repeats):
         for name, fn in [("bare forward (tensors ready)", bare)] + [
-                (f"pipeline, {w} decoding thread(s)", lambda w=w: pipeline(w, k)) for w in (1, 2)]:
+            (f"pipeline, {w} decoding thread(s)", lambda w=w: pipeline(w, k)) for w in (1, 2)
+        ]:
             _, w_s, c_s = timed(fn)
             wall.setdefault(name, []).append(w_s)
             cpu.setdefault(name, []).append(c_s)
@@ -155,10 +177,15 @@ def bench_extraction(enc: embeddings.Encoder, table: pd.DataFrame, batch: int, r
     print(f"(b) {n} images, batch {batch}; best of {repeats} interleaved runs (median in brackets)")
     print(f"    {'':34s}   wall-clock images/s         CPU ms / image")
     for name in wall:
-        ratio = "" if name.startswith("bare") else \
-            f"   ratio wall {bare_wall / min(wall[name]):.2f}, CPU {bare_cpu / min(cpu[name]):.2f}"
-        print(f"    {name:34s}: {n / min(wall[name]):7.2f} ({n / statistics.median(wall[name]):6.2f})"
-              f"      {1000 * min(cpu[name]) / n:7.1f} ({1000 * statistics.median(cpu[name]) / n:6.1f}){ratio}")
+        ratio = (
+            ""
+            if name.startswith("bare")
+            else f"   ratio wall {bare_wall / min(wall[name]):.2f}, CPU {bare_cpu / min(cpu[name]):.2f}"
+        )
+        print(
+            f"    {name:34s}: {n / min(wall[name]):7.2f} ({n / statistics.median(wall[name]):6.2f})"
+            f"      {1000 * min(cpu[name]) / n:7.1f} ({1000 * statistics.median(cpu[name]) / n:6.1f}){ratio}"
+        )
     print("    target: ratio >= 0.8 (the stage uses `num_workers` threads: 2). The CPU ratio is bare CPU time /")
     print("    pipeline CPU time: what the wall ratio would be if decoding overlapped the forward perfectly.")
 
@@ -172,9 +199,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats in (b)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs through CLIP in (a), best taken")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; model {args.model}; "
-          f"{args.images} originals + {args.images} derivatives at {args.size}² JPEG")
-    print("load average at start: %.2f %.2f %.2f (a shared machine makes wall-clock figures noisy)" % os.getloadavg())
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; model {args.model}; "
+        f"{args.images} originals + {args.images} derivatives at {args.size}² JPEG"
+    )
+    print(
+        "load average at start: {:.2f} {:.2f} {:.2f} (a shared machine makes wall-clock figures noisy)".format(
+            *os.getloadavg()
+        )
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "img").mkdir()
@@ -183,7 +216,7 @@ def main() -> None:
         bench_extraction(enc, table, args.batch, tmp / "cache", args.repeats)
         full = embeddings.extract(enc, table, tmp / "cache" / "w0-0", batch_size=args.batch).table
         bench_training(enc, full, args.batch, args.epochs)
-    print("load average at end:   %.2f %.2f %.2f" % os.getloadavg())
+    print("load average at end:   {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

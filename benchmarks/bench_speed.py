@@ -16,6 +16,7 @@ random paintings, the tiny BLIP-2); nothing is downloaded.
 3. Stage 06: all features in memory, then every pair, vs streamed in parts: wall time and the
    peak of Python-traced memory (tracemalloc), then projected to the full study's 244,332 images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from artsim_lib.stages import s03_captioning as captioning
 from artsim_lib import config
+from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.core import descriptors
 from artsim_lib.io import shards, workers
-from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.stages import s02_preprocess as preprocess
+from artsim_lib.stages import s03_captioning as captioning
 
 FULL_IMAGES = 81_444 + 162_888  # originals + derivatives that stage 06 describes
 
@@ -43,8 +44,9 @@ FULL_IMAGES = 81_444 + 162_888  # originals + derivatives that stage 06 describe
 def _hashes(n: int, seed: int = 0, repeats: float = 0.02, near: float = 0.02) -> pd.DataFrame:
     """``n`` 64-bit phash strings: random, with a few exact repeats and near copies."""
     rng = np.random.default_rng(seed)
-    vals = (rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2)
-            + rng.integers(0, 2, n).astype(np.uint64))  # all 64 bits random
+    vals = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(
+        np.uint64
+    )  # all 64 bits random
     pick = rng.random(n)
     src = rng.integers(0, np.arange(1, n + 1))  # an earlier row (or itself for row 0)
     out = vals.copy()
@@ -68,16 +70,20 @@ def bench_duplicates(n: int, full: int) -> None:
         new = preprocess.find_duplicates(df, d)
         t2 = time.perf_counter()
         same, before[d] = old.equals(new), t1 - t0
-        print(f"   max_distance={d}:  before {t1 - t0:7.2f} s   after {t2 - t1:6.3f} s   "
-              f"{(t1 - t0) / max(t2 - t1, 1e-9):7.0f}x   same duplicates: {same} ({len(new)})")
+        print(
+            f"   max_distance={d}:  before {t1 - t0:7.2f} s   after {t2 - t1:6.3f} s   "
+            f"{(t1 - t0) / max(t2 - t1, 1e-9):7.0f}x   same duplicates: {same} ({len(new)})"
+        )
         assert same, "the vectorised search differs from the reference"
     big = _hashes(full, seed=1)
     for d in (0, 8):
         t0 = time.perf_counter()
         found = preprocess.find_duplicates(big, d)
         t = time.perf_counter() - t0
-        print(f"   {full:,} hashes, max_distance={d}: after {t:6.2f} s ({len(found):,} duplicates); "
-              f"before, extrapolated (quadratic) from {n:,}: ~{(full / n) ** 2 * before[d] / 60:.0f} min")
+        print(
+            f"   {full:,} hashes, max_distance={d}: after {t:6.2f} s ({len(found):,} duplicates); "
+            f"before, extrapolated (quadratic) from {n:,}: ~{(full / n) ** 2 * before[d] / 60:.0f} min"
+        )
 
 
 def _jpegs(folder: Path, n: int, side: int) -> list[str]:
@@ -108,7 +114,7 @@ def bench_captioning(n_images: int, side: int, n_workers: int, batch_size: int) 
 
         def run(k: int) -> tuple[list[str], float]:
             caps, t0 = [], time.perf_counter()
-            for batch, inputs in workers.prefetch_map(lambda b: captioning.prepare_inputs(processor, b), batches, k):
+            for _batch, inputs in workers.prefetch_map(lambda b: captioning.prepare_inputs(processor, b), batches, k):
                 caps += captioning.caption_images(model, processor, None, max_new_tokens=8, inputs=inputs)
             return caps, time.perf_counter() - t0
 
@@ -122,12 +128,16 @@ def bench_captioning(n_images: int, side: int, n_workers: int, batch_size: int) 
         torch.set_num_threads(threads)
     same = serial == threaded
     print(f"   decoding + processor alone: {1e3 * t_decode / n_images:.1f} ms an image (one thread)")
-    print(f"   before (in the loop) {t_serial:6.2f} s   after ({n_workers} worker threads ahead) {t_threaded:6.2f} s   "
-          f"{t_serial / t_threaded:5.2f}x   same captions: {same}")
+    print(
+        f"   before (in the loop) {t_serial:6.2f} s   after ({n_workers} worker threads ahead) {t_threaded:6.2f} s   "
+        f"{t_serial / t_threaded:5.2f}x   same captions: {same}"
+    )
     t_model = max(t_serial - t_decode, 1e-9)
-    print(f"   the model alone {t_model:.2f} s: with {n_workers} free CPU(s) for decoding the loop can take "
-          f"max(decoding / {n_workers}, model) = {max(t_decode / n_workers, t_model):.2f} s "
-          f"({t_serial / max(t_decode / n_workers, t_model):.2f}x); a load average above the CPU count leaves less")
+    print(
+        f"   the model alone {t_model:.2f} s: with {n_workers} free CPU(s) for decoding the loop can take "
+        f"max(decoding / {n_workers}, model) = {max(t_decode / n_workers, t_model):.2f} s "
+        f"({t_serial / max(t_decode / n_workers, t_model):.2f}x); a load average above the CPU count leaves less"
+    )
     assert same, "prefetched captions differ"
 
 
@@ -146,8 +156,10 @@ def _paintings(folder: Path, n: int, side: int) -> list[str]:
 def bench_descriptors(n_images: int, n_workers: int, part: int) -> None:
     cfg = config.DescriptorParams(size=128, workers=n_workers)
     n_anchors = n_images // 3
-    print(f"\n3. stage 06 features, {n_images} images at {cfg.size}² ({n_anchors} anchors, each with 2 derivatives "
-          f"and 3 negatives), parts of {part} images")
+    print(
+        f"\n3. stage 06 features, {n_images} images at {cfg.size}² ({n_anchors} anchors, each with 2 derivatives "
+        f"and 3 negatives), parts of {part} images"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         files = _paintings(Path(tmp), n_images, 256)
         anchors, derived = files[:n_anchors], files[n_anchors:]
@@ -182,13 +194,19 @@ def bench_descriptors(n_images: int, n_workers: int, part: int) -> None:
     key = ["anchor_path", "other_path"]
     same = old.sort_values(key).reset_index(drop=True).equals(new.sort_values(key).reset_index(drop=True))
     print(f"   before (all features held): {t_old:6.2f} s, peak traced memory {m_old / 2**20:6.2f} MB")
-    print(f"   after (streamed in parts):  {t_new:6.2f} s, peak traced memory {m_new / 2**20:6.2f} MB   "
-          f"{m_old / max(m_new, 1):4.1f}x less memory   same scores: {same}")
-    print(f"   (the time ratio is {t_old / t_new:.2f}x: small parts re-read shared images from the cache and start "
-          f"a worker pool each; stage 06's parts hold {dsim.PART_IMAGES:,} images)")
-    print(f"   the full study: {FULL_IMAGES:,} images x {per_image / 1e3:.0f} kB of features at "
-          f"descriptors.size={full_cfg.size}: before ~{per_image * FULL_IMAGES / 2**30:.1f} GB held, "
-          f"after ~{per_image * dsim.PART_IMAGES / 2**20:.0f} MB ({dsim.PART_IMAGES:,} images a part)")
+    print(
+        f"   after (streamed in parts):  {t_new:6.2f} s, peak traced memory {m_new / 2**20:6.2f} MB   "
+        f"{m_old / max(m_new, 1):4.1f}x less memory   same scores: {same}"
+    )
+    print(
+        f"   (the time ratio is {t_old / t_new:.2f}x: small parts re-read shared images from the cache and start "
+        f"a worker pool each; stage 06's parts hold {dsim.PART_IMAGES:,} images)"
+    )
+    print(
+        f"   the full study: {FULL_IMAGES:,} images x {per_image / 1e3:.0f} kB of features at "
+        f"descriptors.size={full_cfg.size}: before ~{per_image * FULL_IMAGES / 2**30:.1f} GB held, "
+        f"after ~{per_image * dsim.PART_IMAGES / 2**20:.0f} MB ({dsim.PART_IMAGES:,} images a part)"
+    )
     assert same, "streamed scores differ"
 
 

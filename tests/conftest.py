@@ -5,6 +5,7 @@ The repository's root ``conftest.py`` sets the environment for every test (offli
 temporary run directory) and holds the ``run_dir`` fixture. Test files take what they share from
 here, never from each other.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,7 +71,8 @@ def _write_notebook(path, stage, body="", parameters=""):
             "from artsim_lib import config\n"
             "from artsim_lib.io import provenance\n"
             "P = config.load_params(profile, overrides)\n"
-            f"stage = provenance.start_stage({stage!r}, P)"),
+            f"stage = provenance.start_stage({stage!r}, P)"
+        ),
         nbformat.v4.new_code_cell(body or "pass"),
         nbformat.v4.new_code_cell("stage.finish(size=P.preprocess.size)"),
     ]
@@ -104,11 +106,18 @@ def _project_env(root):
 
 def _artsim(root, *args, check=True):
     """Run ``python -m artsim_lib ARGS`` against the project at ``root``."""
-    proc = subprocess.run([sys.executable, "-m", "artsim_lib", *args], cwd=root,
-                          env=_project_env(root), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "artsim_lib", *args],
+        cwd=root,
+        env=_project_env(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"artsim {' '.join(args)} -> {proc.returncode}\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"artsim {' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 

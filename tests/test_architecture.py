@@ -1,5 +1,6 @@
 """The package's shape, as a contract: layers import downward only, one stage module per notebook,
 nothing rebuilds an earlier stage behind a getter. No exception list."""
+
 from __future__ import annotations
 
 import ast
@@ -79,7 +80,7 @@ def test_the_import_graph_has_no_cycle():
             if d.startswith(m + "."):
                 continue  # a package's facade importing its own modules
             if state.get(d) == 1:
-                cycle.append(stack[stack.index(d):] + [d] if d in stack else [m, d])
+                cycle.append(stack[stack.index(d) :] + [d] if d in stack else [m, d])
             elif d not in state:
                 visit(d, stack + [d])
         state[m] = 2
@@ -91,16 +92,21 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_no_module_is_imported_by_a_string():
-    found = [str(p.relative_to(ROOT)) for p in LIB.rglob("*.py")
-             if re.search(r"import_module\(|__import__\(", p.read_text())]
+    found = [
+        str(p.relative_to(ROOT)) for p in LIB.rglob("*.py") if re.search(r"import_module\(|__import__\(", p.read_text())
+    ]
     assert not found, f"imports by name hide the graph: {found}"
 
 
 def test_nothing_rebuilds_an_earlier_stage_behind_a_getter():
-    getters = [f"{module_name(p)}.{node.name}" for p in LIB.rglob("*.py")
-               for node in ast.walk(ast.parse(p.read_text()))
-               if isinstance(node, ast.FunctionDef) and node.name.startswith("require_")
-               and not node.name.startswith("require_file")]
+    getters = [
+        f"{module_name(p)}.{node.name}"
+        for p in LIB.rglob("*.py")
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.FunctionDef)
+        and node.name.startswith("require_")
+        and not node.name.startswith("require_file")
+    ]
     assert not getters, f"getters that may run a stage: {getters}"
 
 

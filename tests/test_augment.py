@@ -1,4 +1,5 @@
 """The augment backend's transformations: graded, deterministic, size-preserving."""
+
 import numpy as np
 import pytest
 from PIL import Image

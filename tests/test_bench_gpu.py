@@ -1,5 +1,6 @@
 """benchmarks/bench_gpu.py: its configurations are the real models', and it runs end to end
 at tiny sizes on the CPU (the GPU run itself needs a GPU)."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -33,8 +34,14 @@ def test_the_written_configs_build_the_real_architectures(bench_gpu):
             "clip": bench_gpu.n_params(bench_gpu.build_clip(cfg["clip"])),
             "resnet": bench_gpu.n_params(bench_gpu.build_resnet(cfg["resnet"])),
         }
-    expected = {"unet": 2.26e9, "vae": 83.7e6, "text_encoder_2": 695e6, "blip2": 3.745e9,
-                "clip": 151.3e6, "resnet": 25.56e6}
+    expected = {
+        "unet": 2.26e9,
+        "vae": 83.7e6,
+        "text_encoder_2": 695e6,
+        "blip2": 3.745e9,
+        "clip": 151.3e6,
+        "resnet": 25.56e6,
+    }
     for name, n in counts.items():
         assert n == pytest.approx(expected[name], rel=0.005), name
     # --tiny changes sizes, never the architecture's kind
@@ -50,9 +57,14 @@ def test_tiny_run_measures_every_section_and_projects_the_study(bench_gpu, tmp_p
     figures = json.loads(out.read_text())
     assert figures["tiny"] and figures["errors"] == []
     got = {(r["section"], r["label"], r["batch"]) for r in figures["rows"]}
-    assert {("sdxl", "moderate (10 steps)", 1), ("sdxl", "radical (19 steps)", 2),
-            ("blip2", "caption (4 tokens)", 2), ("clip", "image embedding", 4),
-            ("resnet", "pooled features", 4), ("resnet", "training step (stage 07)", 4)} <= got
+    assert {
+        ("sdxl", "moderate (10 steps)", 1),
+        ("sdxl", "radical (19 steps)", 2),
+        ("blip2", "caption (4 tokens)", 2),
+        ("clip", "image embedding", 4),
+        ("resnet", "pooled features", 4),
+        ("resnet", "training step (stage 07)", 4),
+    } <= got
     assert all(r["s_per_image"] > 0 for r in figures["rows"])
     assert all(p["hours"] is not None and p["hours"] > 0 for p in figures["projection"])
     printed = capsys.readouterr().out

@@ -1,4 +1,5 @@
 """The ``artsim`` command line: params errors, ``artsim params``, dry runs, one stage."""
+
 import json
 import sys
 
@@ -26,8 +27,7 @@ def _one_line_error(capsys):
 
 
 def test_params_prints_resolved_yaml(project, capsys):
-    assert cli.main(["params", "--profile", "smoke", "--set", "preprocess.size=96",
-                     "--set", "seed=7"]) == 0
+    assert cli.main(["params", "--profile", "smoke", "--set", "preprocess.size=96", "--set", "seed=7"]) == 0
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["profile"] == "smoke"
     assert data["preprocess"]["size"] == 96 and data["seed"] == 7
@@ -99,8 +99,8 @@ def test_snakemake_command_line(project):
     cmd = cli.snakemake_command(args, P)
     assert cmd[:3] == [sys.executable, "-m", "snakemake"]
     assert "--forceall" in cmd and "--keep-going" in cmd
-    assert cmd[cmd.index("--rerun-triggers") + 1:][:4] == list(cli.RERUN_TRIGGERS)
-    config = cmd[cmd.index("--config") + 1:]  # --config takes the rest of the line
+    assert cmd[cmd.index("--rerun-triggers") + 1 :][:4] == list(cli.RERUN_TRIGGERS)
+    config = cmd[cmd.index("--config") + 1 :]  # --config takes the rest of the line
     assert "profile=smoke" in config and f"overrides={json.dumps(['seed=3'])}" in config
     assert f"params_file={P.run.params_file}" in config
 
@@ -113,11 +113,15 @@ def test_passthrough_only_for_run(project, capsys):
 
 @pytest.mark.slow
 def test_stage_injects_parameters(project):
-    nb = write_notebook(project / "notebooks" / "03-shard.ipynb", "03-shard",
-                        "print(f'SHARD={shard_index}/{num_shards} SIZE={P.preprocess.size}')",
-                        parameters="num_shards = 1\nshard_index = 0\n")
-    proc = artsim(project, "stage", str(nb), "--set", "preprocess.size=80",
-                  "-p", "num_shards", "4", "-p", "shard_index", "2")
+    nb = write_notebook(
+        project / "notebooks" / "03-shard.ipynb",
+        "03-shard",
+        "print(f'SHARD={shard_index}/{num_shards} SIZE={P.preprocess.size}')",
+        parameters="num_shards = 1\nshard_index = 0\n",
+    )
+    proc = artsim(
+        project, "stage", str(nb), "--set", "preprocess.size=80", "-p", "num_shards", "4", "-p", "shard_index", "2"
+    )
     assert "03-shard: ok" in proc.stdout
     out = project / "reports" / "smoke" / "03-shard.ipynb"
     assert "SHARD=2/4 SIZE=80" in out.read_text()
@@ -138,7 +142,10 @@ def test_compare_is_an_artsim_subcommand(tmp_path, capsys):
     same = capsys.readouterr().out
     assert cli.main(["compare", str(a), str(b)]) == 0
     differ = capsys.readouterr().out
-    value = lambda out: float(next(l.split()[-1] for l in out.splitlines() if l.startswith("[0,1]")))
+
+    def value(out):
+        return float(next(line.split()[-1] for line in out.splitlines() if line.startswith("[0,1]")))
+
     assert value(same) == pytest.approx(1.0) and value(differ) < value(same)
     assert cli.main(["compare", str(a), str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
@@ -148,8 +155,7 @@ def test_each_run_directory_has_its_own_reports(project):
     """reports/<run name>/: one per run directory, never shared by the run dirs of a profile."""
     from artsim_lib.workflow import runner
 
-    for args, name in ((["--set", "run_dir=runs/other"], "other"), (["--pilot", "8"], "smoke-pilot8"),
-                       ([], "smoke")):
+    for args, name in ((["--set", "run_dir=runs/other"], "other"), (["--pilot", "8"], "smoke-pilot8"), ([], "smoke")):
         text = artsim(project, "run", "-n", "--until", "02", *args).stdout
         assert f"reports/{name}/02-b.ipynb" in text and "params/02-b.yaml" in text, args
     P = cli.config.load_params("smoke", ["run_dir=runs/other"])

@@ -7,6 +7,7 @@ repeatedly merge the adjacent pair with the lowest merge rank). The hand counts 
 worked out from those rules and the merges file (e.g. ``dreamscape`` is no merge result, but
 ``dream`` and ``scape</w>`` are).
 """
+
 import gzip
 
 import pytest
@@ -18,17 +19,17 @@ PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{
 
 # (text, tokens without the two specials), counted by hand from the BPE rules
 HAND_COUNTS = [
-    ("a painting of a house and trees in a field", 10),   # ten common words, one token each
-    ("a surreal dreamscape, melting clocks", 7),          # dream|scape, ',' is its own word
-    ("the artist's brushstrokes", 5),                     # 's splits off; brush|strokes
-    ("photorealistic 8k rendering", 5),                   # photo|realistic; digits are single pieces
-    ("Impressionism", 1),                                 # lowercased, one merge result
+    ("a painting of a house and trees in a field", 10),  # ten common words, one token each
+    ("a surreal dreamscape, melting clocks", 7),  # dream|scape, ',' is its own word
+    ("the artist's brushstrokes", 5),  # 's splits off; brush|strokes
+    ("photorealistic 8k rendering", 5),  # photo|realistic; digits are single pieces
+    ("Impressionism", 1),  # lowercased, one merge result
 ]
 
 
 def _ranks() -> dict[tuple[str, str], int]:
     lines = gzip.decompress(bpe.clip_merges_path().read_bytes()).decode("utf-8").split("\n")
-    merges = lines[1:49152 - 256 - 2 + 1]
+    merges = lines[1 : 49152 - 256 - 2 + 1]
     return {tuple(m.split()): i for i, m in enumerate(merges)}
 
 

@@ -1,4 +1,5 @@
 """The compare API on real image files: measures, the registry, matrices and the two commands."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,8 +91,9 @@ def test_registered_embedding_measure(images, tmp_path, monkeypatch, capsys):
     def loader(run_dir):
         compare.trained_model_dir(run_dir / "siamese", "mean-colour")
         # An embedding by hand: the mean colour minus mid-grey.
-        return compare.EmbeddingMeasure("mean-colour", lambda ims: np.stack(
-            [np.asarray(i, float).reshape(-1, 3).mean(0) - 127.5 for i in ims]))
+        return compare.EmbeddingMeasure(
+            "mean-colour", lambda ims: np.stack([np.asarray(i, float).reshape(-1, 3).mean(0) - 127.5 for i in ims])
+        )
 
     compare.register_measure("mean-colour", loader)
     with pytest.raises(compare.MeasureError, match="already registered"):
@@ -124,8 +126,7 @@ def test_similarity_matrix_matches_pairwise_calls(images):
 
 def test_matrix_main_writes_png_and_csv(images, tmp_path, capsys):
     png, csv = tmp_path / "out" / "m.png", tmp_path / "out" / "m.csv"
-    assert cli.matrix_main([str(images[0].parent), "--png", str(png), "--csv", str(csv),
-                                "--measure", "colour"]) == 0
+    assert cli.matrix_main([str(images[0].parent), "--png", str(png), "--csv", str(csv), "--measure", "colour"]) == 0
     table = pd.read_csv(csv, index_col=0)
     assert list(table.index) == list(table.columns) == ["a.png", "a_blur.png", "b.png"]
     direct = compare.load_measure("colour").similarity01(images[1], images[2])

@@ -1,4 +1,5 @@
 """The params loader: both profiles validate, overrides apply, bad input gives a one-line error."""
+
 import pytest
 import yaml
 
@@ -54,11 +55,14 @@ def test_profiles_state_only_what_they_change(name):
     assert _restated(raw, base) == []
 
 
-@pytest.mark.parametrize("profile,override,key", [
-    ("full", "workflow.shards.05=64", "workflow.shards"),
-    ("smoke", "descriptors.weights.colour=0.5", "descriptors.weights"),
-    ("full", "generation.strength.moderate=0.4", "generation.strength"),
-])
+@pytest.mark.parametrize(
+    "profile,override,key",
+    [
+        ("full", "workflow.shards.05=64", "workflow.shards"),
+        ("smoke", "descriptors.weights.colour=0.5", "descriptors.weights"),
+        ("full", "generation.strength.moderate=0.4", "generation.strength"),
+    ],
+)
 def test_an_override_inside_a_mapping_keeps_its_other_keys(profile, override, key):
     """Whether the profile states the mapping or takes it from the defaults."""
     keys, value = config.parse_override(override)
@@ -69,18 +73,23 @@ def test_an_override_inside_a_mapping_keeps_its_other_keys(profile, override, ke
 
 
 def test_overrides_are_typed_from_the_command_line():
-    P = load_params("smoke", ["preprocess.size=96", "preprocess.resize_mode=crop", "data.limit=10",
-                              "preprocess.split.stratify=none"])
+    P = load_params(
+        "smoke",
+        ["preprocess.size=96", "preprocess.resize_mode=crop", "data.limit=10", "preprocess.split.stratify=none"],
+    )
     assert (P.preprocess.size, P.preprocess.resize_mode, P.data.limit) == (96, "crop", 10)
     assert P.preprocess.split.stratify == "none"
 
 
-@pytest.mark.parametrize("override,key", [
-    ("preprocess.size=big", "preprocess.size"),
-    ("preprocess.colour=1", "preprocess.colour"),
-    ("data.source=flickr", "data.source"),
-    ("preprocess.split.train=0.9", "preprocess.split"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("preprocess.size=big", "preprocess.size"),
+        ("preprocess.colour=1", "preprocess.colour"),
+        ("data.source=flickr", "data.source"),
+        ("preprocess.split.train=0.9", "preprocess.split"),
+    ],
+)
 def test_bad_overrides_name_the_key_and_the_file(override, key):
     with pytest.raises(ParamsError) as err:
         load_params("smoke", [override])
@@ -175,7 +184,7 @@ def test_yaml_syntax_errors_give_file_line_and_column(tmp_path):
         load_params(bad)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{bad}:") and "not valid YAML" in msg
-    line, column = msg[len(str(bad)) + 1:].split(":")[:2]
+    line, column = msg[len(str(bad)) + 1 :].split(":")[:2]
     assert line.isdigit() and column.isdigit() and int(line) in (3, 4)
 
 

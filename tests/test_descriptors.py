@@ -1,6 +1,7 @@
 """The descriptors and their similarities (core) on SynthArt paintings and simple PIL edits: every
 family's invariants, the weighted total, the cache, parallel extraction, the weight fit and the
 triplet accuracy. Stage 06's runner is tested in tests/stages/test_s06_descriptors.py."""
+
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ from PIL import Image, ImageFilter
 from skimage import color, filters
 
 from artsim_lib import config
-from artsim_lib.core import descriptors
 from artsim_lib.core import descriptor_similarity as dsim
+from artsim_lib.core import descriptors
 from artsim_lib.io import synthart
 
 CFG = config.compare_descriptor_params()  # 128 px (the schema defaults: the full study's 256)
@@ -75,14 +76,13 @@ def test_hue_shift_lowers_colour_but_not_edges(paintings):
     for p in paintings:
         img = Image.open(p)
         s = sims(img, hue_shift(img))
-        assert s["edges"] > 0.97, (p.name, s)          # edges use the HSV value: unchanged
+        assert s["edges"] > 0.97, (p.name, s)  # edges use the HSV value: unchanged
         assert s["colour"] < 0.6, (p.name, s)
         assert s["edges"] - s["colour"] > 0.35
 
 
 def test_blur_lowers_texture_and_edges_more_than_colour(paintings):
-    drops = pd.DataFrame([{f: 1 - v for f, v in sims(Image.open(p), blur(Image.open(p))).items()}
-                          for p in paintings])
+    drops = pd.DataFrame([{f: 1 - v for f, v in sims(Image.open(p), blur(Image.open(p))).items()} for p in paintings])
     mean = drops.mean()
     assert mean["texture"] > mean["colour"] + 0.05, mean
     assert mean["edges"] > mean["colour"] + 0.05, mean
@@ -210,9 +210,19 @@ def test_logistic_fit_recovers_the_informative_family():
 def test_accuracy_table_by_hand_with_its_chance():
     # Three triplets: s+ above s- (1), a tie (1/2), s+ below s- (0); the first two in train.
     s_pos, s_neg, split = [0.9, 0.5, 0.2], [0.1, 0.5, 0.7], ["train", "train", "test"]
-    rows = [dict(triplet_id=f"t{i}", role=role, descriptor=v, anchor_id=f"o{i}", split=split[i], level="moderate",
-                 negative_kind="random")
-            for i in range(3) for role, v in (("positive", s_pos[i]), ("negative", s_neg[i]))]
+    rows = [
+        dict(
+            triplet_id=f"t{i}",
+            role=role,
+            descriptor=v,
+            anchor_id=f"o{i}",
+            split=split[i],
+            level="moderate",
+            negative_kind="random",
+        )
+        for i in range(3)
+        for role, v in (("positive", s_pos[i]), ("negative", s_neg[i]))
+    ]
     pairs = pd.DataFrame(rows)
     plain = dsim.accuracy_table(pairs, ["descriptor"])
     assert list(plain.columns) == ["descriptor"]  # what stage 06 stores in fitted_weights.json

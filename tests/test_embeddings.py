@@ -1,12 +1,13 @@
 """The CLIP embedding cache: hits, misses, invalidation, sharding and resumption."""
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from artsim_lib.measures import embeddings
 from artsim_lib.io import shards
+from artsim_lib.measures import embeddings
 from artsim_lib.models import build_tiny, clip_image_embeddings
 
 BATCH = 4  # 10 images: two full batches and a padded one
@@ -28,8 +29,12 @@ def encoder(tmp_path_factory):
 @pytest.fixture
 def images(tmp_path):
     (tmp_path / "img").mkdir()
-    return pd.DataFrame({"id": [f"im{i:02d}" for i in range(10)],
-                         "path": [paint(tmp_path / "img" / f"im{i:02d}.png", i) for i in range(10)]})
+    return pd.DataFrame(
+        {
+            "id": [f"im{i:02d}" for i in range(10)],
+            "path": [paint(tmp_path / "img" / f"im{i:02d}.png", i) for i in range(10)],
+        }
+    )
 
 
 def run(encoder, images, root, num_shards=1, shard_index=0):

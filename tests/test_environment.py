@@ -1,4 +1,5 @@
 """The cluster recipe (environment.yml) stays in step with pyproject.toml."""
+
 import re
 import tomllib
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The one image reader (artsim_lib.io.images.open_rgb) and the places that use it."""
+
 import struct
 import zlib
 
@@ -21,8 +22,9 @@ def _png16(path, arr):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -33,8 +35,9 @@ def _bomb(path, side=30_000):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -94,11 +97,16 @@ def test_transparency_is_composited_on_white(tmp_path, mode):
     assert (np.asarray(images.open_rgb(path)) == 255).all()
 
 
-@pytest.mark.parametrize("mode,ext", [("P", "png"), ("CMYK", "jpg"), ("1", "png"), ("L", "png"),
-                                      ("YCbCr", "jpg"), ("I", "tif"), ("F", "tif")])
+@pytest.mark.parametrize(
+    "mode,ext",
+    [("P", "png"), ("CMYK", "jpg"), ("1", "png"), ("L", "png"), ("YCbCr", "jpg"), ("I", "tif"), ("F", "tif")],
+)
 def test_every_mode_becomes_8bit_rgb(tmp_path, mode, ext):
-    img = Image.new("RGB", (12, 8), (200, 100, 50)).convert(mode) if mode not in ("I", "F") else \
-        Image.fromarray(np.full((8, 12), 0.5 if mode == "F" else 32896, np.float32 if mode == "F" else np.int32))
+    img = (
+        Image.new("RGB", (12, 8), (200, 100, 50)).convert(mode)
+        if mode not in ("I", "F")
+        else Image.fromarray(np.full((8, 12), 0.5 if mode == "F" else 32896, np.float32 if mode == "F" else np.int32))
+    )
     path = tmp_path / f"x.{ext}"
     img.save(path)
     out = images.open_rgb(path)
@@ -147,6 +155,7 @@ def test_stage01_probe_lists_bombs_and_corrupt_files(tmp_path):
 
 
 def test_stage02_skips_a_bomb_as_oversized(tmp_path):
-    status = pp.process_image(str(_bomb(tmp_path / "bomb.png")), str(tmp_path / "o.png"), 32,
-                              "letterbox", (0, 0, 0), 178_956_970)
+    status = pp.process_image(
+        str(_bomb(tmp_path / "bomb.png")), str(tmp_path / "o.png"), 32, "letterbox", (0, 0, 0), 178_956_970
+    )
     assert status["status"] == "skipped" and status["reason"].startswith("oversized: 30000x30000")

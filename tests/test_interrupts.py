@@ -2,6 +2,7 @@
 is interrupted at seeded random moments with SIGINT (Ctrl-C) and SIGKILL (a crash: every process
 the run started dies at once), rerun each time with no manual step, and must end with the same
 artifacts as an uninterrupted run."""
+
 import os
 import random
 import shutil
@@ -15,16 +16,27 @@ import pytest
 
 from artsim_lib.io import runlock
 
-SETS = ["--set", "data.synthart.num_images=24", "--set", "preprocess.size=32", "--set", "num_workers=1",
-        "--set", "preprocess.workers=1"]
+SETS = [
+    "--set",
+    "data.synthart.num_images=24",
+    "--set",
+    "preprocess.size=32",
+    "--set",
+    "num_workers=1",
+    "--set",
+    "preprocess.workers=1",
+]
 RUN = ["run", "--until", "02", *SETS]
 # Provenance (wall times, pids) differs from run to run by design; everything else must not.
 VOLATILE = ("stages/", "provenance.json", runlock.LOCK_NAME)
 
 
 def _artifacts(run: Path) -> dict[str, bytes]:
-    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and not p.relative_to(run).as_posix().startswith(VOLATILE)}
+    return {
+        p.relative_to(run).as_posix(): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and not p.relative_to(run).as_posix().startswith(VOLATILE)
+    }
 
 
 def _session(sid: int) -> list[int]:
@@ -41,8 +53,14 @@ def _session(sid: int) -> list[int]:
 
 
 def _interrupted_run(root: Path, env: dict, delay: float, how: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "artsim_lib", *RUN], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artsim_lib", *RUN],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(delay)
     if proc.poll() is None:
         if how == "SIGINT":

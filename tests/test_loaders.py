@@ -1,4 +1,5 @@
 """Loaders: the Kaggle classes.csv quirks, huggan/wikiart from local folders, load_manifest."""
+
 import io
 import os
 
@@ -132,14 +133,17 @@ def hf_folders(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     images = [Image.open(io.BytesIO(_jpeg_bytes((200, 30, 30))))]  # JPEG: its bytes are kept
     images += [Image.fromarray(rng.integers(0, 255, (20 + i, 25, 3), dtype=np.uint8)) for i in range(3)]
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "artist": datasets.ClassLabel(names=["Unknown Artist", "claude-monet", "pablo-picasso"]),
-        "genre": datasets.ClassLabel(names=["landscape", "portrait", "Unknown Genre"]),
-        "style": datasets.ClassLabel(names=["Impressionism", "Cubism"]),
-    })
-    ds = datasets.Dataset.from_dict({"image": images, "artist": [1, 2, 0, 1], "genre": [0, 1, 2, 0],
-                                     "style": [0, 1, 1, 0]}, features=features)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "artist": datasets.ClassLabel(names=["Unknown Artist", "claude-monet", "pablo-picasso"]),
+            "genre": datasets.ClassLabel(names=["landscape", "portrait", "Unknown Genre"]),
+            "style": datasets.ClassLabel(names=["Impressionism", "Cubism"]),
+        }
+    )
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "artist": [1, 2, 0, 1], "genre": [0, 1, 2, 0], "style": [0, 1, 1, 0]}, features=features
+    )
     disk, pq = tmp_path / "disk", tmp_path / "pq"
     ds.save_to_disk(str(disk))
     (pq / "data").mkdir(parents=True)
@@ -223,8 +227,12 @@ def test_a_pilot_sample_spreads_over_a_few_styles_with_enough_paintings():
 
     from artsim_lib.io.manifest import spread_sample
 
-    df = pd.DataFrame({"id": [f"i{k:03d}" for k in range(300)],
-                       "style": [f"s{k % 27:02d}" for k in range(270)] + ["rare"] * 3 + ["s00"] * 27})
+    df = pd.DataFrame(
+        {
+            "id": [f"i{k:03d}" for k in range(300)],
+            "style": [f"s{k % 27:02d}" for k in range(270)] + ["rare"] * 3 + ["s00"] * 27,
+        }
+    )
     pilot = spread_sample(df, 24, seed=0)
     counts = pilot["style"].value_counts()
     assert len(pilot) == 24 and len(counts) == 6 and set(counts) == {4} and "rare" not in counts
@@ -253,7 +261,8 @@ def test_files_not_in_classes_csv_are_listed(kaggle_root):
     (kaggle_root / "notes.txt").write_text("not an image")
     decisions = loaders.kaggle_decisions(kaggle_root)
     assert decisions[["filename", "issue", "action"]].values.tolist() == [
-        ["Cubism/stray.jpg", "on disk but not in classes.csv", "ignored"]]
+        ["Cubism/stray.jpg", "on disk but not in classes.csv", "ignored"]
+    ]
 
 
 def test_stage02_skipped_list_includes_the_data_decisions(smoke_params):

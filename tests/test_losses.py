@@ -1,4 +1,5 @@
 """The triplet loss against a hand computation, and its edge cases."""
+
 import math
 
 import pytest
@@ -8,9 +9,15 @@ from artsim_lib.core import losses
 
 
 def test_loss_matches_the_formula_by_hand():
-    s_pos, s_neg, tau = torch.tensor([0.9, 0.1], dtype=torch.float64), torch.tensor([0.2, 0.5], dtype=torch.float64), 0.1
-    by_hand = [-math.log(math.exp(p / tau) / (math.exp(p / tau) + math.exp(n / tau)))
-               for p, n in zip(s_pos.tolist(), s_neg.tolist())]
+    s_pos, s_neg, tau = (
+        torch.tensor([0.9, 0.1], dtype=torch.float64),
+        torch.tensor([0.2, 0.5], dtype=torch.float64),
+        0.1,
+    )
+    by_hand = [
+        -math.log(math.exp(p / tau) / (math.exp(p / tau) + math.exp(n / tau)))
+        for p, n in zip(s_pos.tolist(), s_neg.tolist())
+    ]
     got = losses.infonce_triplet_loss(s_pos, s_neg, tau, reduction="none")
     assert got.tolist() == pytest.approx(by_hand, rel=1e-6)
     assert losses.infonce_triplet_loss(s_pos, s_neg, tau).item() == pytest.approx(sum(by_hand) / 2, rel=1e-6)
@@ -46,7 +53,7 @@ def test_in_batch_negatives_of_the_same_original_are_masked_by_hand():
     # painting) as a negative, nor a_1 p_0; every other entry is the plain cosine a_i . p_j.
     a = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]])
     p = torch.tensor([[1.0, 1.0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
-    r = 2 ** -0.5
+    r = 2**-0.5
     full = torch.tensor([[r, 1, 0, 0], [r, 0, 1, 0], [0, 0, 0, 1], [1, r, r, 0]])  # cos(a_i, p_j) by hand
     off = ~torch.eye(4, dtype=torch.bool)
     plain = losses.in_batch_negatives(a, p)

@@ -13,6 +13,7 @@ tiny images:
 The run has params and tiny models but no trained stage: a measure that needs stage 07's or 08's
 model is skipped with its loader's ``MeasureUnavailableError`` message; every other measure must load.
 """
+
 import shutil
 
 import numpy as np
@@ -28,10 +29,29 @@ from artsim_lib.measures.base import DescriptorMeasure
 NAMES = registry.available_measures()
 # Need only the run's params and the models a smoke run builds (tiny, random) or installs (the real
 # EfficientNet-Lite0): these must load. The rest need a model trained by stage 07 or 08.
-OFFLINE = {"ssim", "colour", "texture", "edges", "shape", "descriptor", "geometry", "effnet_lite0",
-           "clip", "resnet", "dinov2", "sscd"}
-SMALL = ["descriptors.size=64", "descriptors.thumb_size=32", "descriptors.hog_cell=8", "descriptors.workers=1",
-         "finetune.image_size=32", "evaluation.batch_size=4", "num_workers=1"]
+OFFLINE = {
+    "ssim",
+    "colour",
+    "texture",
+    "edges",
+    "shape",
+    "descriptor",
+    "geometry",
+    "effnet_lite0",
+    "clip",
+    "resnet",
+    "dinov2",
+    "sscd",
+}
+SMALL = [
+    "descriptors.size=64",
+    "descriptors.thumb_size=32",
+    "descriptors.hog_cell=8",
+    "descriptors.workers=1",
+    "finetune.image_size=32",
+    "evaluation.batch_size=4",
+    "num_workers=1",
+]
 TOL = 1e-5
 PAIRS = [(0, 1), (0, 2), (1, 2)]
 
@@ -143,8 +163,7 @@ def test_cached_descriptor_features_equal_fresh_ones(name, loaded, images, tmp_p
     cached, hits = descriptors.extract_many(images, m.cfg, tmp_path / "cache")
     assert hits.all()
     for i, j in PAIRS:
-        assert m.raw_from_features(cached[i], cached[j]) == pytest.approx(m.similarity(images[i], images[j]),
-                                                                          abs=1e-9)
+        assert m.raw_from_features(cached[i], cached[j]) == pytest.approx(m.similarity(images[i], images[j]), abs=1e-9)
 
 
 def test_cached_clip_embeddings_equal_fresh_ones(run, images, monkeypatch):

@@ -1,4 +1,5 @@
 """Each evaluation metric against small cases computed by hand: perfect, random, constant, ties."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,9 +17,13 @@ def test_triplet_accuracy_counts_ties_half():
 
 
 def test_retrieval_by_hand():
-    sim = np.array([[0.9, 0.1, 0.5],    # answer 0 -> rank 1
-                    [0.8, 0.7, 0.9],    # answer 1 -> rank 3
-                    [0.3, 0.6, 0.6]])   # answer 2 ties with item 1 -> rank 1 or 2: 1.5 expected
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.5],  # answer 0 -> rank 1
+            [0.8, 0.7, 0.9],  # answer 1 -> rank 3
+            [0.3, 0.6, 0.6],
+        ]
+    )  # answer 2 ties with item 1 -> rank 1 or 2: 1.5 expected
     true = np.array([0, 1, 2])
     assert M.expected_ranks(sim, true).tolist() == [1, 3, 1.5]
     assert M.recall_at_k(sim, true, 1) == pytest.approx((1 + 0 + 0.5) / 3)
@@ -43,7 +48,7 @@ def test_perfect_constant_and_random_measures():
 
 
 def test_excluding_near_duplicates_removes_them_from_the_candidates():
-    sim = np.array([[0.5, 0.9, 0.1]])   # item 1 (a duplicate of the answer) outranks it
+    sim = np.array([[0.5, 0.9, 0.1]])  # item 1 (a duplicate of the answer) outranks it
     exclude = np.array([[False, True, False]])
     assert M.recall_at_k(sim, [0], 1) == 0
     assert M.recall_at_k(sim, [0], 1, exclude=exclude) == 1
@@ -64,14 +69,24 @@ def test_spearman_and_constant_input():
 
 
 def test_moderate_above_radical_and_monotonicity():
-    df = pd.DataFrame({"original_id": ["a", "a", "b", "b", "c", "c"],
-                       "level": ["moderate", "radical"] * 3, "score": [0.9, 0.5, 0.4, 0.6, 0.7, 0.7]})
+    df = pd.DataFrame(
+        {
+            "original_id": ["a", "a", "b", "b", "c", "c"],
+            "level": ["moderate", "radical"] * 3,
+            "score": [0.9, 0.5, 0.4, 0.6, 0.7, 0.7],
+        }
+    )
     assert M.moderate_above_radical(df) == pytest.approx((1 + 0 + 0.5) / 3)
     assert M.moderate_above_radical_per_original(df).to_dict() == {"a": 1, "b": 0, "c": 0.5}
     assert np.isnan(M.moderate_above_radical(df[df["level"] == "moderate"]))  # no radical: undefined
     assert M.moderate_above_radical_per_original(df[df["level"] == "moderate"]).empty
-    cal = pd.DataFrame({"family": ["blur"] * 4 + ["hue"] * 4, "strength": [0.25, 0.5, 0.75, 1.0] * 2,
-                        "score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.7, 0.6, 0.8]})
+    cal = pd.DataFrame(
+        {
+            "family": ["blur"] * 4 + ["hue"] * 4,
+            "strength": [0.25, 0.5, 0.75, 1.0] * 2,
+            "score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.7, 0.6, 0.8],
+        }
+    )
     mono = M.monotonicity(cal).set_index("family")
     assert mono.loc["blur", "spearman"] == pytest.approx(-1) and mono.loc["blur", "falling_steps"] == 1
     assert mono.loc["hue", "falling_steps"] == pytest.approx(1 / 3)
@@ -103,8 +118,9 @@ def test_grouped_percentile_interval_is_resampling_whole_groups_of_a_frame():
     df = pd.DataFrame({"g": rng.integers(0, 7, 60), "x": rng.normal(size=60)})
     parts = [d for _, d in df.groupby("g", sort=True)]
     draw = np.random.default_rng(5)
-    values = np.array([pd.concat([parts[i] for i in draw.integers(0, len(parts), len(parts))])["x"].mean()
-                       for _ in range(200)])
+    values = np.array(
+        [pd.concat([parts[i] for i in draw.integers(0, len(parts), len(parts))])["x"].mean() for _ in range(200)]
+    )
     ref = (df["x"].mean(), *np.quantile(values, [0.05, 0.95]))
     x = df["x"].to_numpy()
     assert percentile(lambda r: x[r].mean(), df["g"], 200, seed=5, ci=0.9) == pytest.approx(ref, abs=1e-12)
@@ -122,7 +138,7 @@ def test_nan_is_never_ranked_first_and_is_counted():
     assert M.recall_at_k(np.array([[np.nan, 0.5, 0.2]]), [0], 1) == 0
     assert M.expected_ranks(np.array([[0.5, np.nan, 0.2]]), [0]).tolist() == [1]  # NaN distractor below
     assert M.expected_ranks(np.array([[np.nan, np.nan, 0.1]]), [0]).tolist() == [2.5]  # NaNs tie
-    assert M.triplet_accuracy([np.nan, 0.5, np.nan], [0.1, np.nan, np.nan]) == pytest.approx((0 + 1 + .5) / 3)
+    assert M.triplet_accuracy([np.nan, 0.5, np.nan], [0.1, np.nan, np.nan]) == pytest.approx((0 + 1 + 0.5) / 3)
     assert M.roc_auc([np.nan, 0.2], [1, 0]) == 0
     assert M.count_nan([np.nan, 1, np.nan]) == 2
 
@@ -138,14 +154,15 @@ def test_micro_ap_by_hand_with_absent_queries():
     scores, labels = [0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]
     assert M.micro_ap(scores, labels) == pytest.approx((1 / 1 + 2 / 3) / 2)
     assert M.micro_ap(scores, labels, n_positives=3) == pytest.approx((1 / 1 + 2 / 3) / 3)  # one never scored
-    assert M.micro_ap([0.9, 0.7, 0.1], [1, 1, 0]) == 1            # without the absent query's false alarm
-    assert M.micro_ap([0.5, 0.5], [1, 0]) == pytest.approx((1 + 1 / 2) / 2)   # a tie: expected over orders
-    assert M.micro_ap([np.nan, 0.1], [1, 0]) == pytest.approx(1 / 2)          # NaN true pair ranked last
+    assert M.micro_ap([0.9, 0.7, 0.1], [1, 1, 0]) == 1  # without the absent query's false alarm
+    assert M.micro_ap([0.5, 0.5], [1, 0]) == pytest.approx((1 + 1 / 2) / 2)  # a tie: expected over orders
+    assert M.micro_ap([np.nan, 0.1], [1, 0]) == pytest.approx(1 / 2)  # NaN true pair ranked last
     assert np.isnan(M.micro_ap([0.3], [0]))
 
 
 def test_micro_ap_ties_equal_the_mean_over_every_order():
     import itertools
+
     scores = [0.9, 0.5, 0.5, 0.5, 0.5, 0.2, 0.2]
     labels = [0, 1, 0, 1, 1, 0, 1]
     tied = [1, 2, 3, 4]
@@ -155,7 +172,7 @@ def test_micro_ap_ties_equal_the_mean_over_every_order():
         for tail in itertools.permutations([5, 6]):
             orders.append(_ap_of_order(lab + [labels[i] for i in tail]))
     assert M.micro_ap(scores, labels) == pytest.approx(np.mean(orders))
-    lab = np.arange(40) < 4                                           # a constant measure: a random order's AP
+    lab = np.arange(40) < 4  # a constant measure: a random order's AP
     rng = np.random.default_rng(0)
     sampled = np.mean([_ap_of_order(rng.permutation(lab)) for _ in range(4000)])
     assert M.micro_ap(np.zeros(40), lab) == pytest.approx(sampled, abs=0.01)
@@ -166,7 +183,7 @@ def test_recall_at_precision_by_hand():
     assert M.recall_at_precision(scores, labels, 0.9) == pytest.approx(2 / 3)
     assert M.recall_at_precision(scores, labels, 0.75) == 1
     assert M.recall_at_precision(scores, labels, 0.9, n_positives=4) == pytest.approx(2 / 4)
-    assert M.recall_at_precision([0.9, 0.9, 0.1], [1, 0, 1], 0.9) == 0   # a tie is taken whole
+    assert M.recall_at_precision([0.9, 0.9, 0.1], [1, 0, 1], 0.9) == 0  # a tie is taken whole
 
 
 def test_query_anchored_accuracy_uses_the_query_side():
@@ -175,47 +192,49 @@ def test_query_anchored_accuracy_uses_the_query_side():
 
 
 def test_spearman_within_each_original_is_not_diluted_by_pooling():
-    df = pd.DataFrame({"original_id": list("aaabbb"), "strength": [1, 2, 3] * 2,
-                       "score": [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]})
+    df = pd.DataFrame(
+        {"original_id": list("aaabbb"), "strength": [1, 2, 3] * 2, "score": [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]}
+    )
     rho, groups = M.spearman_within(df, "strength", "score", "original_id")
     assert rho == pytest.approx(-1) and groups == 2
-    assert M.spearman(df["strength"], df["score"]) > -0.5     # pooled: the originals' levels mix in
+    assert M.spearman(df["strength"], df["score"]) > -0.5  # pooled: the originals' levels mix in
     df.loc[df["original_id"] == "b", "score"] = [0.1, 0.2, 0.3]
     assert M.spearman_within(df, "strength", "score", "original_id")[0] == pytest.approx(0)
-    const = df.assign(score=[0.5, 0.5, 0.5, 0.3, 0.2, 0.1])    # all-tied scores order nothing: 0
+    const = df.assign(score=[0.5, 0.5, 0.5, 0.3, 0.2, 0.1])  # all-tied scores order nothing: 0
     assert M.spearman_within(const, "strength", "score", "original_id") == (pytest.approx(-0.5), 2)
-    single = df.assign(strength=[1, 1, 1, 1, 2, 3])             # no strengths to order: left out
+    single = df.assign(strength=[1, 1, 1, 1, 2, 3])  # no strengths to order: left out
     assert M.spearman_within(single, "strength", "score", "original_id") == (pytest.approx(1), 1)
 
 
 def test_exact_and_wilson_intervals_by_hand():
     lo, hi = M.clopper_pearson(13, 13)
-    assert lo == pytest.approx(0.025 ** (1 / 13)) and hi == 1          # closed form at k = n
+    assert lo == pytest.approx(0.025 ** (1 / 13)) and hi == 1  # closed form at k = n
     assert M.clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10))
     lo, hi = M.clopper_pearson(5, 10)
     assert lo == pytest.approx(0.187086, abs=1e-5) and hi == pytest.approx(0.812914, abs=1e-5)
     z, n, p = 1.959963984540054, 10, 0.5
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert M.wilson(5, 10) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
-    assert M.wilson(10, 10) == (pytest.approx(n / (n + z * z)), pytest.approx(1))   # closed form at k = n
+    assert M.wilson(10, 10) == (pytest.approx(n / (n + z * z)), pytest.approx(1))  # closed form at k = n
 
 
 def test_bca_matches_scipy_on_independent_rows():
     from scipy import stats
-    x = np.random.default_rng(4).exponential(size=40)                  # skewed: BCa differs from percentile
+
+    x = np.random.default_rng(4).exponential(size=40)  # skewed: BCa differs from percentile
     ours = M.grouped_bootstrap(lambda r: x[r].mean(), np.arange(40), n_boot=4000, seed=1)
     ref = stats.bootstrap((x,), np.mean, n_resamples=4000, method="BCa", random_state=2).confidence_interval
     assert ours["n"] == 40 and ours["value"] == pytest.approx(x.mean())
     assert ours["lo"] == pytest.approx(ref.low, abs=0.04) and ours["hi"] == pytest.approx(ref.high, abs=0.06)
     pct = M.grouped_bootstrap(lambda r: x[r].mean(), np.arange(40), n_boot=4000, seed=1, method="percentile")
-    assert ours["lo"] > pct["lo"]                                      # shifted right, as a right skew asks
+    assert ours["lo"] > pct["lo"]  # shifted right, as a right skew asks
 
 
 def test_grouped_bootstrap_counts_groups_and_draws_them_whole():
     groups = np.repeat(np.arange(5), 3)
     x = np.repeat([0.0, 1, 2, 3, 4], 3)
     out = M.grouped_bootstrap(lambda r: np.std(x[r].reshape(-1, 3), axis=1).max(), groups, n_boot=50)
-    assert out["n"] == 5 and np.all(out["values"] == 0)                # a group is never split
+    assert out["n"] == 5 and np.all(out["values"] == 0)  # a group is never split
     same = M.grouped_bootstrap(lambda r: 1.0, groups, n_boot=20)
     assert (same["lo"], same["hi"]) == (1.0, 1.0)
 
@@ -224,7 +243,7 @@ def test_paired_difference_by_hand():
     groups = np.arange(12)
     rng = np.random.default_rng(0)
     a = rng.random(12)
-    b = a - 0.2                                                        # a beats b by 0.2 on every original
+    b = a - 0.2  # a beats b by 0.2 on every original
     d = M.paired_difference(lambda r: a[r].mean(), lambda r: b[r].mean(), groups, n_boot=200)
     assert d["value"] == pytest.approx(0.2) and d["lo"] == pytest.approx(0.2) and d["excludes_0"]
     same = M.paired_difference(lambda r: a[r].mean(), lambda r: a[r].mean(), groups, n_boot=200)
@@ -237,12 +256,12 @@ def test_paired_difference_by_hand():
 
 def test_ranked_pairs_equal_micro_ap_and_count_a_resampled_query_twice():
     rng = np.random.default_rng(3)
-    sim = np.round(rng.random((6, 5)), 1)                              # coarse: many ties
-    truth = np.array([0, 1, 2, -1, 4, -1])                            # two queries whose original is absent
+    sim = np.round(rng.random((6, 5)), 1)  # coarse: many ties
+    truth = np.array([0, 1, 2, -1, 4, -1])  # two queries whose original is absent
     scores, labels, q = M.top_candidates(sim, truth, k=5)
     rp = M.RankedPairs(scores, labels, q, truth >= 0)
     assert rp.micro_ap() == pytest.approx(M.micro_ap(sim.ravel(), (np.arange(5)[None] == truth[:, None]).ravel()))
-    rows = np.array([0, 0, 3, 4])                                      # query 0 drawn twice
+    rows = np.array([0, 0, 3, 4])  # query 0 drawn twice
     dup_scores = np.concatenate([sim[r] for r in rows])
     dup_labels = np.concatenate([np.arange(5) == truth[r] for r in rows])
     assert rp.micro_ap(rows) == pytest.approx(M.micro_ap(dup_scores, dup_labels))
@@ -271,10 +290,11 @@ def test_binary_text_image_accuracy_by_hand():
 
 def test_large_groupings_are_redrawn_identically_and_the_jackknife_sampled(monkeypatch):
     from scipy import stats
+
     x = np.random.default_rng(5).exponential(size=600)
     small = M.grouped_bootstrap(lambda r: x[r].mean(), np.arange(600), n_boot=300, seed=2)
     M._DRAWS.clear()
-    monkeypatch.setattr(M, "CACHE_MAX_ROWS", 10)            # nothing kept: draws made again per use
+    monkeypatch.setattr(M, "CACHE_MAX_ROWS", 10)  # nothing kept: draws made again per use
     again = M.grouped_bootstrap(lambda r: x[r].mean(), np.arange(600), n_boot=300, seed=2)
     assert np.array_equal(small["values"], again["values"])
     assert len(M.group_draws(np.arange(600), 5, seed=2)) == 5

@@ -1,4 +1,5 @@
 """Tiny checkpoints, offline loaders and the tokenizers (artsim_lib.models): real CLIP, corpus-trained OPT."""
+
 import json
 import subprocess
 import sys
@@ -9,8 +10,25 @@ import torch
 from PIL import Image
 
 from artsim_lib.config import load_params
-from artsim_lib.models import KINDS, ModelNotAvailableError, build_tiny, check_blip2_processor, clip_image_embeddings, clip_text_embeddings, ensure_tiny_checkpoints, load_blip2, load_clip, load_resnet, load_sdxl_refiner, pick_device, pick_dtype, resolve_model_ref, tiny_marker
-from artsim_lib.models import bpe, tiny
+from artsim_lib.models import (
+    KINDS,
+    ModelNotAvailableError,
+    bpe,
+    build_tiny,
+    check_blip2_processor,
+    clip_image_embeddings,
+    clip_text_embeddings,
+    ensure_tiny_checkpoints,
+    load_blip2,
+    load_clip,
+    load_resnet,
+    load_sdxl_refiner,
+    pick_device,
+    pick_dtype,
+    resolve_model_ref,
+    tiny,
+    tiny_marker,
+)
 
 # 20 ordinary words, not a line of the corpus (one token a word plus the two specials: 22).
 SENTENCE_20 = (
@@ -103,7 +121,9 @@ def test_clip_tokenizer_unknown_words_fall_back_to_bytes():
     tok = bpe.clip_tokenizer()
     ids = tok("Zxqwv ñandú 😀")["input_ids"]
     inner = ids[1:-1]
-    assert len(inner) >= 6 and tok.unk_token_id not in inner, tok.convert_ids_to_tokens(ids)  # unk == <|endoftext|> for CLIP
+    assert len(inner) >= 6 and tok.unk_token_id not in inner, tok.convert_ids_to_tokens(
+        ids
+    )  # unk == <|endoftext|> for CLIP
     assert tok.decode(ids, skip_special_tokens=True) == "zxqwv ñandú 😀"
 
 
@@ -148,8 +168,12 @@ def test_tokenizer_training_is_the_same_in_a_fresh_process():
 
 def test_tiny_dirs_hold_safetensors_and_a_marker(tiny_dirs):
     for kind, d in tiny_dirs.items():
-        assert tiny_marker(d) == {"kind": kind, "seed": 0, "version": tiny.TINY_VERSION,
-                                  "note": "random weights, for smoke runs"}
+        assert tiny_marker(d) == {
+            "kind": kind,
+            "seed": 0,
+            "version": tiny.TINY_VERSION,
+            "note": "random weights, for smoke runs",
+        }
         assert list(d.rglob("*.safetensors")), kind
         assert not list(d.rglob("*.bin")), kind
     assert (tiny_dirs["clip"] / "vocab.json").exists() and (tiny_dirs["clip"] / "merges.txt").exists()

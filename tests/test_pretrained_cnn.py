@@ -1,15 +1,16 @@
 """The real ImageNet EfficientNet-Lite0 (artsim_lib.models.backbones) on SynthArt: tests that fail if
 the weights are not the real ones, or the features do not carry what the study needs."""
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from artsim_lib.core import augment
 from artsim_lib import cli
-from artsim_lib.measures import registry as compare
+from artsim_lib.core import augment
 from artsim_lib.io import synthart
+from artsim_lib.measures import registry as compare
 from artsim_lib.models import backbone_from_spec, embed_images, load_backbone
 
 SIZE = 128  # cheap on a CPU; the features at 224 rank the same way on these images
@@ -54,8 +55,12 @@ def test_a_derivative_outranks_another_painting_of_the_same_style(effnet, painti
     for family in augment.FAMILIES:
         derived = [augment.apply(im, family, 0.5, seed=i)[0] for i, im in enumerate(images)]
         der = embed_images(model, preprocess, derived).numpy()
-        wins = [orig[i] @ der[i] > orig[i] @ orig[j] for i in range(len(images))
-                for j in range(len(images)) if j != i and styles[j] == styles[i]]
+        wins = [
+            orig[i] @ der[i] > orig[i] @ orig[j]
+            for i in range(len(images))
+            for j in range(len(images))
+            if j != i and styles[j] == styles[i]
+        ]
         rates[family] = float(np.mean(wins))
     assert np.mean(list(rates.values())) >= 0.75 and min(rates.values()) >= 0.6, rates
 

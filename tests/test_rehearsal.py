@@ -6,6 +6,7 @@ sharded, GPU-node jobs in another dtype (bfloat16) than the CPU jobs (float32) -
 jobs, and must give the artifacts of one unsharded local run. Each job's work log
 (artsim_lib.io.worklog) shows that no job recomputes, re-keys or regenerates what an earlier one made.
 """
+
 import os
 import shutil
 import subprocess
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from artsim_lib.workflow import cluster
 from artsim_lib import config
 from artsim_lib.io import worklog
+from artsim_lib.workflow import cluster
 from test_slurm import PROFILE, slurm  # noqa: F401  (the fixture)
 from test_workflow import REPO, project_env
 from test_workflow_sharding import artifact_hashes, make_study
@@ -35,8 +36,26 @@ def rehearsal_project(root: Path) -> Path:
 
 
 def run(root: Path, *args: str, timeout: int = 1500) -> str:
-    proc = subprocess.run([sys.executable, "-m", "artsim_lib", "run", "--profile", "rehearsal", "--cores", "2",
-                           "--pilot", str(PILOT), *args], cwd=root, env=project_env(root), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "artsim_lib",
+            "run",
+            "--profile",
+            "rehearsal",
+            "--cores",
+            "2",
+            "--pilot",
+            str(PILOT),
+            *args,
+        ],
+        cwd=root,
+        env=project_env(root),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
     return text

@@ -1,5 +1,6 @@
 """The index page and the HTML export: sections, working links, nothing loaded from the
 network. Executed notebooks are made by hand here (no papermill), so these tests are fast."""
+
 import base64
 import json
 import re
@@ -16,12 +17,18 @@ from test_workflow import make_project
 
 def tiny_png() -> bytes:
     """A valid 2x2 red PNG."""
+
     def chunk(kind, data):
         crc = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + crc
+
     raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 PNG_B64 = base64.b64encode(tiny_png()).decode()
@@ -33,8 +40,7 @@ def executed_notebook(path, with_png=True):
     if with_png:
         cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": PNG_B64})]
     else:
-        cell.outputs = [nbformat.v4.new_output("error", ename="KeyError", evalue="'style'",
-                                               traceback=[])]
+        cell.outputs = [nbformat.v4.new_output("error", ename="KeyError", evalue="'style'", traceback=[])]
     nb.cells = [nbformat.v4.new_markdown_cell("$x^2$ and math"), cell]
     nb.metadata["papermill"] = {"duration": 1.25}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,12 +63,18 @@ def run(tmp_path, monkeypatch):
     runner.export_html(failed, failed.with_suffix(".html"))
     stages = P.run.stages_dir
     stages.mkdir(parents=True)
-    (stages / "01-a.json").write_text(json.dumps({"stage": "01-a", "wall_s": 3.5,
-                                                  "summary": {"n_images": 100}}))
+    (stages / "01-a.json").write_text(json.dumps({"stage": "01-a", "wall_s": 3.5, "summary": {"n_images": 100}}))
     P.run.params_file.write_text(P.to_yaml())
-    P.run.provenance_file.write_text(json.dumps({
-        "profile": "smoke", "seed": 99, "git_commit": "abc123-dirty",
-        "packages": {"python": "3.11", "papermill": "2.7.0"}}))
+    P.run.provenance_file.write_text(
+        json.dumps(
+            {
+                "profile": "smoke",
+                "seed": 99,
+                "git_commit": "abc123-dirty",
+                "packages": {"python": "3.11", "papermill": "2.7.0"},
+            }
+        )
+    )
     return P
 
 
@@ -103,7 +115,7 @@ def test_links_resolve_and_nothing_external(run):
 def test_stage_html_is_offline(run):
     html = (runner.reports_dir("smoke") / "01-a.html").read_text()
     assert 'src="http' not in html and "<script src=" not in html
-    assert "import(\"http" not in html
+    assert 'import("http' not in html
     assert "data:image/png;base64," in html  # images embedded
 
 
@@ -116,14 +128,15 @@ def test_missing_everything_is_not_a_crash(tmp_path, monkeypatch):
 
 
 def test_full_profile_has_no_banner(run):
-    P = config.load_params("smoke", ["profile=full", "data.source=kaggle",
-                                     "models.build_tiny=false"])
+    P = config.load_params("smoke", ["profile=full", "data.source=kaggle", "models.build_tiny=false"])
     assert not report.is_synthetic(P)
     assert report.SMOKE_BANNER not in report.render(P, [], {}, "")
 
 
 def test_strip_external():
-    page = ('<script src="https://cdn/require.js"></script><script src=""></script>'
-            '<script>var x = 1;</script><link rel="stylesheet" href="http://x/y.css">'
-            '<script type="module">await import("https://cdn/mermaid.mjs")</script>')
+    page = (
+        '<script src="https://cdn/require.js"></script><script src=""></script>'
+        '<script>var x = 1;</script><link rel="stylesheet" href="http://x/y.css">'
+        '<script type="module">await import("https://cdn/mermaid.mjs")</script>'
+    )
     assert runner.strip_external(page) == "<script>var x = 1;</script>"

@@ -1,5 +1,6 @@
 """The study's front page built from a run made by hand: every section, the headline table from the
 file stage 09 writes, the key figures, working links, provenance, and the smoke banner only on smoke."""
+
 import base64
 import json
 import re
@@ -41,17 +42,30 @@ def make_run(root, profile, with_evaluation=True):
         runner.export_html(nb, rdir / f"{stage}.html")
     P.run.stages_dir.mkdir(parents=True, exist_ok=True)
     for stage, wall in (("01-eda", 3.5), ("09-evaluation", 12.25)):
-        (P.run.stages_dir / f"{stage}.json").write_text(json.dumps({"stage": stage, "wall_s": wall,
-                                                                     "summary": {"measures": 2}}))
+        (P.run.stages_dir / f"{stage}.json").write_text(
+            json.dumps({"stage": stage, "wall_s": wall, "summary": {"measures": 2}})
+        )
     P.run.params_file.write_text(P.to_yaml())
-    P.run.provenance_file.write_text(json.dumps({"profile": P.profile, "seed": P.seed, "git_commit": "f00d-dirty",
-                                                 "packages": {"python": "3.11", "torch": "2.13.0"}}))
+    P.run.provenance_file.write_text(
+        json.dumps(
+            {
+                "profile": P.profile,
+                "seed": P.seed,
+                "git_commit": "f00d-dirty",
+                "packages": {"python": "3.11", "torch": "2.13.0"},
+            }
+        )
+    )
     if with_evaluation:
         es, table = hand_study()
         cfg = P.evaluation.model_copy(update={"measures": ["descriptor", "clip_siamese"], "n_boot": 20})
-        r = evaluation.evaluate_set(es, {"descriptor": Table(default=0.5, name="d"), "clip_siamese": Table(table)},
-                                    cfg, P.seed, skipped=pd.DataFrame({"measure": ["resnet_regression"],
-                                                                       "reason": ["no model directory"]}))
+        r = evaluation.evaluate_set(
+            es,
+            {"descriptor": Table(default=0.5, name="d"), "clip_siamese": Table(table)},
+            cfg,
+            P.seed,
+            skipped=pd.DataFrame({"measure": ["resnet_regression"], "reason": ["no model directory"]}),
+        )
         evaluation.write_outputs(r, P)
     return P
 
@@ -138,10 +152,25 @@ def test_without_evaluation_the_page_says_so(project):
 
 def test_bold_only_where_a_paired_difference_excludes_0_and_never_for_mse():
     cell = {"value": 0.1, "lo": 0.0, "hi": 0.2, "n": 5, "note": ""}
-    rows = [{"measure": m, "description": "", "text": {"MSE": t, "R@1": t, "acc random": t},
-             "cells": {"MSE": cell, "R@1": cell, "acc random": cell}} for m, t in (("a", "0.100"), ("b", "0.900"))]
-    doc = {"headline": {"columns": ["MSE", "R@1", "acc random"], "rows": rows, "chance": {},
-                        "best": {"MSE": ["a"], "R@1": ["b"], "acc random": []}}, "test_set": {}, "params": {}}
+    rows = [
+        {
+            "measure": m,
+            "description": "",
+            "text": {"MSE": t, "R@1": t, "acc random": t},
+            "cells": {"MSE": cell, "R@1": cell, "acc random": cell},
+        }
+        for m, t in (("a", "0.100"), ("b", "0.900"))
+    ]
+    doc = {
+        "headline": {
+            "columns": ["MSE", "R@1", "acc random"],
+            "rows": rows,
+            "chance": {},
+            "best": {"MSE": ["a"], "R@1": ["b"], "acc random": []},
+        },
+        "test_set": {},
+        "params": {},
+    }
     html = report.headline_html(doc)
-    assert html.count('class="num best"') == 1          # R@1 for b only: not MSE, not the tied column
+    assert html.count('class="num best"') == 1  # R@1 for b only: not MSE, not the tied column
     assert re.search(r"<td>b</td><td></td><td class=\"num\">0.900</td><td class=\"num best\">0.900", html)

@@ -1,4 +1,5 @@
 """One writer per run directory (artsim_lib.io.runlock) and clean interrupts of `artsim run`."""
+
 import json
 import os
 import signal
@@ -96,9 +97,11 @@ def test_write_params_refuses_under_another_run(tmp_path):
 
 def test_clean_leftovers_removes_temp_files_only(tmp_path):
     keep = [tmp_path / "reports" / "08-siamese.ipynb", tmp_path / "run" / "a.tmp", tmp_path / "run" / ".hidden"]
-    junk = [tmp_path / "reports" / ".08-siamese.ipynb.k2j4_x9a.tmp.ipynb",
-            tmp_path / "run" / "manifest" / ".raw.parquet.abcdefgh.tmp.parquet",
-            tmp_path / "run" / ".params.resolved.yaml.a1b2c3d4.tmp.yaml"]
+    junk = [
+        tmp_path / "reports" / ".08-siamese.ipynb.k2j4_x9a.tmp.ipynb",
+        tmp_path / "run" / "manifest" / ".raw.parquet.abcdefgh.tmp.parquet",
+        tmp_path / "run" / ".params.resolved.yaml.a1b2c3d4.tmp.yaml",
+    ]
     for p in keep + junk:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
@@ -167,18 +170,31 @@ def test_dry_run_writes_nothing_and_plans_changed_params(project, artsim):
 
 @pytest.fixture
 def sleeping_project(tmp_path, make_project):
-    return make_project(tmp_path / "proj", stages=("01-a", "02-slow"), bodies={
-        "02-slow": "import time\nfrom pathlib import Path\nPath(P.run_path, 'slow-started').touch()\n"
-                   "time.sleep(120)"})
+    return make_project(
+        tmp_path / "proj",
+        stages=("01-a", "02-slow"),
+        bodies={
+            "02-slow": "import time\nfrom pathlib import Path\nPath(P.run_path, 'slow-started').touch()\n"
+            "time.sleep(120)"
+        },
+    )
 
 
 @pytest.fixture
 def start(project_env):
     """``start(root, *args)``: ``artsim ARGS`` on the project at ``root`` in its own session, not waited for."""
+
     def start(root, *args):
-        return subprocess.Popen([sys.executable, "-m", "artsim_lib", *args], cwd=root, env=project_env(root),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "artsim_lib", *args],
+            cwd=root,
+            env=project_env(root),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
     return start
 
 
@@ -268,8 +284,9 @@ def test_ctrl_c_is_forwarded_once_then_escalated(tmp_path, behaviour, expected):
     log = tmp_path / "child.log"
     _interrupt_soon(log)
     started = []
-    rc, how = cli.run_interruptible([sys.executable, "-c", CHILD, str(log), behaviour], tmp_path,
-                                    on_start=started.append, grace=(0.5, 0.5))
+    rc, how = cli.run_interruptible(
+        [sys.executable, "-c", CHILD, str(log), behaviour], tmp_path, on_start=started.append, grace=(0.5, 0.5)
+    )
     assert how == expected and started
     lines = log.read_text().splitlines()
     assert lines.count("INT") == 1  # forwarded once: a second SIGINT could cut Snakemake's clean-up short

@@ -1,4 +1,5 @@
 """Sharding, per-item seeds and resumption: the invariants every sharded stage relies on."""
+
 import random
 
 import pandas as pd
@@ -9,16 +10,16 @@ from artsim_lib.io import shards
 
 def _process(ids, seed):
     # Stand-in for a stage: a value that depends only on the item's own seed.
-    return [{"id": i, "value": random.Random(shards.item_seed(seed, i)).random(), "seconds": random.random()}
-            for i in ids]
+    return [
+        {"id": i, "value": random.Random(shards.item_seed(seed, i)).random(), "seconds": random.random()} for i in ids
+    ]
 
 
 def _run(root, ids, num_shards, batch, seed=1, stop_after=None):
     written = 0
     for k in range(num_shards):
         store = shards.ShardStore(root, num_shards, k)
-        todo = [i for i in shards.select_shard(pd.DataFrame({"id": ids}), num_shards, k)["id"]
-                if i not in store.done()]
+        todo = [i for i in shards.select_shard(pd.DataFrame({"id": ids}), num_shards, k)["id"] if i not in store.done()]
         for chunk in shards.batches(todo, batch):
             if stop_after is not None and written >= stop_after:
                 return

@@ -2,6 +2,7 @@
 study's plan) and a smoke study through a real single-node SLURM started on this machine by
 scripts/slurm/start-slurm.sh: sharded stages as separate sbatch jobs, a failed shard with its
 logs kept, a rerun of only what failed, and the artifacts of the local run."""
+
 import fcntl
 import os
 import re
@@ -10,21 +11,44 @@ import subprocess
 
 import pytest
 
-from artsim_lib.workflow import cluster, runner
 from artsim_lib import config
+from artsim_lib.workflow import cluster, runner
 from test_workflow import REPO, artsim, make_project, write_notebook
-from test_workflow_sharding import (SHARD_PARAMETERS, artifact_hashes, job_counts, make_study, output,
-                                    shard_sets, write_toy_notebooks)
+from test_workflow_sharding import (
+    SHARD_PARAMETERS,
+    artifact_hashes,
+    job_counts,
+    make_study,
+    output,
+    shard_sets,
+    write_toy_notebooks,
+)
 
 SCRIPTS = REPO / "scripts" / "slurm"
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
-STUDY = ("01-eda", "02-preprocessing", "03-captioning", "04-prompting", "05-generation",
-         "06-descriptors", "07-finetune", "08-siamese", "09-evaluation")
+STUDY = (
+    "01-eda",
+    "02-preprocessing",
+    "03-captioning",
+    "04-prompting",
+    "05-generation",
+    "06-descriptors",
+    "07-finetune",
+    "08-siamese",
+    "09-evaluation",
+)
 SHARDABLE = ("03", "05", "08")
-GPU_RULES = {"stage_03_captioning", "stage_03_captioning_shard", "stage_05_generation",
-             "stage_05_generation_shard", "stage_07_finetune", "stage_08_siamese",
-             "stage_08_siamese_shard", "stage_08_siamese_merge",  # 08's merge job trains the heads
-             "stage_09_evaluation"}  # ResNet-50 over every test image for four measures
+GPU_RULES = {
+    "stage_03_captioning",
+    "stage_03_captioning_shard",
+    "stage_05_generation",
+    "stage_05_generation_shard",
+    "stage_07_finetune",
+    "stage_08_siamese",
+    "stage_08_siamese_shard",
+    "stage_08_siamese_merge",  # 08's merge job trains the heads
+    "stage_09_evaluation",
+}  # ResNet-50 over every test image for four measures
 
 
 @pytest.fixture
@@ -44,8 +68,7 @@ def full_study(root, shardable=SHARDABLE):
     shutil.copy(REPO / "params" / "full.yaml", root / "params" / "full.yaml")
     for stage in STUDY:
         shard = stage[:2] in shardable
-        write_notebook(root / "notebooks" / f"{stage}.ipynb", stage,
-                       parameters=SHARD_PARAMETERS if shard else "")
+        write_notebook(root / "notebooks" / f"{stage}.ipynb", stage, parameters=SHARD_PARAMETERS if shard else "")
     return root
 
 
@@ -79,8 +102,7 @@ def test_full_plan_through_the_slurm_profile(tmp_path):
 
     check_resources(plan_resources(text), counts)
     # unsharded, the stages' own rules take the GPUs
-    text = output(artsim(root, "run", "--profile", "full", "--cluster", "slurm", "-n",
-                         "--set", "workflow.shards={}"))
+    text = output(artsim(root, "run", "--profile", "full", "--cluster", "slurm", "-n", "--set", "workflow.shards={}"))
     counts = job_counts(text)
     assert sum(counts.values()) == len(STUDY) + 2
     check_resources(plan_resources(text), counts)
@@ -107,8 +129,7 @@ def test_profile_rules_exist_for_the_real_notebooks():
 def test_renamed_notebook_is_a_one_line_error(tmp_path):
     root = full_study(tmp_path / "proj")
     (root / "notebooks" / "03-captioning.ipynb").rename(root / "notebooks" / "03-captions.ipynb")
-    problems = cluster.check_profile(cluster.load_profile(PROFILE),
-                                     runner.discover_notebooks(root / "notebooks"))
+    problems = cluster.check_profile(cluster.load_profile(PROFILE), runner.discover_notebooks(root / "notebooks"))
     assert len(problems) == 3  # stage_03_captioning, its _shard and its _merge
     assert "stage_03_captions_shard" in problems[0]
     proc = artsim(root, "run", "--cluster", "slurm", "-n", check=False)
@@ -133,8 +154,9 @@ def test_status_command_follows_accounting(tmp_path):
 
 
 def test_fit_profile_cuts_requests_and_keeps_placement(tmp_path):
-    fitted = cluster.load_profile(cluster.fit_profile("slurm", tmp_path / "p", cpus_per_task=1,
-                                                      mem_mb=700, status_check_seconds=5))
+    fitted = cluster.load_profile(
+        cluster.fit_profile("slurm", tmp_path / "p", cpus_per_task=1, mem_mb=700, status_check_seconds=5)
+    )
     real = cluster.load_profile(PROFILE)
     assert fitted["slurm-init-seconds-before-status-checks"] == 5
     assert set(fitted["set-resources"]) == set(real["set-resources"])

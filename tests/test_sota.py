@@ -1,12 +1,14 @@
 """DINOv2 and SSCD as measures, on tiny seeded stand-ins built offline: the same code paths as the
 real checkpoints (transformers' Dinov2Model with its processor; a TorchScript file via torch.jit.load)."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from artsim_lib.measures import registry as compare, sota
 from artsim_lib import config
+from artsim_lib.measures import registry as compare
+from artsim_lib.measures import sota
 from artsim_lib.measures.base import MeasureUnavailableError
 
 
@@ -15,8 +17,11 @@ def images():
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
     other = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
-    return [Image.fromarray(base), Image.fromarray(np.clip(base.astype(int) + 8, 0, 255).astype(np.uint8)),
-            Image.fromarray(other)]
+    return [
+        Image.fromarray(base),
+        Image.fromarray(np.clip(base.astype(int) + 8, 0, 255).astype(np.uint8)),
+        Image.fromarray(other),
+    ]
 
 
 def test_tiny_dinov2_is_the_pooled_cls_cosine(tmp_path, images):
@@ -24,7 +29,7 @@ def test_tiny_dinov2_is_the_pooled_cls_cosine(tmp_path, images):
 
     folder = sota.make_tiny_dinov2(tmp_path / "dinov2", seed=1)
     m = sota.dinov2_measure(str(folder))
-    emb = m.embed(images)                                          # [3, 32], unit rows
+    emb = m.embed(images)  # [3, 32], unit rows
     assert emb.shape == (3, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1)
     model, proc = Dinov2Model.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
     with torch.no_grad():
@@ -42,7 +47,7 @@ def test_tiny_sscd_torchscript_is_loaded_and_normalised(tmp_path, images):
     direct = torch.cat([net(sota.sscd_preprocess(im, 64)[None]) for im in images]).detach().numpy()
     assert np.allclose(emb, direct / np.linalg.norm(direct, axis=1, keepdims=True), atol=1e-6)
     x = sota.sscd_preprocess(images[0], 64)
-    assert x.shape == (3, 64, 96)                                   # short side 64, aspect kept
+    assert x.shape == (3, 64, 96)  # short side 64, aspect kept
     with pytest.raises(MeasureUnavailableError, match="TorchScript"):
         sota.sscd_measure(tmp_path / "missing.pt")
 
@@ -60,8 +65,10 @@ def test_loaders_build_tiny_models_for_a_smoke_run(run_dir):
 
 
 def test_missing_models_are_skipped_with_a_reason(run_dir, tmp_path):
-    P = config.load_params("smoke", ["models.build_tiny=false", f"models.sscd={tmp_path}/none.pt",
-                                     "models.dinov2=no-such-org/dinov2-missing"])
+    P = config.load_params(
+        "smoke",
+        ["models.build_tiny=false", f"models.sscd={tmp_path}/none.pt", "models.dinov2=no-such-org/dinov2-missing"],
+    )
     P.run.root.mkdir(parents=True, exist_ok=True)
     P.run.params_file.write_text(P.to_yaml())
     with pytest.raises(MeasureUnavailableError, match="TorchScript"):

@@ -1,4 +1,5 @@
 """SynthArt: determinism, Kaggle layout, variety, and every recorded defect really present."""
+
 import ast
 import json
 
@@ -10,8 +11,7 @@ from PIL import Image, ImageOps
 
 from artsim_lib.io import synthart
 
-KAGGLE_COLUMNS = ["filename", "artist", "genre", "description", "phash", "width", "height",
-                  "genre_count", "subset"]
+KAGGLE_COLUMNS = ["filename", "artist", "genre", "description", "phash", "width", "height", "genre_count", "subset"]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,9 @@ def test_styles_and_artists(sa):
 def test_styles_and_artists_look_different(sa):
     """Colour statistics: style centroids are apart, and so are artists within a style."""
     root, df, d = sa
-    bad = set(sum((d[k] for k in ("grayscale", "rgba_png", "cmyk", "truncated", "exif_rotated",
-                                  "phash_duplicate")), []))
+    bad = set(
+        sum((d[k] for k in ("grayscale", "rgba_png", "cmyk", "truncated", "exif_rotated", "phash_duplicate")), [])
+    )
     feats = {}
     for fn in df["filename"]:
         if fn not in bad:
@@ -228,8 +229,8 @@ def test_series_share_an_artist_a_composition_and_a_size_but_not_the_palette(tmp
         assert df.loc[g, "artist"].nunique() == 1
         assert df.loc[g, ["width", "height"]].drop_duplicates().shape[0] == 1
         rgb = [np.asarray(Image.open(root / f).convert("RGB"), float) for f in g]
-        assert np.abs(rgb[0] - rgb[1]).mean() > 10                 # other palettes
+        assert np.abs(rgb[0] - rgb[1]).mean() > 10  # other palettes
         others = [f for f in df.index[df["artist"] == df.loc[g[0], "artist"]] if f not in g]
         within += [np.corrcoef(grad(g[0]), grad(f))[0, 1] for f in g[1:]]
         across += [np.corrcoef(grad(g[0]), grad(f))[0, 1] for f in others]
-    assert np.mean(within) > np.mean(across) + 0.2                 # the same composition
+    assert np.mean(within) > np.mean(across) + 0.2  # the same composition

@@ -1,4 +1,5 @@
 """Training-loop helpers: schedule, early stopping, optimiser groups, batches, the CPU set-up."""
+
 import math
 
 import numpy as np
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from artsim_lib.models import training
-
 
 # -- learning-rate schedule ---------------------------------------------------------------------
 
@@ -175,8 +175,14 @@ def test_setup_step_updates_weights_clears_grads_and_steps_the_schedule():
 
 
 def test_plot_history_draws_one_panel_per_metric():
-    df = pd.DataFrame({"epoch": [1, 1, 2, 2], "split": ["train", "val"] * 2,
-                       "loss": [1.0, 1.2, 0.8, 1.1], "acc": [0.2, 0.1, 0.4, 0.3]})
+    df = pd.DataFrame(
+        {
+            "epoch": [1, 1, 2, 2],
+            "split": ["train", "val"] * 2,
+            "loss": [1.0, 1.2, 0.8, 1.1],
+            "acc": [0.2, 0.1, 0.4, 0.3],
+        }
+    )
     from artsim_lib.plots.finetune import plot_history
 
     fig = plot_history(df, ["loss", "acc", "missing"], best_epoch=2)

@@ -1,4 +1,5 @@
 """Worker counts follow the CPU allocation: the affinity mask and SLURM_CPUS_PER_TASK."""
+
 import os
 
 import pytest

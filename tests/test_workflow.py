@@ -1,6 +1,7 @@
 """End to end: `artsim run` on a throwaway project with two tiny notebooks (Snakemake +
 papermill), incremental reruns, and a failing stage. The helpers here are shared with
 test_cli.py and test_report.py."""
+
 import json
 import os
 import re
@@ -21,15 +22,15 @@ def write_notebook(path, stage, body="", parameters=""):
     params = nbformat.v4.new_code_cell('profile = "smoke"\noverrides = []\n' + parameters)
     params.metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
         params,
         nbformat.v4.new_code_cell(
             "from artsim_lib import config\n"
             "from artsim_lib.io import provenance\n"
             "P = config.load_params(profile, overrides)\n"
-            f"stage = provenance.start_stage({stage!r}, P)"),
+            f"stage = provenance.start_stage({stage!r}, P)"
+        ),
         nbformat.v4.new_code_cell(body or "pass"),
         nbformat.v4.new_code_cell("stage.finish(size=P.preprocess.size)"),
     ]
@@ -52,19 +53,25 @@ def make_project(root, stages=("01-a", "02-b"), bodies=None):
 
 def project_env(root):
     """The environment for a subprocess working on the project at ``root``."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("ARTSIM_RUN_DIR", "ARTSIM_NOTEBOOKS_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ARTSIM_RUN_DIR", "ARTSIM_NOTEBOOKS_DIR")}
     env["ARTSIM_ROOT"] = str(root)
     return env
 
 
 def artsim(root, *args, check=True):
     """Run ``python -m artsim_lib ARGS`` against the project at ``root``."""
-    proc = subprocess.run([sys.executable, "-m", "artsim_lib", *args], cwd=root,
-                          env=project_env(root), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "artsim_lib", *args],
+        cwd=root,
+        env=project_env(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"artsim {' '.join(args)} -> {proc.returncode}\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"artsim {' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -100,8 +107,10 @@ def mtimes(reports, stages):
 # -- tests ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_run_end_to_end_and_incremental(tmp_path):
-    root = make_project(tmp_path / "proj", bodies={
-        "01-a": "import os, sys\nprint('PREFIX=' + sys.prefix)\nprint('CWD=' + os.getcwd())\n" + NOISY})
+    root = make_project(
+        tmp_path / "proj",
+        bodies={"01-a": "import os, sys\nprint('PREFIX=' + sys.prefix)\nprint('CWD=' + os.getcwd())\n" + NOISY},
+    )
     reports = root / "reports" / "smoke"
     stages = ["01-a", "02-b"]
 
@@ -144,8 +153,9 @@ def test_run_end_to_end_and_incremental(tmp_path):
 
 @pytest.mark.slow
 def test_failing_stage_keeps_notebook(tmp_path):
-    root = make_project(tmp_path / "proj", stages=("01-boom",),
-                        bodies={"01-boom": "raise ValueError('boom in the notebook')"})
+    root = make_project(
+        tmp_path / "proj", stages=("01-boom",), bodies={"01-boom": "raise ValueError('boom in the notebook')"}
+    )
     reports = root / "reports" / "smoke"
     proc = artsim(root, "run", check=False)
     assert proc.returncode != 0
@@ -174,7 +184,7 @@ def test_snakefile_discovers_new_notebooks(tmp_path):
     for rule in ("stage_01_a", "stage_02_b", "stage_03_c", "report"):
         assert rule in text
     # 03's inputs include 02's executed notebook
-    block = text[text.index("rule stage_03_c"):]
+    block = text[text.index("rule stage_03_c") :]
     assert "reports/smoke/02-b.ipynb" in block.split("output:")[0]
 
 
@@ -184,8 +194,7 @@ def test_runner_timeout_and_broken_notebook(tmp_path, run_dir):
 
     slow = tmp_path / "nb" / "01-slow.ipynb"
     slow.parent.mkdir()
-    nbformat.write(nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("import time; time.sleep(30)")]), slow)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time; time.sleep(30)")]), slow)
     out = tmp_path / "out" / "01-slow.ipynb"
     with pytest.raises(runner.StageError, match="CellTimeoutError.*kept at .*01-slow.failed.ipynb"):
         runner.execute(slow, out, "smoke", timeout=2)
@@ -204,7 +213,7 @@ def planned_stages(proc):
     if "Job stats:" not in text:
         assert "Nothing to be done" in text, text[-3000:]
         return set()
-    table = text[text.index("Job stats:"):].split("total", 1)[0].splitlines()[3:]
+    table = text[text.index("Job stats:") :].split("total", 1)[0].splitlines()[3:]
     return {line.split()[0] for line in table if line.strip().startswith("stage_")}
 
 
@@ -223,7 +232,7 @@ def test_rerun_sets(tmp_path):
     reports.mkdir(parents=True, exist_ok=True)
     t0 = (root / "runs" / "smoke" / "params.resolved.yaml").stat().st_mtime
     for i, name in enumerate([*names, "index"]):
-        for suffix in ((".ipynb", ".html") if name != "index" else (".html",)):
+        for suffix in (".ipynb", ".html") if name != "index" else (".html",):
             f = reports / f"{name}{suffix}"
             f.write_text("{}")
             os.utime(f, (t0 + 10 + i, t0 + 10 + i))
@@ -247,7 +256,7 @@ def test_rerun_sets(tmp_path):
 
     # 07 waits for 02's manifest only (beside 03-06); the plan wrote nothing into the run dir
     text = artsim(root, "run", "-n", "--forceall").stdout
-    block = text[text.index(f"rule {rule('07')}:"):].split("output:")[0]
+    block = text[text.index(f"rule {rule('07')}:") :].split("output:")[0]
     assert re.findall(r"reports/smoke/(\S+?)\.ipynb", block) == [names[1]]
     assert {f.name: f.read_text() for f in (root / "runs" / "smoke" / "params").iterdir()} == params_before
 
@@ -263,10 +272,11 @@ def test_papermill_reads_every_parameter(notebook, caplog):
 
     from artsim_lib.workflow import cluster
 
-    cell = next(c for c in nbformat.read(notebook, as_version=4).cells
-                if "parameters" in c.metadata.get("tags", []))
-    assigned = [node.target.id if isinstance(node, ast.AnnAssign) else node.targets[0].id
-                for node in ast.parse(cell.source).body]
+    cell = next(c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [
+        node.target.id if isinstance(node, ast.AnnAssign) else node.targets[0].id
+        for node in ast.parse(cell.source).body
+    ]
     with caplog.at_level("WARNING"):
         found = papermill.inspect_notebook(str(notebook))
     assert not [r.getMessage() for r in caplog.records if r.levelno >= 30]

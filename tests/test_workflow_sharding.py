@@ -2,6 +2,7 @@
 into shard jobs and one merge job, give the artifacts of an unsharded run, and a rerun after a
 failed shard runs only that shard (and what follows). The helpers here build throwaway
 projects of sharded notebooks; test_slurm.py runs the same study through a real SLURM."""
+
 import hashlib
 import re
 import shutil
@@ -11,9 +12,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-from artsim_lib.workflow import cluster, dataflow
 from artsim_lib import config
 from artsim_lib.io import shards
+from artsim_lib.workflow import cluster, dataflow
 from test_workflow import artsim, make_project, write_notebook
 
 SHARDED = ("03-captioning", "05-generation")  # the toy study: two sharded stages in a row
@@ -22,7 +23,7 @@ SHARD_PARAMETERS = "num_shards = 1  # shard jobs\nshard_index = 0  # this job's 
 # A sharded stage following the contract: its shard's items not done yet, in batches, each item
 # seeded by its id; once every shard is done (or as the merge job) the merged table. Stage 05
 # reads stage 03's table, so the stages depend on each other as the real ones do.
-TOY_BODY = '''
+TOY_BODY = """
 import random
 import pandas as pd
 from artsim_lib.io import paths, shards
@@ -43,15 +44,15 @@ if done >= set(items["id"]):
     merged = shards.merge(root)
     paths.write_parquet(merged, P.run.root / "toy" / "{stage}.parquet", meta={{"seed": P.seed}})
     print(f"merged {{len(merged)}} items")
-'''
+"""
 FIRST_ITEMS = 'items = pd.DataFrame({{"id": [f"item-{{i:02d}}" for i in range({n})], "value": 0.0}})'
 NEXT_ITEMS = 'items = pd.read_parquet(P.run.root / "toy" / "{previous}.parquet")[["id", "value"]]'
 
 # Put after the parameters cell of every shardable notebook (toy or real): shard 1 of stage NN
 # fails while the file fail-NN.1 exists in the project, so removing it changes no notebook.
-FAIL_HOOK = '''import os as _os, pathlib as _pathlib
+FAIL_HOOK = """import os as _os, pathlib as _pathlib
 if shard_index == 1 and (_pathlib.Path(_os.environ["ARTSIM_ROOT"]) / "fail-{number}.1").exists():
-    raise RuntimeError("shard 1 of {number} fails on purpose (the test's marker file)")'''
+    raise RuntimeError("shard 1 of {number} fails on purpose (the test's marker file)")"""
 
 
 TIMING = re.compile(r"^(seconds|wall_s|.*_per_s|.*_seconds)$")  # columns that vary run to run
@@ -63,10 +64,13 @@ def write_toy_notebooks(directory, stages=SHARDED, num_items=12):
     directory = Path(directory)
     previous = None
     for stage in stages:
-        source = (FIRST_ITEMS.format(n=num_items) if previous is None
-                  else NEXT_ITEMS.format(previous=previous))
-        write_notebook(directory / f"{stage}.ipynb", stage,
-                       TOY_BODY.format(source=source, stage=stage), parameters=SHARD_PARAMETERS)
+        source = FIRST_ITEMS.format(n=num_items) if previous is None else NEXT_ITEMS.format(previous=previous)
+        write_notebook(
+            directory / f"{stage}.ipynb",
+            stage,
+            TOY_BODY.format(source=source, stage=stage),
+            parameters=SHARD_PARAMETERS,
+        )
         previous = stage
     return directory
 
@@ -154,15 +158,16 @@ def test_stage_params_leave_out_the_workflow_section():
     two = config.load_params("smoke", ["workflow.shards.03=4", "workflow.job_dtype.03=float16"])
     for number in ("03", "09", "42"):  # a stage the table does not know: all but workflow
         assert dataflow.stage_params(one, number) == dataflow.stage_params(two, number)
-        assert dataflow.stage_params(config.load_params("smoke", ["seed=9"]), number) != \
-            dataflow.stage_params(one, number)
+        assert dataflow.stage_params(config.load_params("smoke", ["seed=9"]), number) != dataflow.stage_params(
+            one, number
+        )
     assert one.to_yaml() != two.to_yaml()
 
 
 # -- the plan ------------------------------------------------------------------------------
 def job_counts(text):
     """``{rule: count}`` from Snakemake's 'Job stats' table."""
-    table = text[text.index("Job stats:"):].split("total", 1)[0].splitlines()[3:]
+    table = text[text.index("Job stats:") :].split("total", 1)[0].splitlines()[3:]
     return {line.split()[0]: int(line.split()[1]) for line in table if line.strip()}
 
 
@@ -170,20 +175,25 @@ def test_fan_out_and_merge_plan(toy_study):
     write_notebook(toy_study / "notebooks" / "01-eda.ipynb", "01-eda")  # a light stage
     text = output(artsim(toy_study, "run", "-n", *shard_sets({"03": 3, "05": 2}), "--", "--printshellcmds"))
     assert job_counts(text) == {
-        "stage_01_eda": 1, "stage_03_captioning_shard": 3, "stage_03_captioning_merge": 1,
-        "stage_05_generation_shard": 2, "stage_05_generation_merge": 1, "report": 1, "all": 1}
+        "stage_01_eda": 1,
+        "stage_03_captioning_shard": 3,
+        "stage_03_captioning_merge": 1,
+        "stage_05_generation_shard": 2,
+        "stage_05_generation_merge": 1,
+        "report": 1,
+        "all": 1,
+    }
     for k in range(3):
         assert f"reports/smoke/shards/03-captioning.{k}-of-3.ipynb" in text
         assert f"-p num_shards 3 -p shard_index {k} " in text
-    merge = text[text.index("rule stage_03_captioning_merge:"):].split("Shell command")[1]
+    merge = text[text.index("rule stage_03_captioning_merge:") :].split("Shell command")[1]
     assert "-p shard_index -1" in merge.splitlines()[0]
-    block = text[text.index("rule stage_05_generation_shard:"):].split("output:")[0]
+    block = text[text.index("rule stage_05_generation_shard:") :].split("output:")[0]
     assert "reports/smoke/03-captioning.ipynb" in block  # the shards wait for 03's merge
 
     # one shard: the usual single job, no shard or merge rules
     text = output(artsim(toy_study, "run", "-n"))
-    assert set(job_counts(text)) == {"stage_01_eda", "stage_03_captioning", "stage_05_generation",
-                                     "report", "all"}
+    assert set(job_counts(text)) == {"stage_01_eda", "stage_03_captioning", "stage_05_generation", "report", "all"}
 
 
 def test_until_a_sharded_stage_targets_its_merge(toy_study):
@@ -237,15 +247,21 @@ def test_sharded_run_fails_on_a_shard_reruns_only_it_and_equals_unsharded(toy_st
 
     (root / "fail-03.1").unlink()
     proc = artsim(root, "run", "--cores", "2", *sets)
-    ran = {line.split()[1].rstrip(":") for line in output(proc).splitlines()
-           if line.startswith(("rule ", "localrule "))}
-    assert ran == {"stage_03_captioning_shard", "stage_03_captioning_merge", "stage_05_generation_shard",
-                   "stage_05_generation_merge", "report", "all"}
+    ran = {
+        line.split()[1].rstrip(":") for line in output(proc).splitlines() if line.startswith(("rule ", "localrule "))
+    }
+    assert ran == {
+        "stage_03_captioning_shard",
+        "stage_03_captioning_merge",
+        "stage_05_generation_shard",
+        "stage_05_generation_merge",
+        "report",
+        "all",
+    }
     assert kept.stat().st_mtime_ns == before  # shard 0 did not run again
     assert not failed.parent.exists()  # the success cleared the failure
     assert artifact_hashes(root / "runs" / "smoke") == reference
 
     # the shard count is scheduling only: changing it re-runs the sharded stages, nothing else
     text = output(artsim(root, "run", "-n", *shard_sets({"03": 2, "05": 3})))
-    assert set(job_counts(text)) == {"stage_05_generation_shard", "stage_05_generation_merge",
-                                     "report", "all"}
+    assert set(job_counts(text)) == {"stage_05_generation_shard", "stage_05_generation_merge", "report", "all"}

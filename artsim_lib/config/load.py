@@ -4,6 +4,7 @@
 >>> P.preprocess.size
 96
 """
+
 from __future__ import annotations
 
 import os
@@ -185,8 +186,9 @@ def read_yaml(path: Path) -> Any:
     except IsADirectoryError:
         raise ParamsError(f"{path}: is a directory, not a params file") from None
     except UnicodeDecodeError as err:
-        raise ParamsError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
-                          f"{err.start})") from None
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})"
+        ) from None
     except OSError as err:
         raise ParamsError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
     try:
@@ -239,7 +241,7 @@ def _blame(err: ValidationError, overrides: Sequence[str], keys: list[list[str]]
 
     hits = [item for item, k in zip(overrides, keys) if on_key(k)]
     if not hits and len(loc) > 1:
-        hits = [item for item, k in zip(overrides, keys) if k[:len(loc) - 1] == loc[:-1]]
+        hits = [item for item, k in zip(overrides, keys) if k[: len(loc) - 1] == loc[:-1]]
     return " ".join(f"--set {item}" for item in hits)
 
 
@@ -287,6 +289,7 @@ def read_run_params(run_dir: str | os.PathLike, missing_ok: bool = False) -> Par
     if f is None:
         if missing_ok:
             return None
-        raise FileNotFoundError(f"{Path(run_dir) / RUN_PARAMS_FILE}: not a run directory (no resolved params; "
-                                "has any stage run?)")
+        raise FileNotFoundError(
+            f"{Path(run_dir) / RUN_PARAMS_FILE}: not a run directory (no resolved params; has any stage run?)"
+        )
     return validate(read_yaml(f) or {}, str(f))

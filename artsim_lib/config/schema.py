@@ -5,6 +5,7 @@ profile states only what it changes (``params/smoke.yaml``, ``params/rehearsal.y
 config files do. The loader and the top-level :class:`~artsim_lib.config.Params` are in
 :mod:`artsim_lib.config`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -13,10 +14,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # The measures artsim_lib.measures.registry knows (built-ins and the plugins it loads): a static list, so
 # the params load without importing torch; tests/test_config.py checks it against the registry.
-KNOWN_MEASURES = ("ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted",
-                  "clip", "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese",
-                  "resnet_regression", "effnet_lite0", "effnet_lite0_finetuned", "effnet_lite0_siamese",
-                  "effnet_lite0_regression", "dinov2", "sscd", "geometry")
+KNOWN_MEASURES = (
+    "ssim",
+    "colour",
+    "texture",
+    "edges",
+    "shape",
+    "descriptor",
+    "descriptor_fitted",
+    "clip",
+    "resnet",
+    "resnet_finetuned",
+    "clip_siamese",
+    "resnet_siamese",
+    "resnet_regression",
+    "effnet_lite0",
+    "effnet_lite0_finetuned",
+    "effnet_lite0_siamese",
+    "effnet_lite0_regression",
+    "dinov2",
+    "sscd",
+    "geometry",
+)
 # Names a program registered itself (compare.register_measure): allowed too, so a library user's own
 # measure (or a test's) validates; profiles can name only what is registered when they are loaded.
 EXTRA_MEASURES: set[str] = set()
@@ -85,8 +104,9 @@ class SplitParams(_Section):
     def _sums_to_one(self) -> SplitParams:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
-            raise SectionError("train + val + test", f"must sum to 1, got {total:g} "
-                               f"({self.train:g} + {self.val:g} + {self.test:g})")
+            raise SectionError(
+                "train + val + test", f"must sum to 1, got {total:g} ({self.train:g} + {self.val:g} + {self.test:g})"
+            )
         return self
 
 
@@ -138,12 +158,37 @@ class PromptingParams(_Section):
     summarizer_max_new_tokens: int = Field(60, ge=1)
     llm_min_words: int = Field(4, ge=1)  # shorter (or non-word) LLM output falls back to the template
     caption_max_words: int = Field(20, ge=1)  # longer captions are cut at a word boundary
-    radical_families: list[Literal["historical", "cultural", "natural", "surreal", "material", "emotional",
-                                   "mythological", "scientific", "technological", "scale"]] = Field(
-        default_factory=lambda: ["historical", "cultural", "natural", "surreal", "material", "emotional",
-                                 "mythological", "scientific", "technological", "scale"], min_length=1)
+    radical_families: list[
+        Literal[
+            "historical",
+            "cultural",
+            "natural",
+            "surreal",
+            "material",
+            "emotional",
+            "mythological",
+            "scientific",
+            "technological",
+            "scale",
+        ]
+    ] = Field(
+        default_factory=lambda: [
+            "historical",
+            "cultural",
+            "natural",
+            "surreal",
+            "material",
+            "emotional",
+            "mythological",
+            "scientific",
+            "technological",
+            "scale",
+        ],
+        min_length=1,
+    )
     moderate_families: list[Literal["colour", "lighting", "technique", "season", "time_of_day"]] = Field(
-        default_factory=lambda: ["colour", "lighting", "technique", "season", "time_of_day"], min_length=1)
+        default_factory=lambda: ["colour", "lighting", "technique", "season", "time_of_day"], min_length=1
+    )
 
     @model_validator(mode="after")
     def _target_within_limit(self) -> PromptingParams:
@@ -170,7 +215,8 @@ class GenerationParams(_Section):
     variant: str | None = "fp16"  # the hub's half-precision weight files (None: the default files)
     black_max: float = Field(0.02, ge=0, lt=1)  # black_flag: no pixel brighter than this (0..1)
     augment_families: list[Literal["photometric", "degradation", "geometric", "stylistic"]] = Field(
-        default_factory=lambda: ["photometric", "degradation", "geometric", "stylistic"], min_length=1)
+        default_factory=lambda: ["photometric", "degradation", "geometric", "stylistic"], min_length=1
+    )
     augment_strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1)
     # A folder with images/<Style>/<name>_resize768_generated.jpg and data.csv (backend 'precomputed'),
     # e.g. data/sdxl_generated, the study's published images.
@@ -189,7 +235,8 @@ class GenerationParams(_Section):
 
 class TripletParams(_Section):
     negatives: list[Literal["random", "same_style", "same_artist"]] = Field(
-        default_factory=lambda: ["random", "same_style", "same_artist"], min_length=1)
+        default_factory=lambda: ["random", "same_style", "same_artist"], min_length=1
+    )
     per_kind: int = Field(1, ge=1)  # negatives of each kind per (anchor, positive)
     drop_flagged: bool = True  # leave out derivatives flagged NaN or all-black
 
@@ -198,8 +245,9 @@ class DescriptorParams(_Section):
     # Images are compared at this side length (the full study's 1024 px images at 256: the cost grows
     # with size^2; `artsim compare` without a run: compare_descriptor_params() below).
     size: int = Field(256, ge=32, le=1024)
-    weights: dict[str, float] = Field(default_factory=lambda: {
-        "colour": 0.3, "texture": 0.25, "edges": 0.2, "shape": 0.1, "ssim": 0.15})  # normalised to sum 1
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"colour": 0.3, "texture": 0.25, "edges": 0.2, "shape": 0.1, "ssim": 0.15}
+    )  # normalised to sum 1
     workers: int = Field(8, ge=1)
     thumb_size: int = Field(64, ge=16, le=512)  # thumbnail side: colour statistics, Gabor bank, SSIM
     hsv_bins: list[int] = Field(default_factory=lambda: [12, 4, 4], min_length=3, max_length=3)
@@ -218,8 +266,9 @@ class DescriptorParams(_Section):
     def _check_weights(self) -> DescriptorParams:
         known = {"colour", "texture", "edges", "shape", "ssim"}
         if set(self.weights) - known:
-            raise SectionError("weights", f"unknown famil(ies) {sorted(set(self.weights) - known)}, "
-                                          f"known: {sorted(known)}")
+            raise SectionError(
+                "weights", f"unknown famil(ies) {sorted(set(self.weights) - known)}, known: {sorted(known)}"
+            )
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise SectionError("weights", f"must be >= 0 with a positive sum, got {self.weights}")
         if self.hog_cell * 2 > self.size:
@@ -289,10 +338,28 @@ class SiameseParams(_Section):
 class EvaluationParams(_Section):
     # Stage 09 scores every measure (registry.load_measure names) on the test split only; a measure
     # whose stage did not run is skipped and listed. geometry: the content-free baseline.
-    measures: list[str] = Field(default_factory=lambda: [
-        "ssim", "colour", "texture", "edges", "shape", "descriptor", "descriptor_fitted", "clip", "effnet_lite0",
-        "resnet", "resnet_finetuned", "clip_siamese", "resnet_siamese", "resnet_regression", "dinov2", "sscd",
-        "geometry"], min_length=1)
+    measures: list[str] = Field(
+        default_factory=lambda: [
+            "ssim",
+            "colour",
+            "texture",
+            "edges",
+            "shape",
+            "descriptor",
+            "descriptor_fitted",
+            "clip",
+            "effnet_lite0",
+            "resnet",
+            "resnet_finetuned",
+            "clip_siamese",
+            "resnet_siamese",
+            "resnet_regression",
+            "dinov2",
+            "sscd",
+            "geometry",
+        ],
+        min_length=1,
+    )
     reference: str = "descriptor"  # MSE/MAE are measured against this measure's [0, 1] similarity
     n_boot: int = Field(1000, ge=0)  # bootstrap draws of whole test originals (0: no intervals)
     ci: float = Field(0.95, gt=0, lt=1)  # confidence level of the intervals
@@ -313,23 +380,31 @@ class EvaluationParams(_Section):
     precision_target: float = Field(0.9, gt=0, le=1)  # recall at this precision
     aspect_bucket: float = Field(0.25, gt=0)  # width of the aspect-ratio buckets, in log2(width/height)
     interval: Literal["bca", "percentile"] = "bca"  # grouped bootstrap interval over originals
-    paired_metrics: list[str] = Field(default_factory=lambda: [
-        "acc same artist", "acc same artist (query)", "R@1", "R@1 same aspect", "µAP copy", "R@P90 copy"])
+    paired_metrics: list[str] = Field(
+        default_factory=lambda: [
+            "acc same artist",
+            "acc same artist (query)",
+            "R@1",
+            "R@1 same aspect",
+            "µAP copy",
+            "R@P90 copy",
+        ]
+    )
 
     @field_validator("measures")
     @classmethod
     def _known_measures(cls, value: list[str]) -> list[str]:
         unknown = [m for m in value if m not in KNOWN_MEASURES and m not in EXTRA_MEASURES]
         if unknown:
-            raise ValueError(f"unknown measure(s) {', '.join(map(repr, unknown))} "
-                             f"(known: {', '.join(KNOWN_MEASURES)})")
+            raise ValueError(f"unknown measure(s) {', '.join(map(repr, unknown))} (known: {', '.join(KNOWN_MEASURES)})")
         return value
 
     @model_validator(mode="after")
     def _reference_is_measured(self) -> EvaluationParams:
         if self.reference not in self.measures:
-            raise SectionError("reference", f"{self.reference!r} must be one of the measures "
-                                            f"({', '.join(self.measures)})")
+            raise SectionError(
+                "reference", f"{self.reference!r} must be one of the measures ({', '.join(self.measures)})"
+            )
         return self
 
 

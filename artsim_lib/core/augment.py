@@ -23,11 +23,12 @@ growing area of padding. That is why there is no left-right flip (it has no degr
 zoom zooms *out*: a zoom in saturates the pixel distance early, as every pixel soon faces an
 unrelated one. Strength 0 is the identity. Deterministic: no global random state is used.
 """
+
 from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
@@ -152,10 +153,20 @@ def _edges(img, s, rng):
 
 
 OPS: dict[str, Callable[[Image.Image, float, np.random.Generator], Image.Image]] = {
-    "brightness": _brightness, "contrast": _contrast, "saturation": _saturation, "hue": _hue,
-    "blur": _blur, "noise": _noise, "jpeg": _jpeg,
-    "rotate": _rotate, "zoom": _zoom, "perspective": _perspective,
-    "posterize": _posterize, "painterly": _painterly, "quantize": _quantize, "edges": _edges,
+    "brightness": _brightness,
+    "contrast": _contrast,
+    "saturation": _saturation,
+    "hue": _hue,
+    "blur": _blur,
+    "noise": _noise,
+    "jpeg": _jpeg,
+    "rotate": _rotate,
+    "zoom": _zoom,
+    "perspective": _perspective,
+    "posterize": _posterize,
+    "painterly": _painterly,
+    "quantize": _quantize,
+    "edges": _edges,
 }
 
 

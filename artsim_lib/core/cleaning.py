@@ -1,12 +1,13 @@
 """Data cleaning on tables: missing values per column, and perceptual-hash duplicates (within the
 collection, and across the train/val/test splits)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-_BLOCK = 512    # hashes searched together
-_CHUNK = 2048   # kept hashes compared with a block at once: [2048, 512] temporaries, ~8 MB
+_BLOCK = 512  # hashes searched together
+_CHUNK = 2048  # kept hashes compared with a block at once: [2048, 512] temporaries, ~8 MB
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -27,8 +28,9 @@ def drop_missing(df: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, pd
         raise KeyError(f"preprocess.drop_missing: the manifest has no column(s) {missing_cols}")
     is_missing = {c: df[c].isna() | df[c].astype("string").str.strip().eq("") for c in columns}
     counts = pd.DataFrame({"column": columns, "missing": [int(is_missing[c].sum()) for c in columns]})
-    any_missing = np.logical_or.reduce([m.to_numpy() for m in is_missing.values()]) if columns else \
-        np.zeros(len(df), bool)
+    any_missing = (
+        np.logical_or.reduce([m.to_numpy() for m in is_missing.values()]) if columns else np.zeros(len(df), bool)
+    )
     return df[~any_missing].copy(), counts, df[any_missing].copy()
 
 
@@ -48,8 +50,9 @@ def find_duplicates_naive(df: pd.DataFrame, max_distance: int = 0) -> pd.DataFra
         v = _phash_int(h)
         if v is None:
             continue
-        match = next(((kid, bin(v ^ kv).count("1")) for kv, kid in kept
-                      if bin(v ^ kv).count("1") <= max_distance), None)
+        match = next(
+            ((kid, bin(v ^ kv).count("1")) for kv, kid in kept if bin(v ^ kv).count("1") <= max_distance), None
+        )
         if match:
             rows.append({"id": rid, "duplicate_of": match[0], "phash": h, "distance": match[1]})
         else:
@@ -96,7 +99,7 @@ def _first_kept_match(packed: np.ndarray, max_distance: int) -> tuple[np.ndarray
         for c0 in range(0, nk, _CHUNK):  # against every hash kept before this block
             if not len(pending):
                 break
-            cand = kept[c0:min(nk, c0 + _CHUNK)]
+            cand = kept[c0 : min(nk, c0 + _CHUNK)]
             d = _hamming(packed[cand], packed[pending])  # [C, P]
             hit = d <= max_distance
             cols = np.flatnonzero(hit.any(0))
@@ -116,7 +119,7 @@ def _first_kept_match(packed: np.ndarray, max_distance: int) -> tuple[np.ndarray
                 else:
                     is_kept[j] = True
             new = pending[is_kept]
-            kept[nk:nk + len(new)] = new
+            kept[nk : nk + len(new)] = new
             nk += len(new)
     return match, dist
 
@@ -160,8 +163,13 @@ def _phash_words(hashes) -> tuple[np.ndarray, np.ndarray]:
     """64-bit words of hex phashes (missing or unreadable: flagged). # [N, W] uint64, [N] bool"""
     ok = np.array([isinstance(h, str) and len(h) > 0 and _phash_int(h) is not None for h in hashes], bool)
     width = max((len(h) for h, k in zip(hashes, ok) if k), default=16)
-    words = np.array([[int(h.rjust(width, "0")[i:i + 16], 16) if k else 0 for i in range(0, width, 16)]
-                      for h, k in zip(hashes, ok)], np.uint64).reshape(len(ok), -1)
+    words = np.array(
+        [
+            [int(h.rjust(width, "0")[i : i + 16], 16) if k else 0 for i in range(0, width, 16)]
+            for h, k in zip(hashes, ok)
+        ],
+        np.uint64,
+    ).reshape(len(ok), -1)
     return words, ok
 
 
@@ -180,17 +188,25 @@ def cross_split_duplicates(df: pd.DataFrame, max_distance: int | None, block: in
     rows, removed = [], np.zeros(len(df), bool)
     for i0 in range(0, len(df), block):
         sl = slice(i0, min(i0 + block, len(df)))
-        dist = np.bitwise_count(words[sl, None, :] ^ words[None, :, :]).sum(-1)        # [b, N]
+        dist = np.bitwise_count(words[sl, None, :] ^ words[None, :, :]).sum(-1)  # [b, N]
         for a in range(sl.start, sl.stop):
             if not ok[a] or rank[a] == 0:
                 continue
             # a partner in another split that is kept: a lower-ranked split (train first), or of the
             # same rank order but earlier, so that of two near-copies in val and test only one goes
-            near = np.flatnonzero((dist[a - sl.start] <= max_distance) & ok & (split != split[a])
-                                  & (rank < rank[a]) & ~removed)
+            near = np.flatnonzero(
+                (dist[a - sl.start] <= max_distance) & ok & (split != split[a]) & (rank < rank[a]) & ~removed
+            )
             if len(near):
                 b = near[np.argmin(dist[a - sl.start][near])]
                 removed[a] = True
-                rows.append(dict(id=ids[a], split=split[a], duplicate_of=ids[b], duplicate_split=split[b],
-                                 distance=int(dist[a - sl.start][b])))
+                rows.append(
+                    dict(
+                        id=ids[a],
+                        split=split[a],
+                        duplicate_of=ids[b],
+                        duplicate_split=split[b],
+                        distance=int(dist[a - sl.start][b]),
+                    )
+                )
     return pd.DataFrame(rows, columns=cols)

@@ -22,11 +22,12 @@ The study's *descriptor similarity* is ``Σ w_f s_f / Σ w_f`` with the weights 
 derivative?" on the five similarities of the train split's anchor-positive and anchor-negative
 pairs, for weights learnt from data.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,14 +40,22 @@ from artsim_lib.core.metrics import triplet_accuracy
 DELTA_E_SCALE = 25.0
 # What each family compares and how it lands in [0, 1] (for tables and the notebook).
 FAMILY_MAPPINGS = {
-    "colour": ("HSV + Lab histograms, Lab moments, k-means palette",
-               "intersection; exp(-ΔE/25) for moments and palette; mean"),
-    "texture": ("uniform LBP, GLCM properties, Gabor energies",
-                "1 - χ² for LBP; 1 - Canberra for GLCM and Gabor; mean"),
-    "edges": ("Canny density and map, HOG, orientation histogram (on HSV value)",
-              "1 - Canberra; weighted Jaccard; cosine; intersection; mean"),
-    "shape": ("Otsu foreground: Hu moments, 32² mask, largest region",
-              "1 - Canberra on -log|Hu|; weighted Jaccard; 1 - Canberra; mean"),
+    "colour": (
+        "HSV + Lab histograms, Lab moments, k-means palette",
+        "intersection; exp(-ΔE/25) for moments and palette; mean",
+    ),
+    "texture": (
+        "uniform LBP, GLCM properties, Gabor energies",
+        "1 - χ² for LBP; 1 - Canberra for GLCM and Gabor; mean",
+    ),
+    "edges": (
+        "Canny density and map, HOG, orientation histogram (on HSV value)",
+        "1 - Canberra; weighted Jaccard; cosine; intersection; mean",
+    ),
+    "shape": (
+        "Otsu foreground: Hu moments, 32² mask, largest region",
+        "1 - Canberra on -log|Hu|; weighted Jaccard; 1 - Canberra; mean",
+    ),
     "ssim": ("SSIM of the grayscale thumbnails", "max(SSIM, 0)"),
 }
 
@@ -84,8 +93,7 @@ def palette_similarity(ca, wa, cb, wb, scale: float = DELTA_E_SCALE) -> float:
     """``exp(-d / scale)``, d the share-weighted mean ΔE (CIE76) from each dominant colour of
     one palette to the nearest colour of the other, averaged over both directions. ∈ (0, 1]"""
     dist = np.linalg.norm(np.asarray(ca, np.float64)[:, None] - np.asarray(cb, np.float64)[None], axis=-1)
-    d = 0.5 * (np.dot(wa, dist.min(1)) / max(np.sum(wa), 1e-12)
-               + np.dot(wb, dist.min(0)) / max(np.sum(wb), 1e-12))
+    d = 0.5 * (np.dot(wa, dist.min(1)) / max(np.sum(wa), 1e-12) + np.dot(wb, dist.min(0)) / max(np.sum(wb), 1e-12))
     return float(np.exp(-d / scale))
 
 
@@ -101,8 +109,7 @@ def _log_hu(hu: np.ndarray) -> np.ndarray:
 
 def ssim(gray_a: np.ndarray, gray_b: np.ndarray) -> float:
     """Raw SSIM of two grayscale images in [0, 1] (same shape). ∈ [-1, 1]"""
-    return float(structural_similarity(np.asarray(gray_a, np.float64), np.asarray(gray_b, np.float64),
-                                       data_range=1.0))
+    return float(structural_similarity(np.asarray(gray_a, np.float64), np.asarray(gray_b, np.float64), data_range=1.0))
 
 
 def _clip01(x: float) -> float:
@@ -112,26 +119,38 @@ def _clip01(x: float) -> float:
 def family_similarity(fa: Mapping[str, np.ndarray], fb: Mapping[str, np.ndarray], family: str) -> float:
     """One family's similarity of two images' features (see the module docstring). ∈ [0, 1]"""
     if family == "colour":
-        parts = [intersection(fa["colour.hsv"], fb["colour.hsv"]),
-                 intersection(fa["colour.lab"], fb["colour.lab"]),
-                 np.exp(-np.linalg.norm(fa["colour.moments"].astype(np.float64) - fb["colour.moments"])
-                        / DELTA_E_SCALE),
-                 palette_similarity(fa["colour.palette"], fa["colour.palette_w"],
-                                    fb["colour.palette"], fb["colour.palette_w"])]
+        parts = [
+            intersection(fa["colour.hsv"], fb["colour.hsv"]),
+            intersection(fa["colour.lab"], fb["colour.lab"]),
+            np.exp(-np.linalg.norm(fa["colour.moments"].astype(np.float64) - fb["colour.moments"]) / DELTA_E_SCALE),
+            palette_similarity(
+                fa["colour.palette"], fa["colour.palette_w"], fb["colour.palette"], fb["colour.palette_w"]
+            ),
+        ]
     elif family == "texture":
-        lbp = [chi2_similarity(fa[k].astype(np.float64), fb[k].astype(np.float64))
-               for k in sorted(fa) if k.startswith("texture.lbp")]
-        parts = [float(np.mean(lbp)), canberra_similarity(fa["texture.glcm"], fb["texture.glcm"]),
-                 canberra_similarity(fa["texture.gabor"], fb["texture.gabor"])]
+        lbp = [
+            chi2_similarity(fa[k].astype(np.float64), fb[k].astype(np.float64))
+            for k in sorted(fa)
+            if k.startswith("texture.lbp")
+        ]
+        parts = [
+            float(np.mean(lbp)),
+            canberra_similarity(fa["texture.glcm"], fb["texture.glcm"]),
+            canberra_similarity(fa["texture.gabor"], fb["texture.gabor"]),
+        ]
     elif family == "edges":
-        parts = [canberra_similarity(fa["edges.density"], fb["edges.density"]),
-                 weighted_jaccard(fa["edges.map"], fb["edges.map"]),
-                 cosine01(fa["edges.hog"], fb["edges.hog"]),
-                 intersection(fa["edges.orient"], fb["edges.orient"])]
+        parts = [
+            canberra_similarity(fa["edges.density"], fb["edges.density"]),
+            weighted_jaccard(fa["edges.map"], fb["edges.map"]),
+            cosine01(fa["edges.hog"], fb["edges.hog"]),
+            intersection(fa["edges.orient"], fb["edges.orient"]),
+        ]
     elif family == "shape":
-        parts = [canberra_similarity(_log_hu(fa["shape.hu"]), _log_hu(fb["shape.hu"])),
-                 weighted_jaccard(fa["shape.mask"], fb["shape.mask"]),
-                 canberra_similarity(fa["shape.region"], fb["shape.region"])]
+        parts = [
+            canberra_similarity(_log_hu(fa["shape.hu"]), _log_hu(fb["shape.hu"])),
+            weighted_jaccard(fa["shape.mask"], fb["shape.mask"]),
+            canberra_similarity(fa["shape.region"], fb["shape.region"]),
+        ]
     elif family == "ssim":
         return _clip01(ssim(fa["ssim.gray"], fb["ssim.gray"]))
     else:
@@ -170,7 +189,7 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 0.01, iters: int = 10
     ``X`` [N, D], ``y`` [N] in {0, 1}; returns (coefficients [D], intercept). Deterministic."""
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64)
-    A = np.hstack([X, np.ones((len(X), 1))])                 # [N, D+1]
+    A = np.hstack([X, np.ones((len(X), 1))])  # [N, D+1]
     penalty = np.full(A.shape[1], l2 * len(X))
     penalty[-1] = 0.0
     beta = np.zeros(A.shape[1])
@@ -198,16 +217,36 @@ def fit_weights(table: pd.DataFrame, l2: float = 0.01, families=FAMILIES) -> dic
         raise ValueError("fit_weights needs both positive and negative pairs")
     coef, intercept = fit_logistic(X, y, l2)
     pos = np.clip(coef, 0, None)
-    weights = ({f: float(c) / float(pos.sum()) for f, c in zip(families, pos)} if pos.sum() > 0
-               else {f: 1.0 / len(families) for f in families})
-    return {"coef": {f: float(c) for f, c in zip(families, coef)}, "intercept": intercept,
-            "weights": weights, "l2": l2, "n_pairs": int(len(y)), "n_positive": int(y.sum())}
+    weights = (
+        {f: float(c) / float(pos.sum()) for f, c in zip(families, pos)}
+        if pos.sum() > 0
+        else {f: 1.0 / len(families) for f in families}
+    )
+    return {
+        "coef": {f: float(c) for f, c in zip(families, coef)},
+        "intercept": intercept,
+        "weights": weights,
+        "l2": l2,
+        "n_pairs": int(len(y)),
+        "n_positive": int(y.sum()),
+    }
 
 
 # -- the pair table (stage 06 writes it: artsim_lib.stages.s06_descriptors) -------------
 MEASURES = FAMILIES + ("descriptor",)  # the pair table's similarity columns (= measure names)
-PAIR_KEYS = ["triplet_id", "anchor_id", "anchor_path", "level", "family", "strength", "backend",
-             "negative_kind", "split", "style", "artist"]
+PAIR_KEYS = [
+    "triplet_id",
+    "anchor_id",
+    "anchor_path",
+    "level",
+    "family",
+    "strength",
+    "backend",
+    "negative_kind",
+    "split",
+    "style",
+    "artist",
+]
 
 
 def pair_rows(triplets: pd.DataFrame) -> pd.DataFrame:
@@ -215,17 +254,20 @@ def pair_rows(triplets: pd.DataFrame) -> pd.DataFrame:
     another original), with ``other_id``/``other_path`` and ``group``: the positive's level, or
     ``negative: <kind>``. ``negative_kind`` describes the triplet, so both rows carry it."""
     base = triplets[PAIR_KEYS]
-    pos = base.assign(role="positive", other_id=triplets["positive_id"].to_numpy(),
-                      other_path=triplets["positive_path"].to_numpy())
-    neg = base.assign(role="negative", other_id=triplets["negative_id"].to_numpy(),
-                      other_path=triplets["negative_path"].to_numpy())
+    pos = base.assign(
+        role="positive", other_id=triplets["positive_id"].to_numpy(), other_path=triplets["positive_path"].to_numpy()
+    )
+    neg = base.assign(
+        role="negative", other_id=triplets["negative_id"].to_numpy(), other_path=triplets["negative_path"].to_numpy()
+    )
     out = pd.concat([pos, neg], ignore_index=True)
     out["group"] = np.where(out["role"] == "positive", out["level"], "negative: " + out["negative_kind"].astype(str))
     return out.sort_values(["triplet_id", "role"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
-def score_pairs(pairs: pd.DataFrame, features: Mapping[str, Mapping], weights: Mapping[str, float],
-                progress: bool = True) -> pd.DataFrame:
+def score_pairs(
+    pairs: pd.DataFrame, features: Mapping[str, Mapping], weights: Mapping[str, float], progress: bool = True
+) -> pd.DataFrame:
     """``pairs`` with one column per family and ``descriptor`` (the weighted total); each
     distinct (anchor, other) image pair is scored once. ``features`` maps path -> features."""
     unique = unique_pairs(pairs)
@@ -238,9 +280,12 @@ def unique_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _score_unique(unique: pd.DataFrame, features: Mapping[str, Mapping], progress: bool = False) -> pd.DataFrame:
-    rows = [similarities(features[a], features[b])
-            for a, b in tqdm(list(zip(unique["anchor_path"], unique["other_path"])),
-                             desc="pair similarities", disable=not progress)]
+    rows = [
+        similarities(features[a], features[b])
+        for a, b in tqdm(
+            list(zip(unique["anchor_path"], unique["other_path"])), desc="pair similarities", disable=not progress
+        )
+    ]
     return pd.concat([unique.reset_index(drop=True), pd.DataFrame(rows, columns=list(FAMILIES))], axis=1)
 
 
@@ -280,15 +325,16 @@ def pair_parts(unique: pd.DataFrame, max_images: int | None = None) -> list[np.n
 class StreamedScores:
     """What :func:`stream_pair_scores` produced."""
 
-    scored: pd.DataFrame   # the unique pairs with one column per family
+    scored: pd.DataFrame  # the unique pairs with one column per family
     n_images: int
-    n_cached: int          # images whose features came from the cache when first needed
+    n_cached: int  # images whose features came from the cache when first needed
     extract_seconds: float
     pair_seconds: float
 
 
-def stream_pair_scores(unique: pd.DataFrame, cfg, cache_root, workers: int = 1,
-                       max_images: int | None = None, progress: bool = True) -> StreamedScores:
+def stream_pair_scores(
+    unique: pd.DataFrame, cfg, cache_root, workers: int = 1, max_images: int | None = None, progress: bool = True
+) -> StreamedScores:
     """Score the image pairs of ``unique`` part by part (:func:`pair_parts`): each part's
     features are extracted (or read from the per-image cache under ``cache_root``), its pairs
     scored, and the features dropped before the next part. The numbers are those of scoring all
@@ -311,16 +357,18 @@ def stream_pair_scores(unique: pd.DataFrame, cfg, cache_root, workers: int = 1,
         scored.append(_score_unique(part, dict(zip(images, feats)), progress and len(parts) < 2))
         del feats  # this part's features: gone before the next part's are read
         t_extract, t_pairs = t_extract + t1 - t0, t_pairs + time.perf_counter() - t1
-    out = (pd.concat(scored, ignore_index=True) if scored
-           else pd.DataFrame(columns=["anchor_path", "other_path", *FAMILIES]))
+    out = (
+        pd.concat(scored, ignore_index=True)
+        if scored
+        else pd.DataFrame(columns=["anchor_path", "other_path", *FAMILIES])
+    )
     return StreamedScores(out, len(seen), n_cached, t_extract, t_pairs)
 
 
 def triplet_scores(pairs: pd.DataFrame, measure: str) -> pd.DataFrame:
     """One row per triplet: ``s_pos`` and ``s_neg`` of ``measure`` and the triplet's columns."""
     wide = pairs.pivot(index="triplet_id", columns="role", values=measure).reindex(columns=["positive", "negative"])
-    meta = pairs[pairs["role"] == "positive"].set_index("triplet_id")[["anchor_id", "split", "level",
-                                                                        "negative_kind"]]
+    meta = pairs[pairs["role"] == "positive"].set_index("triplet_id")[["anchor_id", "split", "level", "negative_kind"]]
     return meta.join(wide.rename(columns={"positive": "s_pos", "negative": "s_neg"}))
 
 

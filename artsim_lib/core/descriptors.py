@@ -22,36 +22,48 @@ Features are stored as one ``.npz`` per image under ``<cache>/<params key>/<sha2
 key hashes the params that shape the features, the file name hashes the image bytes, so a
 change of either is a miss. Pairwise similarities are in :mod:`artsim_lib.core.descriptor_similarity`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image
 from skimage import color, feature, filters, measure, transform, util
 
 from artsim_lib.io import paths
-from artsim_lib.io.workers import parallel_map
 from artsim_lib.io.images import ImageReadError, open_rgb, to_rgb  # noqa: F401 (ImageReadError: this module's API)
+from artsim_lib.io.workers import parallel_map
 
 FEATURE_VERSION = 1  # bump when the code below changes what a feature means
 FAMILIES = ("colour", "texture", "edges", "shape", "ssim")
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 LAB_RANGE = ((0.0, 100.0), (-90.0, 90.0), (-90.0, 90.0))  # L, a, b axes of the Lab histogram
-PALETTE_SIDE = 24   # k-means runs on the pixels of a 24² Lab thumbnail (576 points)
-MASK_SIDE = 32      # the shape mask is compared at 32²
+PALETTE_SIDE = 24  # k-means runs on the pixels of a 24² Lab thumbnail (576 points)
+MASK_SIDE = 32  # the shape mask is compared at 32²
 KMEANS_ITERS = 25
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 # The params that shape a feature vector (weights, workers and fit_l2 do not).
-FEATURE_PARAMS = ("size", "thumb_size", "hsv_bins", "lab_bins", "dominant_colours", "lbp_radii",
-                  "glcm_levels", "glcm_distances", "gabor_frequencies", "gabor_orientations",
-                  "hog_cell", "canny_sigma")
+FEATURE_PARAMS = (
+    "size",
+    "thumb_size",
+    "hsv_bins",
+    "lab_bins",
+    "dominant_colours",
+    "lbp_radii",
+    "glcm_levels",
+    "glcm_distances",
+    "gabor_frequencies",
+    "gabor_orientations",
+    "hog_cell",
+    "canny_sigma",
+)
 
 
 # -- reading -------------------------------------------------------------------
@@ -105,8 +117,7 @@ def kmeans(points: np.ndarray, k: int, iters: int = KMEANS_ITERS) -> tuple[np.nd
     centres = points[order[((np.arange(k) + 0.5) * len(points) / k).astype(int)]].copy()
     for _ in range(iters):
         labels = ((points[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)  # [N]
-        new = np.stack([points[labels == j].mean(0) if (labels == j).any() else centres[j]
-                        for j in range(k)])
+        new = np.stack([points[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(k)])
         if np.allclose(new, centres):
             break
         centres = new
@@ -129,8 +140,13 @@ def colour_features(rgb: np.ndarray, cfg) -> dict[str, np.ndarray]:
     moments = np.concatenate([mean, np.sqrt(c2.mean(0)), np.cbrt((c2 * c).mean(0))])
     small = transform.resize(rgb, (PALETTE_SIDE, PALETTE_SIDE), anti_aliasing=True)
     centres, shares = kmeans(color.rgb2lab(small).reshape(-1, 3), cfg.dominant_colours)
-    return {"hsv": hsv_hist / hsv_hist.sum(), "lab": lab_hist / lab_hist.sum(), "moments": moments,
-            "palette": centres, "palette_w": shares}
+    return {
+        "hsv": hsv_hist / hsv_hist.sum(),
+        "lab": lab_hist / lab_hist.sum(),
+        "moments": moments,
+        "palette": centres,
+        "palette_w": shares,
+    }
 
 
 def texture_features(gray: np.ndarray, thumb: np.ndarray, cfg) -> dict[str, np.ndarray]:
@@ -174,11 +190,14 @@ def edge_features(gray: np.ndarray, cfg) -> dict[str, np.ndarray]:
     cell = cfg.hog_cell
     hog = feature.hog(gray, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2))
     side = gray.shape[0]
-    orient = feature.hog(gray, orientations=12, pixels_per_cell=(side, side), cells_per_block=(1, 1),
-                         block_norm="L1")
+    orient = feature.hog(gray, orientations=12, pixels_per_cell=(side, side), cells_per_block=(1, 1), block_norm="L1")
     total = orient.sum()
-    return {"density": np.array([edges.mean()]), "map": np.clip(cells, 0, None), "hog": hog,
-            "orient": orient / total if total > 0 else np.full(12, 1 / 12)}
+    return {
+        "density": np.array([edges.mean()]),
+        "map": np.clip(cells, 0, None),
+        "hog": hog,
+        "orient": orient / total if total > 0 else np.full(12, 1 / 12),
+    }
 
 
 def shape_features(gray: np.ndarray) -> dict[str, np.ndarray]:
@@ -193,28 +212,31 @@ def shape_features(gray: np.ndarray) -> dict[str, np.ndarray]:
     mu = measure.moments_central(mask.astype(float), order=3)
     hu = measure.moments_hu(measure.moments_normalized(mu, order=3))
     labels = measure.label(mask)
-    areas = np.bincount(labels.ravel())[1:]                  # [regions], label 0 is background
+    areas = np.bincount(labels.ravel())[1:]  # [regions], label 0 is background
     count = int((areas >= 0.001 * mask.size).sum())
     big = measure.regionprops((labels == areas.argmax() + 1).astype(np.uint8))[0]
-    region = np.array([big.area / mask.size, big.eccentricity, big.solidity, big.extent,
-                       np.log1p(count) / np.log1p(mask.size)])
+    region = np.array(
+        [big.area / mask.size, big.eccentricity, big.solidity, big.extent, np.log1p(count) / np.log1p(mask.size)]
+    )
     return {"hu": hu, "mask": soft, "region": region}
 
 
 def extract(src: ImageLike, cfg) -> dict[str, np.ndarray]:
     """Every family's features of one image, as ``{"family.name": array}``."""
-    rgb = load_rgb(src, cfg.size)                                  # [S, S, 3]
-    gray = color.rgb2gray(rgb)                                     # [S, S] luminance
-    value = rgb.max(-1)                                            # [S, S] HSV value
+    rgb = load_rgb(src, cfg.size)  # [S, S, 3]
+    gray = color.rgb2gray(rgb)  # [S, S] luminance
+    value = rgb.max(-1)  # [S, S] HSV value
     thumb = transform.resize(gray, (cfg.thumb_size,) * 2, anti_aliasing=True)  # [T, T]
     # Colour statistics need no fine detail: the colour thumbnail makes them ~4x cheaper.
     rgb_thumb = transform.resize(rgb, (cfg.thumb_size, cfg.thumb_size, 3), anti_aliasing=True)  # [T, T, 3]
     out: dict[str, np.ndarray] = {}
-    for family, feats in (("colour", colour_features(rgb_thumb, cfg)),
-                          ("texture", texture_features(gray, thumb, cfg)),
-                          ("edges", edge_features(value, cfg)),
-                          ("shape", shape_features(value)),
-                          ("ssim", {"gray": thumb})):
+    for family, feats in (
+        ("colour", colour_features(rgb_thumb, cfg)),
+        ("texture", texture_features(gray, thumb, cfg)),
+        ("edges", edge_features(value, cfg)),
+        ("shape", shape_features(value)),
+        ("ssim", {"gray": thumb}),
+    ):
         out.update({f"{family}.{k}": np.asarray(v, dtype=np.float32) for k, v in feats.items()})
     return out
 
@@ -264,8 +286,13 @@ def extract_cached(src: str, cfg, cache_dir: str | None) -> tuple[dict[str, np.n
     return feats, False
 
 
-def extract_many(sources: Sequence[str], cfg, cache_root: str | os.PathLike | None = None,
-                 workers: int = 1, desc: str = "descriptors") -> tuple[list[dict], np.ndarray]:
+def extract_many(
+    sources: Sequence[str],
+    cfg,
+    cache_root: str | os.PathLike | None = None,
+    workers: int = 1,
+    desc: str = "descriptors",
+) -> tuple[list[dict], np.ndarray]:
     """:func:`extract_cached` for every image file, in ``workers`` processes with a progress
     bar, in order. Returns (features per image, bool array of cache hits)."""
     cache = str(cache_dir_for(cache_root, cfg)) if cache_root is not None else None

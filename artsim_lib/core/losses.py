@@ -1,4 +1,5 @@
 """The study's triplet loss and the numbers that judge an embedding: one definition for every model."""
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,9 @@ def triplet_similarities(anchor: torch.Tensor, positive: torch.Tensor, negative:
     return (a * p).sum(-1), (a * n).sum(-1)
 
 
-def infonce_triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, tau: float | torch.Tensor = 0.07,
-                         reduction: str = "mean") -> torch.Tensor:
+def infonce_triplet_loss(
+    s_pos: torch.Tensor, s_neg: torch.Tensor, tau: float | torch.Tensor = 0.07, reduction: str = "mean"
+) -> torch.Tensor:
     """``-log(e^{s+/τ} / (e^{s+/τ} + e^{s-/τ}))``, computed stably as ``softplus((s- - s+)/τ)``.
 
     ``s_neg`` may be ``[B]`` (one negative each) or ``[B, K]`` (K negatives each, e.g. in-batch):
@@ -21,19 +23,20 @@ def infonce_triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, tau: float | 
     if s_neg.dim() == 1:
         s_neg = s_neg[:, None]
     logits = torch.cat([s_pos[:, None], s_neg], dim=1) / tau  # [B, 1+K]
-    loss = -torch.log_softmax(logits, dim=1)[:, 0]           # [B]
+    loss = -torch.log_softmax(logits, dim=1)[:, 0]  # [B]
     return loss.mean() if reduction == "mean" else loss
 
 
-def in_batch_negatives(anchor: torch.Tensor, positive: torch.Tensor,
-                       groups: torch.Tensor | None = None) -> torch.Tensor:
+def in_batch_negatives(
+    anchor: torch.Tensor, positive: torch.Tensor, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """Similarities of each anchor with every *other* positive in the batch. # [B, B-1]
 
     ``groups`` ``[B]`` names each item's original (the anchor's painting): another item's positive of
     the same original is a derivative of this anchor's painting, not a negative, and is set to
     ``-inf`` (it then adds nothing to the InfoNCE denominator)."""
     a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
-    sim = a @ p.T                                              # [B, B]
+    sim = a @ p.T  # [B, B]
     if groups is not None:
         groups = torch.as_tensor(groups, device=a.device)
         sim = sim.masked_fill(groups[:, None] == groups[None, :], float("-inf"))

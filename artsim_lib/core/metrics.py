@@ -10,9 +10,10 @@ Intervals: :func:`grouped_bootstrap` (percentile or BCa, resampling whole origin
 :func:`clopper_pearson` / :func:`wilson` intervals for proportions, which hold at small ``n``
 and near 0 or 1 where a bootstrap collapses to a point.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,13 +52,13 @@ def triplet_accuracy(s_pos, s_neg) -> float:
 
 def _greater_and_ties(sim: np.ndarray, true_idx: np.ndarray, exclude: np.ndarray | None):
     """Per query: how many candidates score strictly above the true one, and how many tie with it."""
-    sim = _nan_last(sim)                                         # a NaN never outranks anything
+    sim = _nan_last(sim)  # a NaN never outranks anything
     q = np.arange(len(sim))
-    true_score = sim[q, true_idx][:, None]                       # [Q, 1]
+    true_score = sim[q, true_idx][:, None]  # [Q, 1]
     valid = np.ones_like(sim, bool) if exclude is None else ~np.asarray(exclude, bool)
-    valid[q, true_idx] = True                                    # never exclude the answer itself
-    greater = ((sim > true_score) & valid).sum(1)                # [Q]
-    ties = ((sim == true_score) & valid).sum(1) - 1              # [Q], the answer itself left out
+    valid[q, true_idx] = True  # never exclude the answer itself
+    greater = ((sim > true_score) & valid).sum(1)  # [Q]
+    ties = ((sim == true_score) & valid).sum(1) - 1  # [Q], the answer itself left out
     return greater, ties
 
 
@@ -70,7 +71,7 @@ def expected_ranks(sim, true_idx, exclude=None) -> np.ndarray:
 def recall_at_k(sim, true_idx, k: int, exclude=None) -> float:
     """Expected share of queries whose true item is within the top ``k``."""
     greater, ties = _greater_and_ties(sim, np.asarray(true_idx), exclude)
-    hit = np.clip((k - greater) / (ties + 1), 0, 1)              # chance the answer lands in the top k
+    hit = np.clip((k - greater) / (ties + 1), 0, 1)  # chance the answer lands in the top k
     return float(hit.mean())
 
 
@@ -95,7 +96,7 @@ def roc_auc(scores, labels) -> float:
     n_pos, n_neg = labels.sum(), (~labels).sum()
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = stats.rankdata(scores)                               # average ranks for ties
+    ranks = stats.rankdata(scores)  # average ranks for ties
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -123,7 +124,7 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     first = np.r_[True, xs[1:] != xs[:-1]]
     block = np.cumsum(first) - 1
     counts = np.bincount(block)
-    avg = np.cumsum(counts) - (counts - 1) / 2.0                 # [B] average rank of each tie block
+    avg = np.cumsum(counts) - (counts - 1) / 2.0  # [B] average rank of each tie block
     out = np.empty(len(x))
     out[order] = avg[block]
     return out
@@ -146,8 +147,9 @@ def moderate_above_radical(df: pd.DataFrame, score: str = "score", by: str = "or
     return float(np.mean(per.to_numpy())) if len(per) else float("nan")
 
 
-def monotonicity(df: pd.DataFrame, score: str = "score", family: str = "family",
-                 strength: str = "strength") -> pd.DataFrame:
+def monotonicity(
+    df: pd.DataFrame, score: str = "score", family: str = "family", strength: str = "strength"
+) -> pd.DataFrame:
     """Per transformation family: Spearman(similarity, strength) — negative is right, a
     stronger change should look less similar — and the share of consecutive strength
     steps where the mean similarity falls."""
@@ -155,9 +157,15 @@ def monotonicity(df: pd.DataFrame, score: str = "score", family: str = "family",
     for fam, grp in df.groupby(family, sort=True):
         means = grp.groupby(strength)[score].mean().sort_index().to_numpy()
         steps = np.diff(means)
-        rows.append({family: fam, "spearman": spearman(grp[strength], grp[score]),
-                     "falling_steps": float(np.mean(steps < 0)) if len(steps) else float("nan"),
-                     "levels": len(means), "pairs": len(grp)})
+        rows.append(
+            {
+                family: fam,
+                "spearman": spearman(grp[strength], grp[score]),
+                "falling_steps": float(np.mean(steps < 0)) if len(steps) else float("nan"),
+                "levels": len(means),
+                "pairs": len(grp),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -174,9 +182,9 @@ def _ap_of_blocks(n, p, total) -> float:
     n, p = n[keep], p[keep]
     if total <= 0:
         return float("nan")
-    k = np.cumsum(n) - n                                          # items above each block
-    c = np.cumsum(p) - p                                          # true items above each block
-    hit = p > 0                                                   # only blocks with a true item add
+    k = np.cumsum(n) - n  # items above each block
+    c = np.cumsum(p) - p  # true items above each block
+    hit = p > 0  # only blocks with a true item add
     n, p, k, c = n[hit], p[hit], k[hit], c[hit]
     S = digamma(k + n + 1) - digamma(k + 1)
     inner = np.where(n > 1, (p - 1) / np.where(n > 1, n - 1, 1) * (n - (k + 1) * S), 0.0)
@@ -233,13 +241,16 @@ class RankedPairs:
         s = s[order]
         self.lab = np.asarray(labels, bool)[order]
         self.query = np.asarray(query, np.int64)[order]
-        self.has_truth = np.asarray(has_truth, bool)               # [Q] the query's original is in the gallery
+        self.has_truth = np.asarray(has_truth, bool)  # [Q] the query's original is in the gallery
         self.block = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1 if len(s) else np.zeros(0, np.int64)
         self.n_blocks = int(self.block[-1]) + 1 if len(s) else 0
 
     def _blocks(self, rows=None):
-        m = (np.ones(len(self.has_truth)) if rows is None
-             else np.bincount(np.asarray(rows, np.int64), minlength=len(self.has_truth)).astype(float))
+        m = (
+            np.ones(len(self.has_truth))
+            if rows is None
+            else np.bincount(np.asarray(rows, np.int64), minlength=len(self.has_truth)).astype(float)
+        )
         w = m[self.query]
         n = np.bincount(self.block, weights=w, minlength=self.n_blocks)
         p = np.bincount(self.block, weights=w * self.lab, minlength=self.n_blocks)
@@ -261,7 +272,7 @@ def top_candidates(sim: np.ndarray, truth: np.ndarray, k: int):
     candidate left out still counts as a true pair never found. # [P], [P], [P]"""
     sim = _nan_last(sim)
     if sim.shape[1] > k:
-        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1]          # [Q] the k-th best score
+        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1]  # [Q] the k-th best score
         keep = sim >= kth[:, None]
     else:
         keep = np.ones_like(sim, bool)
@@ -339,7 +350,7 @@ def _rows_of(drawn, order, counts, starts) -> np.ndarray:
 
 _DRAWS: dict = {}  # (groups' codes, n_boot, seed) -> (draws, jackknife rows): every measure reuses them
 CACHE_MAX_ROWS = 20_000_000  # row indices kept per grouping; larger ones are drawn again on each use
-MAX_JACKKNIFE = 200          # leave-one-out groups for BCa's acceleration (a seeded sample above this)
+MAX_JACKKNIFE = 200  # leave-one-out groups for BCa's acceleration (a seeded sample above this)
 
 
 class _Resamples:
@@ -350,8 +361,11 @@ class _Resamples:
         self.order, self.counts, self.starts = _group_index(groups)
         self.n_boot, self.seed = n_boot, seed
         g = len(self.counts)
-        self.jack_groups = (np.arange(g) if g <= MAX_JACKKNIFE else
-                            np.sort(np.random.default_rng([seed, 1]).choice(g, MAX_JACKKNIFE, replace=False)))
+        self.jack_groups = (
+            np.arange(g)
+            if g <= MAX_JACKKNIFE
+            else np.sort(np.random.default_rng([seed, 1]).choice(g, MAX_JACKKNIFE, replace=False))
+        )
         self.jack_scale = float(np.sqrt(len(self.jack_groups) / g)) if g else 1.0  # a from a sample: see _bca
         small = len(self.order) * (n_boot + len(self.jack_groups)) <= CACHE_MAX_ROWS
         self._draws = list(self._make_draws()) if small else None
@@ -404,16 +418,23 @@ def _bca(point: float, values: np.ndarray, jack: np.ndarray, alpha: float, scale
     prop = (np.sum(values < point) + 0.5 * np.sum(values == point)) / len(values)
     z0 = stats.norm.ppf(np.clip(prop, 1 / (2 * len(values)), 1 - 1 / (2 * len(values))))
     d = jack.mean() - jack if len(jack) > 1 else np.zeros(1)
-    den = 6 * np.sum(d ** 2) ** 1.5
-    a = scale * float(np.sum(d ** 3) / den) if den > 0 else 0.0
+    den = 6 * np.sum(d**2) ** 1.5
+    a = scale * float(np.sum(d**3) / den) if den > 0 else 0.0
     z = stats.norm.ppf([alpha / 2, 1 - alpha / 2])
     q = stats.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
     lo, hi = np.quantile(values, q)
     return float(lo), float(hi)
 
 
-def grouped_bootstrap(stat: Callable[[np.ndarray], float], groups, n_boot: int = 1000, ci: float = 0.95,
-                      seed: int = 0, method: str = "bca", draws: list[np.ndarray] | None = None) -> dict:
+def grouped_bootstrap(
+    stat: Callable[[np.ndarray], float],
+    groups,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    method: str = "bca",
+    draws: list[np.ndarray] | None = None,
+) -> dict:
     """``stat(row indices)`` with a bootstrap interval that resamples whole groups (independent
     originals). ``method`` 'bca' (bias-corrected and accelerated, the jackknife leaving one group
     out) or 'percentile'. Returns value, lo, hi, n (groups) and the draws' values."""
@@ -436,8 +457,9 @@ def grouped_bootstrap(stat: Callable[[np.ndarray], float], groups, n_boot: int =
     return {**out, "lo": float(lo), "hi": float(hi), "values": values}
 
 
-def paired_difference(stat_a: Callable, stat_b: Callable, groups, n_boot: int = 1000, ci: float = 0.95,
-                      seed: int = 0, method: str = "bca") -> dict:
+def paired_difference(
+    stat_a: Callable, stat_b: Callable, groups, n_boot: int = 1000, ci: float = 0.95, seed: int = 0, method: str = "bca"
+) -> dict:
     """``stat_a - stat_b`` on the same rows (two measures on the same test originals) with a grouped
     bootstrap interval of the difference: both statistics see the same resampled originals. The
     difference 'excludes 0' when the whole interval lies on one side of it."""
@@ -453,14 +475,20 @@ def binary_text_image_accuracy(img_anchor, txt_pos, img_neg, txt_neg) -> dict:
     t2i: is cos(caption of the derivative, original) above cos(caption of the derivative, negative
     original)? Rows are L2-normalised embeddings ``[T, D]``; ties count half (:func:`triplet_accuracy`).
     Stage 08's N-way retrieval (chance 1/N) is another, harder question."""
+
     def unit(x):
         x = np.asarray(x, float)
         n = np.linalg.norm(x, axis=1, keepdims=True)
         return x / np.where(n > 0, n, 1)
+
     a, tp, n_img, tn = unit(img_anchor), unit(txt_pos), unit(img_neg), unit(txt_neg)
-    cos = lambda x, y: np.einsum("td,td->t", x, y)               # noqa: E731 - row-wise cosine [T]
-    return {"i2t": triplet_accuracy(cos(a, tp), cos(a, tn)), "t2i": triplet_accuracy(cos(tp, a), cos(tp, n_img)),
-            "chance": 0.5, "triplets": int(len(a))}
+    cos = lambda x, y: np.einsum("td,td->t", x, y)  # noqa: E731 - row-wise cosine [T]
+    return {
+        "i2t": triplet_accuracy(cos(a, tp), cos(a, tn)),
+        "t2i": triplet_accuracy(cos(tp, a), cos(tp, n_img)),
+        "chance": 0.5,
+        "triplets": int(len(a)),
+    }
 
 
 def retrieval_accuracy(img: np.ndarray, txt: np.ndarray) -> tuple[float, float]:

@@ -13,18 +13,42 @@ shorter in this order, each step only as far as needed:
 Among the versions of steps 1 and 2 that fit the hard limit, the one whose length is closest
 to the target wins (ties go to the longer one), so lengths gather around the target.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from artsim_lib.core.prompt_grammar import SLOTS, Clause, fix_articles, render
 
 Counter = Callable[[Sequence[str]], list[int]]
 _CLAUSE_SPLIT = re.compile(r"\s*[,;:\n]+\s*|(?<=[.!?])\s+|\s+[-\u2013\u2014]\s+")
-_DANGLING = {"a", "an", "the", "and", "or", "with", "of", "in", "on", "at", "to", "by", "for", "from", "as",
-             "into", "under", "while", "where", "its", "their", "his", "her"}
+_DANGLING = {
+    "a",
+    "an",
+    "the",
+    "and",
+    "or",
+    "with",
+    "of",
+    "in",
+    "on",
+    "at",
+    "to",
+    "by",
+    "for",
+    "from",
+    "as",
+    "into",
+    "under",
+    "while",
+    "where",
+    "its",
+    "their",
+    "his",
+    "her",
+}
 
 
 def _grammar_adjectives() -> set[str]:
@@ -32,17 +56,100 @@ def _grammar_adjectives() -> set[str]:
     return colours - {"black", "blue", "grey", "green", "gold", "pink", "yellow"}  # kept: they carry the change
 
 
-MODIFIERS = frozenset({
-    "very", "highly", "extremely", "incredibly", "beautifully", "softly", "gently", "subtly", "deeply",
-    "richly", "finely", "delicately", "boldly", "slightly", "truly", "quite", "rather", "fresh", "soft", "warm",
-    "cold", "cool", "gentle", "subtle", "delicate", "fine", "rich", "deep", "bold", "bright", "dark", "pale",
-    "faint", "vivid", "vibrant", "muted", "lush", "dramatic", "luminous", "glowing", "intricate", "ornate",
-    "elaborate", "beautiful", "stunning", "gorgeous", "elegant", "serene", "tranquil", "dreamy", "ethereal",
-    "majestic", "striking", "breathtaking", "magnificent", "exquisite", "detailed", "crisp", "smooth", "thick",
-    "thin", "long", "little", "small", "tiny", "huge", "enormous", "vast", "old", "ancient", "whole", "every",
-    "harsh", "hazy", "flickering", "velvety", "careful", "precise", "expressive", "energetic", "loose",
-    "transparent", "translucent", "layered", "visible", "new", "pure", "strong", "dynamic", "harmonious",
-}) | frozenset(_grammar_adjectives())
+MODIFIERS = frozenset(
+    {
+        "very",
+        "highly",
+        "extremely",
+        "incredibly",
+        "beautifully",
+        "softly",
+        "gently",
+        "subtly",
+        "deeply",
+        "richly",
+        "finely",
+        "delicately",
+        "boldly",
+        "slightly",
+        "truly",
+        "quite",
+        "rather",
+        "fresh",
+        "soft",
+        "warm",
+        "cold",
+        "cool",
+        "gentle",
+        "subtle",
+        "delicate",
+        "fine",
+        "rich",
+        "deep",
+        "bold",
+        "bright",
+        "dark",
+        "pale",
+        "faint",
+        "vivid",
+        "vibrant",
+        "muted",
+        "lush",
+        "dramatic",
+        "luminous",
+        "glowing",
+        "intricate",
+        "ornate",
+        "elaborate",
+        "beautiful",
+        "stunning",
+        "gorgeous",
+        "elegant",
+        "serene",
+        "tranquil",
+        "dreamy",
+        "ethereal",
+        "majestic",
+        "striking",
+        "breathtaking",
+        "magnificent",
+        "exquisite",
+        "detailed",
+        "crisp",
+        "smooth",
+        "thick",
+        "thin",
+        "long",
+        "little",
+        "small",
+        "tiny",
+        "huge",
+        "enormous",
+        "vast",
+        "old",
+        "ancient",
+        "whole",
+        "every",
+        "harsh",
+        "hazy",
+        "flickering",
+        "velvety",
+        "careful",
+        "precise",
+        "expressive",
+        "energetic",
+        "loose",
+        "transparent",
+        "translucent",
+        "layered",
+        "visible",
+        "new",
+        "pure",
+        "strong",
+        "dynamic",
+        "harmonious",
+    }
+) | frozenset(_grammar_adjectives())
 
 
 @dataclass(frozen=True)
@@ -56,6 +163,7 @@ class Compressed:
 
 def token_counter(tokenizer) -> Counter:
     """Token counts (start and end tokens included, no truncation) of a list of texts."""
+
     def count(texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
@@ -77,7 +185,7 @@ def _clause_drops(clauses: list[Clause]) -> list[list[Clause]]:
     out, cur = [list(clauses)], list(clauses)
     while any(c.rank > 0 for c in cur):
         worst = max(range(len(cur)), key=lambda i: (cur[i].rank, i))
-        cur = cur[:worst] + cur[worst + 1:]
+        cur = cur[:worst] + cur[worst + 1 :]
         out.append(cur)
     return out
 
@@ -89,7 +197,7 @@ def _modifier_drops(text: str) -> list[str]:
     for i in range(len(words) - 1, 0, -1):  # the very first word stays
         # Only a modifier with a word after it in its clause: 'soft light' -> 'light', never 'soft,'.
         if words[i].lower() in MODIFIERS and i + 1 < len(words):
-            words = words[:i] + words[i + 1:]
+            words = words[:i] + words[i + 1 :]
             out.append(fix_articles(" ".join(words)))
     return out
 
@@ -133,7 +241,7 @@ def _count_groups(groups: dict[int, list[str]], count: Counter, chunk: int = 409
     flat = [(key, t) for key, texts in groups.items() for t in texts]
     counts: list[int] = []
     for start in range(0, len(flat), chunk):
-        counts += count([t for _, t in flat[start:start + chunk]])
+        counts += count([t for _, t in flat[start : start + chunk]])
     out: dict[int, list[int]] = {key: [] for key in groups}
     for (key, _), n in zip(flat, counts):
         out[key].append(n)
@@ -151,12 +259,14 @@ def _cut(text: str, count: Counter, limit: int, tokenizer) -> Compressed:
     return Compressed(cut, count([cut])[0], "tokens")
 
 
-def compress_many(prompts: list[list[Clause]], count: Counter, target: int, limit: int,
-                  tokenizer=None) -> list[Compressed]:
+def compress_many(
+    prompts: list[list[Clause]], count: Counter, target: int, limit: int, tokenizer=None
+) -> list[Compressed]:
     """:func:`compress` for many prompts, counting their candidate versions in large batches."""
     fulls = [render(c) for c in prompts]
-    out: list[Compressed | None] = [Compressed(t, n, "none") if n <= target else None
-                                    for t, n in zip(fulls, count(fulls))]
+    out: list[Compressed | None] = [
+        Compressed(t, n, "none") if n <= target else None for t, n in zip(fulls, count(fulls))
+    ]
     clause_texts = {i: [render(c) for c in _clause_drops(prompts[i])] for i, o in enumerate(out) if o is None}
     clause_counts = _count_groups(clause_texts, count)
     mod_texts = {}

@@ -10,14 +10,25 @@ Moderate prompts keep the composition and the main subject and change one of col
 lighting, technique, season or time of day. Radical prompts change the style, era, medium
 or setting through one of ten families.
 """
+
 from __future__ import annotations
 
 import random
 import re
 from dataclasses import dataclass
 
-RADICAL_FAMILIES = ("historical", "cultural", "natural", "surreal", "material", "emotional",
-                    "mythological", "scientific", "technological", "scale")
+RADICAL_FAMILIES = (
+    "historical",
+    "cultural",
+    "natural",
+    "surreal",
+    "material",
+    "emotional",
+    "mythological",
+    "scientific",
+    "technological",
+    "scale",
+)
 MODERATE_FAMILIES = ("colour", "lighting", "technique", "season", "time_of_day")
 LEVELS = ("moderate", "radical")
 
@@ -202,14 +213,20 @@ finish: rich layered colour | a strong contrast of light and shadow | crisp deta
 radical_context: the subject still recognisable | a bold new setting | far from the original medium
     | a {mood} atmosphere | an unexpected point of view | a striking new colour world
 """)
-MODERATE_CORE = {"colour": "{caption}, {recolour} {palette}", "lighting": "{caption}, {lit} {light}",
-                 "technique": "{caption}, {repaint} {technique}", "season": "{caption}, {set_in} {season}",
-                 "time_of_day": "{caption}, {seen_at} {time}"}
+MODERATE_CORE = {
+    "colour": "{caption}, {recolour} {palette}",
+    "lighting": "{caption}, {lit} {light}",
+    "technique": "{caption}, {repaint} {technique}",
+    "season": "{caption}, {set_in} {season}",
+    "time_of_day": "{caption}, {seen_at} {time}",
+}
 EMOTION_MOODS = {"calm": "tender", "sad": "melancholic", "fierce": "tense", "joy": "joyful"}
 _SLOT = re.compile(r"\{(\w+)\}")
 _MEDIUM_PREFIX = re.compile(
     r"^(?:(?:a|an|the)\s+)?(?:[\w-]+\s+){0,2}?(?:painting|picture|image|photo|photograph|drawing|sketch|print|"
-    r"artwork|illustration|portrait)\s+(?:of|with|showing|depicting)\s+", re.I)
+    r"artwork|illustration|portrait)\s+(?:of|with|showing|depicting)\s+",
+    re.I,
+)
 _ARTIFACTS = re.compile(r"\b(?:arafed|araffe|arafly|araffed)\b\s*", re.I)
 
 
@@ -271,11 +288,19 @@ def style_name(style: str | None) -> str:
     return re.sub(r"[_\s]+", " ", style if isinstance(style, str) else "").strip() or "original"
 
 
-def template_prompt(caption: str, level: str, family: str, rng: random.Random,
-                    style: str | None = None) -> list[Clause]:
+def template_prompt(
+    caption: str, level: str, family: str, rng: random.Random, style: str | None = None
+) -> list[Clause]:
     """The clauses of one prompt for an already cleaned ``caption`` (see :func:`clean_caption`)."""
-    g = Grammar(rng, {"caption": caption, "subject": subject_of(caption), "style": style_name(style),
-                      "aspect": SLOTS.get(f"aspect_{family}", ["look"])[0]})
+    g = Grammar(
+        rng,
+        {
+            "caption": caption,
+            "subject": subject_of(caption),
+            "style": style_name(style),
+            "aspect": SLOTS.get(f"aspect_{family}", ["look"])[0],
+        },
+    )
     g.given["mood"] = g.pick("mood")  # one mood per prompt, wherever it is named
     if level == "moderate":
         if family not in MODERATE_CORE:
@@ -307,6 +332,7 @@ _A_VOWEL = ("one", "once", "uni", "use", "usu", "euro", "ewe")  # a 'y'/'w' soun
 
 def fix_articles(text: str) -> str:
     """'a amber glow' -> 'an amber glow', 'an blue sky' -> 'a blue sky' (after slots were filled)."""
+
     def sub(m: re.Match) -> str:
         article, word = m.group(1), m.group(2)
         low = word.lower()

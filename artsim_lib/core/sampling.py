@@ -6,10 +6,11 @@ each row with its own ``torch.Generator`` (seeded from the item's id) by the Gum
 ``argmax(logits / T + Gumbel noise)`` is a draw from ``softmax(logits / T)``. It runs as a logits
 processor under greedy decoding, so sampled generation stays batched.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,5 +48,6 @@ def sampled_generate(model, inputs: dict, seeds: Sequence[int], temperature: flo
     from transformers import LogitsProcessorList
 
     sampler = SeededSampler(seeds, temperature, device=next(model.parameters()).device)
-    return model.generate(**inputs, generation_config=greedy_config(model, **overrides),
-                          logits_processor=LogitsProcessorList([sampler]))
+    return model.generate(
+        **inputs, generation_config=greedy_config(model, **overrides), logits_processor=LogitsProcessorList([sampler])
+    )

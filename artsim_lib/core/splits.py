@@ -1,4 +1,5 @@
 """Seeded train/val/test splits: stratified by a column, or grouped (every artist in one split)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,9 @@ def stratified_split(df: pd.DataFrame, fractions: dict[str, float], by: str | No
     return _fill_starved_splits(split, keys, fractions, rng)
 
 
-def _fill_starved_splits(split: pd.Series, keys: pd.Series, fractions: dict[str, float],
-                         rng: np.random.Generator) -> pd.Series:
+def _fill_starved_splits(
+    split: pd.Series, keys: pd.Series, fractions: dict[str, float], rng: np.random.Generator
+) -> pd.Series:
     """Per-group rounding starves val and test when most groups are tiny (a pilot of 24 paintings
     over 27 styles puts every one in train). A split under half its overall share (rounded down,
     at least 1) gets rows moved from train until it has that share: from the groups with the most
@@ -54,8 +56,9 @@ def _fill_starved_splits(split: pd.Series, keys: pd.Series, fractions: dict[str,
 
 
 # -- splits by artist, and near-copies across splits ----------------------------------------------------
-def grouped_split(df: pd.DataFrame, fractions: dict[str, float], group: str, seed: int,
-                  by: str | None = None) -> pd.Series:
+def grouped_split(
+    df: pd.DataFrame, fractions: dict[str, float], group: str, seed: int, by: str | None = None
+) -> pd.Series:
     """A seeded split label per row that keeps every ``group`` (e.g. artist) whole: groups in a
     seeded order, largest first, each to the split furthest below its share of rows. A row without
     a group value is its own group. With ``by`` (e.g. style), each class first gets one group in
@@ -66,13 +69,13 @@ def grouped_split(df: pd.DataFrame, fractions: dict[str, float], group: str, see
     sizes = pd.Series(keys).value_counts()
     rng = np.random.default_rng(seed)
     order = sizes.index.to_numpy(object)[rng.permutation(len(sizes))]
-    order = sorted(order, key=lambda k: -sizes[k])                    # stable: ties keep the seeded order
+    order = sorted(order, key=lambda k: -sizes[k])  # stable: ties keep the seeded order
     target = np.array([fractions[k] for k in names]) * len(df)
     have = np.zeros(len(names))
     label = {}
     if by is not None:  # one group per class into train first (the class's largest, seeded ties)
         cls = pd.Series(df[by].astype("string").fillna("<none>").to_numpy(object), index=keys)
-        classes_of = cls.groupby(level=0).agg(set)                     # group -> its classes
+        classes_of = cls.groupby(level=0).agg(set)  # group -> its classes
         for c in sorted(set(cls)):
             if any(c in classes_of[k] for k, v in label.items() if v == names[0]):
                 continue

@@ -3,6 +3,7 @@
 Every stage module's ``load(P)`` goes through :func:`read_current`: the artifact is returned when it
 exists and was made with the params ``P`` asks for, and otherwise :class:`StageNotRunError` says
 which stage to run, so a notebook never trains or regenerates what an earlier stage owns."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,14 @@ import pandas as pd
 from artsim_lib.io import paths
 
 STAGE_NOTEBOOKS = {
-    "01": "01-eda", "02": "02-preprocessing", "03": "03-captioning", "04": "04-prompting",
-    "05": "05-generation", "06": "06-descriptors", "07": "07-finetune", "08": "08-siamese",
+    "01": "01-eda",
+    "02": "02-preprocessing",
+    "03": "03-captioning",
+    "04": "04-prompting",
+    "05": "05-generation",
+    "06": "06-descriptors",
+    "07": "07-finetune",
+    "08": "08-siamese",
     "09": "09-evaluation",
 }
 
@@ -25,8 +32,10 @@ class StageNotRunError(RuntimeError):
     def __init__(self, stage: str, what: str, path: str | os.PathLike, stale: bool = False):
         self.stage, self.what, self.path = stage, what, Path(path)
         state = "was made with other params" if stale else "is missing"
-        super().__init__(f"{what} ({path}) {state}: run stage {stage} first "
-                         f"(artsim run --until {stage}, or notebooks/{STAGE_NOTEBOOKS.get(stage, stage)}.ipynb)")
+        super().__init__(
+            f"{what} ({path}) {state}: run stage {stage} first "
+            f"(artsim run --until {stage}, or notebooks/{STAGE_NOTEBOOKS.get(stage, stage)}.ipynb)"
+        )
 
 
 def require_file(path: str | os.PathLike, stage: str, what: str) -> Path:

@@ -12,6 +12,7 @@ Every loader returns a DataFrame with :data:`MANIFEST_COLUMNS`, one row per imag
 
 Text columns use the nullable ``string`` dtype: a missing value is ``pd.NA``, never ``""``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,23 @@ from artsim_lib.io import paths
 from artsim_lib.io.images import ImageReadError, open_image
 from artsim_lib.io.synthart import COLUMNS as KAGGLE_COLUMNS
 
-MANIFEST_COLUMNS = ["id", "path", "filename", "style", "styles", "genre", "artist", "title", "year",
-                    "subset", "width", "height", "phash", "genre_count", "source"]
+MANIFEST_COLUMNS = [
+    "id",
+    "path",
+    "filename",
+    "style",
+    "styles",
+    "genre",
+    "artist",
+    "title",
+    "year",
+    "subset",
+    "width",
+    "height",
+    "phash",
+    "genre_count",
+    "source",
+]
 TEXT_COLUMNS = ["id", "path", "filename", "style", "genre", "artist", "title", "subset", "phash", "source"]
 INT_COLUMNS = ["year", "width", "height", "genre_count"]
 _YEAR = re.compile(r"-(\d{4})$")
@@ -112,16 +128,16 @@ def _finish(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = pd.Series([_cell(v) for v in df[c]], index=df.index, dtype="string")
     for c in INT_COLUMNS:
         df[c] = _ints(df[c]).set_axis(df.index)
-    df["styles"] = pd.Series([list(s) if s is not None else None for s in df["styles"]],
-                             index=df.index, dtype=object)
+    df["styles"] = pd.Series([list(s) if s is not None else None for s in df["styles"]], index=df.index, dtype=object)
     return df[MANIFEST_COLUMNS].reset_index(drop=True)
 
 
 def read_classes_csv(csv: Path) -> pd.DataFrame:
     """``classes.csv`` as strings (``""`` for empty), with a clear error naming the file."""
     if not csv.exists():
-        raise FileNotFoundError(f"{csv}: not found (expected the Kaggle WikiArt layout: "
-                                "<root>/<Style>/<file>.jpg and <root>/classes.csv)")
+        raise FileNotFoundError(
+            f"{csv}: not found (expected the Kaggle WikiArt layout: <root>/<Style>/<file>.jpg and <root>/classes.csv)"
+        )
     try:
         raw = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")  # -sig: tolerate a BOM
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -129,8 +145,7 @@ def read_classes_csv(csv: Path) -> pd.DataFrame:
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in KAGGLE_COLUMNS if c not in raw.columns]
     if missing:
-        raise ValueError(f"{csv}: missing column(s) {', '.join(missing)} "
-                         f"(has: {', '.join(raw.columns)})")
+        raise ValueError(f"{csv}: missing column(s) {', '.join(missing)} (has: {', '.join(raw.columns)})")
     return raw
 
 
@@ -140,35 +155,40 @@ def load_kaggle(root: str | os.PathLike) -> pd.DataFrame:
     raw = read_classes_csv(root / "classes.csv")
     empty = raw["filename"].str.strip().eq("")
     if empty.any():  # a row that names no file cannot be used by any stage
-        warnings.warn(f"{root / 'classes.csv'}: {int(empty.sum())} row(s) without a filename dropped")
+        warnings.warn(f"{root / 'classes.csv'}: {int(empty.sum())} row(s) without a filename dropped", stacklevel=2)
         raw = raw[~empty]
     files = [f.strip().replace("\\", "/") for f in raw["filename"]]
     repeated = pd.Series(files, index=raw.index).duplicated(keep="first")
     if repeated.any():  # one file, one row: the same image under two artists would leak across splits
-        warnings.warn(f"{root / 'classes.csv'}: {int(repeated.sum())} repeated filename row(s) dropped "
-                      "(the first row of each file is kept; see loaders.kaggle_decisions)")
+        warnings.warn(
+            f"{root / 'classes.csv'}: {int(repeated.sum())} repeated filename row(s) dropped "
+            "(the first row of each file is kept; see loaders.kaggle_decisions)",
+            stacklevel=2,
+        )
         raw = raw[~repeated.to_numpy()]
         files = [f for f, r in zip(files, repeated) if not r]
     styles = [parse_styles(g) for g in raw["genre"]]
     counts = _ints(raw["genre_count"])
-    df = pd.DataFrame({
-        "id": make_ids(files),
-        "path": [str(root / f) for f in files],
-        "filename": files,
-        "style": [s[0] if s else None for s in styles],
-        "styles": pd.Series(styles, dtype=object),
-        "genre": None,
-        "artist": list(raw["artist"]),
-        "title": [_cell(d) or _title_of(f) for d, f in zip(raw["description"], files)],
-        "year": [year_of(f) for f in files],
-        "subset": list(raw["subset"]),
-        "width": list(raw["width"]),
-        "height": list(raw["height"]),
-        "phash": list(raw["phash"]),
-        # Where the count is missing, the parsed list says how many styles there are.
-        "genre_count": [c if pd.notna(c) else (len(s) if s else None) for c, s in zip(counts, styles)],
-        "source": "kaggle",
-    })
+    df = pd.DataFrame(
+        {
+            "id": make_ids(files),
+            "path": [str(root / f) for f in files],
+            "filename": files,
+            "style": [s[0] if s else None for s in styles],
+            "styles": pd.Series(styles, dtype=object),
+            "genre": None,
+            "artist": list(raw["artist"]),
+            "title": [_cell(d) or _title_of(f) for d, f in zip(raw["description"], files)],
+            "year": [year_of(f) for f in files],
+            "subset": list(raw["subset"]),
+            "width": list(raw["width"]),
+            "height": list(raw["height"]),
+            "phash": list(raw["phash"]),
+            # Where the count is missing, the parsed list says how many styles there are.
+            "genre_count": [c if pd.notna(c) else (len(s) if s else None) for c, s in zip(counts, styles)],
+            "source": "kaggle",
+        }
+    )
     return _finish(df)
 
 
@@ -186,14 +206,20 @@ def kaggle_decisions(root: str | os.PathLike) -> pd.DataFrame:
         if not f:
             continue
         if f in first_line:
-            rows.append({"filename": f, "issue": f"listed again in classes.csv (line {line}, artist "
-                                                 f"{artist or '<missing>'!s}; first on line {first_line[f]})",
-                         "action": f"line {line} dropped, line {first_line[f]} kept"})
+            rows.append(
+                {
+                    "filename": f,
+                    "issue": f"listed again in classes.csv (line {line}, artist "
+                    f"{artist or '<missing>'!s}; first on line {first_line[f]})",
+                    "action": f"line {line} dropped, line {first_line[f]} kept",
+                }
+            )
         else:
             first_line[f] = line
     listed = set(first_line)
-    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                     if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    on_disk = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+    )
     for f in on_disk:
         if f not in listed:
             rows.append({"filename": f, "issue": "on disk but not in classes.csv", "action": "ignored"})
@@ -210,12 +236,14 @@ def source_decisions(P) -> pd.DataFrame:
 
 # -- huggan/wikiart (Hugging Face datasets) ------------------------------------------------
 def _offline_help(dataset: str, split: str) -> str:
-    return (f"{dataset!r} (split {split!r}) is not in the local Hugging Face cache and the Hub cannot "
-            f"be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}). Download it once on "
-            f"a machine with network:\n  hf download --repo-type dataset {dataset}\n"
-            f"  (older clients: huggingface-cli download --repo-type dataset {dataset})\n"
-            "then set HF_HOME to that cache here; or download with --local-dir DIR and set "
-            "data.hf_dataset=DIR (a folder of parquet files or a save_to_disk folder also works).")
+    return (
+        f"{dataset!r} (split {split!r}) is not in the local Hugging Face cache and the Hub cannot "
+        f"be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}). Download it once on "
+        f"a machine with network:\n  hf download --repo-type dataset {dataset}\n"
+        f"  (older clients: huggingface-cli download --repo-type dataset {dataset})\n"
+        "then set HF_HOME to that cache here; or download with --local-dir DIR and set "
+        "data.hf_dataset=DIR (a folder of parquet files or a save_to_disk folder also works)."
+    )
 
 
 def open_hf_dataset(dataset: str | os.PathLike, split: str = "train"):
@@ -295,8 +323,7 @@ def _measure(path: Path) -> tuple[int | None, int | None, str | None]:
         return None, None, None
 
 
-def load_huggan(dataset: str | os.PathLike, split: str = "train", *,
-                image_dir: str | os.PathLike) -> pd.DataFrame:
+def load_huggan(dataset: str | os.PathLike, split: str = "train", *, image_dir: str | os.PathLike) -> pd.DataFrame:
     """The manifest of ``huggan/wikiart`` (hub id or local folder). Images are written once, to
     ``image_dir/<dataset key>/<Style>/<artist>_<split>-<index>.jpg``, so later stages read
     files; ``filename`` (and so ``id``) is relative to the dataset key folder."""
@@ -316,11 +343,24 @@ def load_huggan(dataset: str | os.PathLike, split: str = "train", *,
         path = _write_image(row["image"], stem)
         width, height, phash = _measure(path)
         filename = path.relative_to(base).as_posix()
-        rows.append({"path": str(path), "filename": filename, "style": names["style"],
-                     "styles": [names["style"]] if names["style"] else None, "genre": names["genre"],
-                     "artist": names["artist"], "title": None, "year": None, "subset": split,
-                     "width": width, "height": height, "phash": phash,
-                     "genre_count": 1 if names["style"] else None, "source": "huggan"})
+        rows.append(
+            {
+                "path": str(path),
+                "filename": filename,
+                "style": names["style"],
+                "styles": [names["style"]] if names["style"] else None,
+                "genre": names["genre"],
+                "artist": names["artist"],
+                "title": None,
+                "year": None,
+                "subset": split,
+                "width": width,
+                "height": height,
+                "phash": phash,
+                "genre_count": 1 if names["style"] else None,
+                "source": "huggan",
+            }
+        )
     df = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c != "id"])
     df.insert(0, "id", make_ids(list(df["filename"])))
     return _finish(df)

@@ -16,11 +16,11 @@ What :func:`open_rgb` does, in this order:
 An 8-bit RGB image comes back pixel for pixel as it is stored. Every failure is an
 :class:`ImageReadError` whose message starts with the file name and says why.
 """
+
 from __future__ import annotations
 
 import os
 import threading
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ WHITE = (255, 255, 255)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _pil_limit_lock = threading.Lock()
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 class ImageReadError(ValueError):
@@ -91,12 +91,12 @@ def open_image(path: PathLike, max_pixels: int | float | None = DEFAULT_MAX_PIXE
         raise OversizedImageError(
             f"{path}: oversized: {img.width}x{img.height} = {pixels:,} px, more than the limit of "
             f"{max_pixels:,} px (preprocess.max_pixels; refused before decoding: a possible "
-            "decompression bomb)")
+            "decompression bomb)"
+        )
     return img
 
 
-def open_rgb(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-             background=WHITE) -> Image.Image:
+def open_rgb(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, background=WHITE) -> Image.Image:
     """The image at ``path`` as a decoded 8-bit RGB PIL image (see the module docstring).
     ``max_pixels=None`` means no limit. Raises :class:`ImageReadError` naming the file."""
     limit = max_pixels if max_pixels is not None else float("inf")

@@ -3,6 +3,7 @@
 >>> from artsim_lib.config import load_params
 >>> df = load_manifest(load_params("smoke"))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ from artsim_lib.io import paths
 from artsim_lib.io.datasets import MANIFEST_COLUMNS, load_huggan, load_kaggle, parse_styles
 from artsim_lib.io.synthart import defects, generate
 
-__all__ = ["MANIFEST_COLUMNS", "defects", "generate", "load_huggan", "load_kaggle", "load_manifest",
-           "parse_styles", "read_manifest"]
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "defects",
+    "generate",
+    "load_huggan",
+    "load_kaggle",
+    "load_manifest",
+    "parse_styles",
+    "read_manifest",
+]
 _KEY = b"artsim.data"  # parquet schema metadata: the data params that made the file
 
 
@@ -27,8 +36,7 @@ def _source_key(P) -> str:
 def read_manifest(path) -> pd.DataFrame:
     """A manifest parquet as the loaders return it (``styles`` cells back to lists)."""
     df = pd.read_parquet(path)
-    df["styles"] = pd.Series([list(s) if s is not None else None for s in df["styles"]],
-                             index=df.index, dtype=object)
+    df["styles"] = pd.Series([list(s) if s is not None else None for s in df["styles"]], index=df.index, dtype=object)
     return df
 
 
@@ -61,8 +69,14 @@ def load_manifest(P) -> pd.DataFrame:
         root = P.path(P.data.root)
         if source == "synthart":
             s = P.data.synthart
-            generate(root, num_images=s.num_images, seed=s.seed, max_side=s.max_side, series=s.series,
-                     series_size=s.series_size)
+            generate(
+                root,
+                num_images=s.num_images,
+                seed=s.seed,
+                max_side=s.max_side,
+                series=s.series,
+                series_size=s.series_size,
+            )
         stamp = root / "classes.csv"
     if _cached(P, target, stamp):
         return read_manifest(target)
@@ -90,7 +104,7 @@ def spread_sample(df: pd.DataFrame, n: int, seed: int, by: str = "style", per_va
     groups = sorted(df.groupby(key).indices.items())
     order = rng.permutation(len(groups))
     order = sorted(order, key=lambda i: len(groups[i][1]) < per_value)  # stable: full groups first
-    chosen = [groups[i] for i in order[:max(1, n // per_value)]]
+    chosen = [groups[i] for i in order[: max(1, n // per_value)]]
     queues = [list(rng.permutation(idx)) for _, idx in sorted(chosen)]
     picked: list[int] = []
     while len(picked) < n and any(queues):
@@ -98,5 +112,3 @@ def spread_sample(df: pd.DataFrame, n: int, seed: int, by: str = "style", per_va
             if q and len(picked) < n:
                 picked.append(int(q.pop()))
     return df.iloc[sorted(picked)].reset_index(drop=True)
-
-

@@ -1,12 +1,13 @@
 """Where things live: the project root, the run directory layout, and atomic writes."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # artsim_lib/ (this file is artsim_lib/io/paths.py)
 

@@ -1,4 +1,5 @@
 """What produced a result: git commit, package versions, seeds, and per-stage wall time."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,28 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from artsim_lib.io import paths
 
 PACKAGES = (
-    "artsim", "torch", "transformers", "diffusers", "datasets", "numpy", "pandas", "pyarrow",
-    "pillow", "scikit-image", "imagehash", "papermill", "snakemake", "pydantic", "matplotlib",
+    "artsim",
+    "torch",
+    "transformers",
+    "diffusers",
+    "datasets",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pillow",
+    "scikit-image",
+    "imagehash",
+    "papermill",
+    "snakemake",
+    "pydantic",
+    "matplotlib",
 )
 
 
@@ -25,10 +39,16 @@ def git_commit(root: Path | None = None) -> str:
     """The commit of the working tree (with ``-dirty`` when it has changes), or ``unknown``."""
     root = root or paths.project_root()
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -69,7 +89,7 @@ def shown(value):
     if text == root:
         return "."
     if text.startswith(root + os.sep):
-        return text[len(root) + 1:]
+        return text[len(root) + 1 :]
     return value if isinstance(value, str) else text
 
 
@@ -88,7 +108,7 @@ def provenance(params) -> dict:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -16,6 +16,7 @@ belong to the run that holds it. :func:`clean_leftovers` removes the temporary f
 run left behind (:func:`artsim_lib.io.paths.atomic_path` names them ``.<name>.XXXXXXXX.tmp<ext>``)
 and :func:`clear_snakemake_locks` the Snakemake locks a killed Snakemake could not release.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,8 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 LOCK_NAME = ".artsim-run.lock"
 LOCK_ENV = "ARTSIM_RUN_LOCK"  # set by `artsim run` for its jobs: the token of the run holding the lock
@@ -94,8 +95,7 @@ def is_live(info: dict) -> bool | None:
     """True/False for a lock taken on this host; None when it cannot be told (another host)."""
     if info.get("host") != _host():
         return None
-    return pid_alive(info.get("pid"), info.get("start")) or pid_alive(info.get("child_pid"),
-                                                                       info.get("child_start"))
+    return pid_alive(info.get("pid"), info.get("start")) or pid_alive(info.get("child_pid"), info.get("child_start"))
 
 
 def describe(info: dict, lock_file: Path) -> str:
@@ -104,8 +104,7 @@ def describe(info: dict, lock_file: Path) -> str:
         return f"an unreadable lock file {lock_file}"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("time", 0)))
     child = f" (Snakemake pid {info['child_pid']})" if info.get("child_pid") else ""
-    return (f"{info.get('command', 'artsim run')!s} (pid {info.get('pid')}{child} on "
-            f"{info.get('host')}, since {since})")
+    return f"{info.get('command', 'artsim run')!s} (pid {info.get('pid')}{child} on {info.get('host')}, since {since})"
 
 
 class RunLock:
@@ -120,13 +119,18 @@ class RunLock:
         return self.info["token"]
 
     @classmethod
-    def acquire(cls, folders: Sequence[str | os.PathLike], command: str | None = None) -> "RunLock":
+    def acquire(cls, folders: Sequence[str | os.PathLike], command: str | None = None) -> RunLock:
         """Take the lock in every folder (created if needed), or raise :class:`RunLocked`
         having taken none. Stale locks of dead processes on this host are broken (see
         :attr:`broken` for the messages)."""
-        info = {"pid": os.getpid(), "host": _host(), "start": _start_time(os.getpid()),
-                "time": time.time(), "command": command or " ".join(["artsim", *sys.argv[1:]]),
-                "token": f"{_host()}:{os.getpid()}:{secrets.token_hex(4)}"}
+        info = {
+            "pid": os.getpid(),
+            "host": _host(),
+            "start": _start_time(os.getpid()),
+            "time": time.time(),
+            "command": command or " ".join(["artsim", *sys.argv[1:]]),
+            "token": f"{_host()}:{os.getpid()}:{secrets.token_hex(4)}",
+        }
         taken: list[Path] = []
         broken: list[str] = []
         try:
@@ -153,7 +157,7 @@ class RunLock:
             if (read_holder(f) or {}).get("token") == self.token:
                 f.unlink(missing_ok=True)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -179,14 +183,19 @@ def _take(lock_file: Path, info: dict) -> list[str]:
             live = is_live(holder) if holder else None
             if live is False:
                 if _break(lock_file, holder):
-                    messages.append(f"removed the stale lock of {describe(holder, lock_file)}, "
-                                    "which is no longer running")
+                    messages.append(
+                        f"removed the stale lock of {describe(holder, lock_file)}, which is no longer running"
+                    )
                 continue
             where = lock_file.parent
-            hint = ("wait for it to finish or stop it" if live else
-                    f"if it is no longer running (it was started on another host), remove {lock_file}")
-            raise RunLocked(f"{where} is in use by {describe(holder, lock_file)}; nothing was changed; "
-                            f"{hint}") from None
+            hint = (
+                "wait for it to finish or stop it"
+                if live
+                else f"if it is no longer running (it was started on another host), remove {lock_file}"
+            )
+            raise RunLocked(
+                f"{where} is in use by {describe(holder, lock_file)}; nothing was changed; {hint}"
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(info, fh)
         return messages
@@ -266,8 +275,7 @@ def clear_snakemake_locks(workdir: str | os.PathLike, folders: Iterable[str | os
     return removed
 
 
-def write_params(target: str | os.PathLike, text: str, run_dir: str | os.PathLike,
-                 token: str | None = None) -> bool:
+def write_params(target: str | os.PathLike, text: str, run_dir: str | os.PathLike, token: str | None = None) -> bool:
     """:func:`artsim_lib.io.paths.write_if_changed`, but only for the run holding ``run_dir``'s
     lock (``token``) or when no live run holds it: the Snakefile's params files. Raises
     :class:`RunLocked` naming the holder when the file would change under another run."""
@@ -281,6 +289,5 @@ def write_params(target: str | os.PathLike, text: str, run_dir: str | os.PathLik
         pass
     holder = holder_of(run_dir)
     if holder is not None and holder.get("token") != token:
-        raise RunLocked(f"{run_dir} is in use by {describe(holder, Path(run_dir) / LOCK_NAME)}; "
-                        f"not writing {target}")
+        raise RunLocked(f"{run_dir} is in use by {describe(holder, Path(run_dir) / LOCK_NAME)}; not writing {target}")
     return paths.write_if_changed(target, text)

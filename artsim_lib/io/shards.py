@@ -8,13 +8,15 @@ uninterrupted one:
 * results are appended in small parquet parts, each written atomically, and merged sorted by id,
   see :class:`ShardStore` and :func:`merge`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
@@ -41,8 +43,10 @@ def shard_of(item_id: str, num_shards: int) -> int:
 def check_shard(num_shards: int, shard_index: int) -> None:
     """Raise a clear error for an impossible shard index."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, num_shards) and num_shards >= 1, "
-                         f"got shard_index={shard_index}, num_shards={num_shards}")
+        raise ValueError(
+            f"shard_index must be in [0, num_shards) and num_shards >= 1, "
+            f"got shard_index={shard_index}, num_shards={num_shards}"
+        )
 
 
 def select_shard(df: pd.DataFrame, num_shards: int, shard_index: int, key: str = "id") -> pd.DataFrame:
@@ -57,7 +61,7 @@ def select_shard(df: pd.DataFrame, num_shards: int, shard_index: int, key: str =
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
     """Consecutive slices of ``items`` of at most ``size``."""
     for start in range(0, len(items), max(1, size)):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 class ShardStore:
@@ -76,8 +80,11 @@ class ShardStore:
 
     def done(self) -> set[str]:
         """Keys already written by this shard."""
-        return set().union(*(set(pd.read_parquet(p, columns=[self.key])[self.key].astype(str))
-                             for p in self.parts())) if self.parts() else set()
+        return (
+            set().union(*(set(pd.read_parquet(p, columns=[self.key])[self.key].astype(str)) for p in self.parts()))
+            if self.parts()
+            else set()
+        )
 
     def append(self, records: Iterable[dict]) -> Path | None:
         """Write ``records`` as the next part (atomically); returns its path."""
@@ -116,8 +123,14 @@ def content_hash(frame: pd.DataFrame, ignore: Sequence[str] = ("seconds",)) -> s
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-def run_batches(batches: Iterable, work: Callable[[Any], Iterable[dict]], store: ShardStore, total: int,
-                desc: str, unit: str = "img") -> int:
+def run_batches(
+    batches: Iterable,
+    work: Callable[[Any], Iterable[dict]],
+    store: ShardStore,
+    total: int,
+    desc: str,
+    unit: str = "img",
+) -> int:
     """The one batch loop of the sharded stages (captions, derivatives, embeddings): ``work(batch)``
     gives the batch's rows, which are appended to ``store`` as one part with ``seconds``, the wall
     time per row since the previous part was stored (reading and waiting for the inputs included),
@@ -133,4 +146,3 @@ def run_batches(batches: Iterable, work: Callable[[Any], Iterable[dict]], store:
             done += len(rows)
             bar.update(len(rows))
     return done
-

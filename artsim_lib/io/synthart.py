@@ -29,6 +29,7 @@ the first style's folder); ``no_year`` names lack the trailing ``-YYYY``. ~10 % 
 the ``uncertain artist`` subset, ~10 % are tiny (40-90 px), ~15 % large (>1024 px up to
 ``max_side``); aspect ratios 0.5-2 in both orientations.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -48,8 +49,16 @@ from artsim_lib.io import paths
 COLUMNS = ["filename", "artist", "genre", "description", "phash", "width", "height", "genre_count", "subset"]
 DEFECTS_FILE = "synthart_defects.json"
 SERIES_FILE = "synthart_series.json"  # the series as lists of filenames (only with series > 0)
-DEFECTS = ("missing_artist", "missing_genre", "missing_subset", "grayscale", "rgba_png", "cmyk",
-           "exif_rotated", "truncated")
+DEFECTS = (
+    "missing_artist",
+    "missing_genre",
+    "missing_subset",
+    "grayscale",
+    "rgba_png",
+    "cmyk",
+    "exif_rotated",
+    "truncated",
+)
 WORK = 384  # paintings are drawn at this long side, then resized: fast at any output size
 
 
@@ -107,8 +116,8 @@ def _impressionism(rng, w, h, a):
     cols = _cols(rng, a, np.clip(ys / h * 4 + rng.normal(0, 0.7, n), 0, 4).astype(int))
     ang, ln = rng.normal(a.angle, 0.4, n), a.size * rng.uniform(4, 10, n)
     wd = max(2, int(3 * a.size))
-    for x, y, t, l, c in zip(xs, ys, ang, ln, cols.tolist()):
-        d.line([(x, y), (x + l * math.cos(t), y + l * math.sin(t))], fill=tuple(c), width=wd)
+    for x, y, t, length, c in zip(xs, ys, ang, ln, cols.tolist()):
+        d.line([(x, y), (x + length * math.cos(t), y + length * math.sin(t))], fill=tuple(c), width=wd)
     return img
 
 
@@ -143,8 +152,7 @@ def _action(rng, w, h, a):
     for _ in range(int(25 * a.density)):
         steps = rng.normal(0, 15 * a.size, (20, 2)).cumsum(axis=0) + (rng.random(2) * (w, h))
         c = _col(rng, a)
-        d.line([tuple(p) for p in steps.tolist()], fill=c, width=int(rng.integers(1, 7) * a.size) + 1,
-               joint="curve")
+        d.line([tuple(p) for p in steps.tolist()], fill=c, width=int(rng.integers(1, 7) * a.size) + 1, joint="curve")
         for x, y in steps[rng.random(20) < 0.4 * a.density].tolist():
             r = rng.uniform(1, 4) * a.size
             d.ellipse([x - r, y - r, x + r, y + r], fill=c)
@@ -172,8 +180,10 @@ def _baroque(rng, w, h, a):
     d = ImageDraw.Draw(img)
     if rng.random() < 0.5:  # a lit window or curtain behind the sitter: portraits differ in layout
         x0, y0 = rng.uniform(0, 0.6) * w, rng.uniform(0, 0.4) * h
-        d.rectangle([x0, y0, x0 + rng.uniform(0.2, 0.4) * w, y0 + rng.uniform(0.3, 0.6) * h],
-                    fill=tuple(int(v * rng.uniform(0.4, 0.9)) for v in _col(rng, a, 3)))
+        d.rectangle(
+            [x0, y0, x0 + rng.uniform(0.2, 0.4) * w, y0 + rng.uniform(0.3, 0.6) * h],
+            fill=tuple(int(v * rng.uniform(0.4, 0.9)) for v in _col(rng, a, 3)),
+        )
     cx, s = w * rng.uniform(0.3, 0.7), min(w, h)
     d.ellipse([cx - 0.45 * w, h * 0.62, cx + 0.45 * w, h * 1.3], fill=tuple(int(v * 0.6) for v in _col(rng, a, 1)))
     hx, hy, rx = cx + rng.normal(0, s * 0.04), h * rng.uniform(0.3, 0.45), s * rng.uniform(0.11, 0.2)
@@ -215,19 +225,27 @@ STYLES = {  # Kaggle folder -> (painter, subject genres, years active)
 }
 ARTISTS_PER_STYLE = 3
 _FIRST = "anna boris clara diego elena felix greta hugo ines jonas katya luca mira nils olga pavel".split()
-_LAST = "kovac berg moreau silva novak lindqvist rossi dumont varga holm ortega petrov keller brandt costa weiss".split()
+_LAST = (
+    "kovac berg moreau silva novak lindqvist rossi dumont varga holm ortega petrov keller brandt costa weiss".split()
+)
 _TITLES = {  # subject genre -> (adjectives, nouns) for title slugs
-    "landscape": (("quiet", "autumn", "distant", "morning", "evening"), ("hills", "valley", "river", "field", "orchard")),
+    "landscape": (
+        ("quiet", "autumn", "distant", "morning", "evening"),
+        ("hills", "valley", "river", "field", "orchard"),
+    ),
     "cityscape": (("rainy", "old", "busy", "winter", "sunlit"), ("street", "bridge", "square", "harbour", "rooftops")),
     "portrait": (("young", "old", "seated", "pensive", "noble"), ("woman", "man", "girl", "merchant", "musician")),
     "still life": (("broken", "green", "white", "small", "dark"), ("still-life", "bottle", "guitar", "jug", "fruit")),
-    "abstract": (("red", "blue", "silent", "vertical", "black"), ("composition", "rhythm", "tension", "space", "field")),
+    "abstract": (
+        ("red", "blue", "silent", "vertical", "black"),
+        ("composition", "rhythm", "tension", "space", "field"),
+    ),
 }
 
 
 def _artists(rng) -> dict[str, list[Artist]]:
     """Three artists per style with distinct names, palettes and brush signatures."""
-    combos = [f"{f} {l}" for f in _FIRST for l in _LAST]
+    combos = [f"{first} {last}" for first in _FIRST for last in _LAST]
     names = rng.choice(combos, len(STYLES) * ARTISTS_PER_STYLE, replace=False).tolist()
     out = {}
     for s, (style, (_, _, (y0, y1))) in enumerate(STYLES.items()):
@@ -235,13 +253,20 @@ def _artists(rng) -> dict[str, list[Artist]]:
         for k in range(ARTISTS_PER_STYLE):
             hue, sat, val = rng.random(), rng.uniform(0.45, 0.9), rng.uniform(0.55, 0.95)
             hues = hue + np.array([0, 0.08, -0.08, 0.5, 0.15]) * rng.uniform(0.5, 1.5)
-            pal = [colorsys.hsv_to_rgb(x % 1, sat * rng.uniform(0.7, 1), val * rng.uniform(0.6, 1))
-                   for x in hues]
+            pal = [colorsys.hsv_to_rgb(x % 1, sat * rng.uniform(0.7, 1), val * rng.uniform(0.6, 1)) for x in hues]
             start = int(rng.integers(y0, y1 - 5))
-            out[style].append(Artist(
-                names[s * ARTISTS_PER_STYLE + k], np.array(pal) * 255, rng.uniform(0.6, 1.6),
-                rng.uniform(0.6, 1.4), rng.uniform(4, 28), rng.uniform(-np.pi, np.pi),
-                rng.uniform(1, 6), (start, min(y1, start + int(rng.integers(8, 30))))))
+            out[style].append(
+                Artist(
+                    names[s * ARTISTS_PER_STYLE + k],
+                    np.array(pal) * 255,
+                    rng.uniform(0.6, 1.6),
+                    rng.uniform(0.6, 1.4),
+                    rng.uniform(4, 28),
+                    rng.uniform(-np.pi, np.pi),
+                    rng.uniform(1, 6),
+                    (start, min(y1, start + int(rng.integers(8, 30)))),
+                )
+            )
     return out
 
 
@@ -249,9 +274,11 @@ def _sizes(rng, n: int, max_side: int) -> list[tuple[int, int]]:
     """(width, height) per image: a few tiny, a few above 1024 px, both orientations."""
     n_tiny, n_large = max(2, n // 10), max(2, n * 3 // 20)
     big_lo = min(1025, max_side)
-    longs = ([int(rng.integers(40, min(90, max_side) + 1)) for _ in range(n_tiny)]
-             + [int(rng.integers(big_lo, max_side + 1)) for _ in range(n_large)]
-             + [int(rng.integers(min(150, max_side), min(800, max_side) + 1)) for _ in range(n - n_tiny - n_large)])
+    longs = (
+        [int(rng.integers(40, min(90, max_side) + 1)) for _ in range(n_tiny)]
+        + [int(rng.integers(big_lo, max_side + 1)) for _ in range(n_large)]
+        + [int(rng.integers(min(150, max_side), min(800, max_side) + 1)) for _ in range(n - n_tiny - n_large)]
+    )
     out = []
     for i, long in enumerate(longs):
         r = math.exp(abs(rng.uniform(-math.log(2), math.log(2))))  # aspect in [1, 2]
@@ -274,8 +301,16 @@ def _title(rng, a: Artist, style: str, taken: set) -> tuple[str, str, int | None
 
 
 # WikiArt is long-tailed (Impressionism ~13k images, Action painting ~100): so is SynthArt.
-STYLE_WEIGHTS = {"Impressionism": 3.0, "Realism": 2.4, "Baroque": 1.6, "Cubism": 1.2, "Pop_Art": 1.0,
-                 "Pointillism": 0.8, "Color_Field_Painting": 0.7, "Action_painting": 0.5}
+STYLE_WEIGHTS = {
+    "Impressionism": 3.0,
+    "Realism": 2.4,
+    "Baroque": 1.6,
+    "Cubism": 1.2,
+    "Pop_Art": 1.0,
+    "Pointillism": 0.8,
+    "Color_Field_Painting": 0.7,
+    "Action_painting": 0.5,
+}
 
 
 def _style_sequence(n: int, styles: list[str]) -> list[str]:
@@ -303,8 +338,20 @@ def _plan(rng, n: int, max_side: int) -> list[dict]:
         a = artists[style][seen.get(style, 0) % ARTISTS_PER_STYLE]
         seen[style] = seen.get(style, 0) + 1
         fname, title, year = _title(rng, a, style, taken)
-        rows.append(dict(filename=fname, style=style, styles=[style], artist=a, title=title,
-                         year=year, size=sizes[i], subset=subsets[i], defect=None, candidate=False))
+        rows.append(
+            dict(
+                filename=fname,
+                style=style,
+                styles=[style],
+                artist=a,
+                title=title,
+                year=year,
+                size=sizes[i],
+                subset=subsets[i],
+                defect=None,
+                candidate=False,
+            )
+        )
     free = [int(i) for i in rng.permutation(n)]
 
     def take(ok) -> dict:  # the first free row (in shuffled order) that passes ``ok``
@@ -369,7 +416,7 @@ def _save(img: Image.Image, path: Path, defect: str | None, quality: int) -> Non
         exif[0x0112] = 6  # Orientation: rotate 90 CW to display
         img, kw["exif"] = img.transpose(Image.Transpose.ROTATE_90), exif.tobytes()
     elif defect == "rgba_png":  # PNG bytes behind a .jpg name, as in real scrapes
-        yy, xx = np.mgrid[-1:1:img.height * 1j, -1:1:img.width * 1j]
+        yy, xx = np.mgrid[-1 : 1 : img.height * 1j, -1 : 1 : img.width * 1j]
         img = img.convert("RGBA")
         img.putalpha(Image.fromarray(np.clip((1.6 - np.hypot(xx, yy)) * 255, 0, 255).astype(np.uint8)))
         return img.save(path, "PNG")
@@ -403,14 +450,22 @@ def _record(root: Path, row: dict) -> dict:
     with Image.open(root / row["filename"]) as im:
         w, h, d = *im.size, row["defect"]
         phash = "" if d == "truncated" else str(imagehash.phash(im))
-    return {"filename": row["filename"], "artist": "" if d == "missing_artist" else row["artist"].name,
-            "genre": "" if d == "missing_genre" else str(row["styles"]), "description": row["title"],
-            "phash": phash, "width": w, "height": h, "genre_count": len(row["styles"]),
-            "subset": "" if d == "missing_subset" else row["subset"]}
+    return {
+        "filename": row["filename"],
+        "artist": "" if d == "missing_artist" else row["artist"].name,
+        "genre": "" if d == "missing_genre" else str(row["styles"]),
+        "description": row["title"],
+        "phash": phash,
+        "width": w,
+        "height": h,
+        "genre_count": len(row["styles"]),
+        "subset": "" if d == "missing_subset" else row["subset"],
+    }
 
 
-def generate(root: str | Path, num_images: int = 100, seed: int = 0, max_side: int = 1400,
-             series: int = 0, series_size: int = 3) -> Path:
+def generate(
+    root: str | Path, num_images: int = 100, seed: int = 0, max_side: int = 1400, series: int = 0, series_size: int = 3
+) -> Path:
     """Write SynthArt under ``root`` atomically and return ``root/classes.csv``; does nothing
     when that exists already. The same arguments give the same bytes (``series=0``: the same as
     before series existed)."""

@@ -4,6 +4,7 @@ A SLURM job sees every core of its node in ``os.cpu_count()`` but is confined to
 (``--cpus-per-task``, exported as ``SLURM_CPUS_PER_TASK``, and enforced as the CPU affinity mask
 by the cgroup). Starting more workers than that only makes them fight over the same cores.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ starts); the loaders record each model they load and the stages how many items t
 rehearsal test reads these files to show that no job re-keys or regenerates an earlier
 stage's artifacts.
 """
+
 from __future__ import annotations
 
 import json

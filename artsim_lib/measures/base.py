@@ -6,11 +6,12 @@ features (:meth:`Measure.raw_from_features`, in [-1, 1]); :meth:`Measure.to01` m
 cosine-of-embeddings model, :class:`PairwiseMeasure` anything with ``similarity``/``similarity01``,
 :class:`PairHeadMeasure` a learnt score of two embeddings.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,11 +32,13 @@ def unavailable_as_such(loader):
     """``loader(run_dir)`` with a missing model or file (any OSError: FileNotFoundError, and
     ``ModelNotAvailableError`` is one too) raised as :class:`MeasureUnavailableError`, so stage 09
     skips the measure and says why. The one wrapper every registered loader goes through."""
+
     def load(run_dir):
         try:
             return loader(run_dir)
         except OSError as err:
             raise MeasureUnavailableError(" ".join(str(err).split())) from None
+
     load.__name__ = getattr(loader, "__name__", "load")
     return load
 
@@ -50,8 +53,9 @@ def trained_model_dir(path: str | os.PathLike, measure: str, stage: str = "08") 
     """``path`` when it is a folder, else :class:`MeasureUnavailableError` saying what to run."""
     path = Path(path)
     if not path.is_dir():
-        raise MeasureUnavailableError(f"measure {measure!r}: no model directory {path} "
-                                      f"(run stage {stage} first or pass --run DIR)")
+        raise MeasureUnavailableError(
+            f"measure {measure!r}: no model directory {path} (run stage {stage} first or pass --run DIR)"
+        )
     return path
 
 
@@ -88,8 +92,9 @@ class Measure:
 
     def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
         """An embedding per image ``[N, D]``, for measures that are a cosine of embeddings."""
-        raise NotImplementedError(f"measure {self.name!r} compares features with its own rules; "
-                                  f"it has no embedding (use .features())")
+        raise NotImplementedError(
+            f"measure {self.name!r} compares features with its own rules; it has no embedding (use .features())"
+        )
 
     def matrix(self, images: Sequence[ImageLike], normalised: bool = True) -> np.ndarray:
         """All pairwise similarities ``[N, N]``; each image's features are computed once."""
@@ -114,8 +119,9 @@ class DescriptorMeasure(Measure):
             raise MeasureError(f"unknown descriptor family {family!r} (known: {', '.join(FAMILIES)})")
         self.name, self.cfg, self.family = name, cfg, family
         self.weights = dsim.normalise_weights(weights if weights is not None else cfg.weights)
-        self.mapping = ("similarity01 = max(raw, 0)" if family == "ssim"
-                        else "raw is already in [0, 1]; similarity01 = raw")
+        self.mapping = (
+            "similarity01 = max(raw, 0)" if family == "ssim" else "raw is already in [0, 1]; similarity01 = raw"
+        )
 
     def features(self, images: Sequence[ImageLike]) -> list:
         images = list(images)
@@ -153,12 +159,12 @@ class EmbeddingMeasure(Measure):
         rows = []
         images = list(images)
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             batch = chunk if self.pass_sources else [read_image(i) for i in chunk]
             emb = self.embed_fn(batch)
             emb = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb, np.float64)
             rows.append(np.asarray(emb, np.float64))
-        emb = np.concatenate(rows) if rows else np.zeros((0, 0))          # [N, D]
+        emb = np.concatenate(rows) if rows else np.zeros((0, 0))  # [N, D]
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.where(norms > 0, norms, 1.0)
 
@@ -173,7 +179,7 @@ class EmbeddingMeasure(Measure):
 
     def matrix(self, images: Sequence[ImageLike], normalised: bool = True) -> np.ndarray:
         emb = self.embed(images)
-        raw = np.clip(emb @ emb.T, -1.0, 1.0)                              # [N, N]
+        raw = np.clip(emb @ emb.T, -1.0, 1.0)  # [N, N]
         return (raw + 1.0) / 2.0 if normalised else raw
 
 
@@ -226,9 +232,13 @@ class PairHeadMeasure(Measure):
         import torch
 
         with torch.no_grad():
-            out = [self.score_fn(torch.from_numpy(np.ascontiguousarray(fa[i:i + self.chunk], np.float32)),
-                                 torch.from_numpy(np.ascontiguousarray(fb[i:i + self.chunk], np.float32)))
-                   for i in range(0, len(fa), self.chunk)]
+            out = [
+                self.score_fn(
+                    torch.from_numpy(np.ascontiguousarray(fa[i : i + self.chunk], np.float32)),
+                    torch.from_numpy(np.ascontiguousarray(fb[i : i + self.chunk], np.float32)),
+                )
+                for i in range(0, len(fa), self.chunk)
+            ]
         return np.concatenate([o.detach().float().cpu().numpy() for o in out]) if out else np.zeros(0)
 
     def raw_from_features(self, fa, fb) -> float:
@@ -285,11 +295,12 @@ def measure_weights(name: str, P) -> str:
     if name == "geometry":
         return "content-free (no model)"
     if name in ("dinov2", "sscd"):  # built tiny and random by the smoke and rehearsal profiles
-        return ("tiny-random" if P.models.build_tiny or P.models.build_rehearsal else "real-pretrained")
+        return "tiny-random" if P.models.build_tiny or P.models.build_rehearsal else "real-pretrained"
     for kind, label in (("effnet_lite0", "EfficientNet-Lite0"), ("resnet", "ResNet")):
         if name.startswith(kind + "_"):
             return f"trained-here on {_model_weights(P, kind)} {label}"
     return "unknown"
+
 
 # -- geometry: a content-free baseline -------------------------------------------------------------------
 # It looks only at where the picture lies in the frame (the non-padding box) and the frame's aspect
@@ -319,7 +330,7 @@ class GeometryMeasure(Measure):
     def features(self, images: Sequence[ImageLike]) -> list:
         out = []
         for src in images:
-            arr = np.asarray(read_image(src))                                # [H, W, 3]
+            arr = np.asarray(read_image(src))  # [H, W, 3]
             h, w = arr.shape[:2]
             x0, y0, x1, y1 = content_box_of(arr, self.pad_color, self.tol)
             out.append(np.array([np.log(w / h), x0 / w, y0 / h, x1 / w, y1 / h]))

@@ -19,16 +19,17 @@ hashes to it and appends each batch as an atomic part. Every forward pass sees e
 ``batch_size`` images (the last batch is padded), so an embedding does not depend on its batch
 neighbours and a sharded or resumed run is bit-identical to a plain one.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,8 +41,8 @@ from tqdm import tqdm
 from artsim_lib import config, models
 from artsim_lib.io import paths, shards
 from artsim_lib.io.images import open_rgb, to_rgb
-from artsim_lib.io.worklog import record
 from artsim_lib.io.workers import worker_count
+from artsim_lib.io.worklog import record
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _WEIGHT_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: weights are large
@@ -167,7 +168,7 @@ def clip_pixels(img: Image.Image, proc) -> np.ndarray:
         return proc(images=img, return_tensors="np")["pixel_values"][0]
     w, h = img.size
     w, h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    a = np.asarray(img.resize((w, h), resample=proc.resample), np.float64)[(h - ch) // 2:, (w - cw) // 2:][:ch, :cw]
+    a = np.asarray(img.resize((w, h), resample=proc.resample), np.float64)[(h - ch) // 2 :, (w - cw) // 2 :][:ch, :cw]
     a = (a * proc.rescale_factor).astype(np.float32)
     return ((a - np.asarray(proc.image_mean, np.float32)) / np.asarray(proc.image_std, np.float32)).transpose(2, 0, 1)
 
@@ -216,8 +217,13 @@ def encode(encoder: Encoder, images: Sequence, batch_size: int = 32, workers: in
     dataset = _Images(images, encoder.processor.image_processor)
     batches = _batches(dataset, batch_size, workers if len(images) > batch_size else 0, encoder.model.device)
     start = 0
-    for pixels in tqdm(batches, desc="CLIP embeddings", unit="batch", total=-(-len(images) // batch_size),
-                       disable=not (images and progress)):
+    for pixels in tqdm(
+        batches,
+        desc="CLIP embeddings",
+        unit="batch",
+        total=-(-len(images) // batch_size),
+        disable=not (images and progress),
+    ):
         yield slice(start, start + len(pixels)), embed_pixels(encoder.model, pixels, batch_size)
         start += len(pixels)
 
@@ -252,10 +258,10 @@ class ExtractResult:
     key: str
     root: Path
     target: Path
-    items: int            # distinct images (by content) this call was responsible for
-    hits: int             # of those, already in the cache
-    misses: int           # of those, embedded by this call
-    seconds: float        # wall time of the embedding loop (loading, preprocessing, forward, writes)
+    items: int  # distinct images (by content) this call was responsible for
+    hits: int  # of those, already in the cache
+    misses: int  # of those, embedded by this call
+    seconds: float  # wall time of the embedding loop (loading, preprocessing, forward, writes)
     complete: bool
     table: pd.DataFrame | None = None
 
@@ -278,8 +284,15 @@ def with_hashes(images: pd.DataFrame, workers: int = 1) -> pd.DataFrame:
     return images[["id", "path", "hash"]]
 
 
-def extract(encoder: Encoder, images: pd.DataFrame, root: str | Path, num_shards: int = 1,
-            shard_index: int = 0, batch_size: int = 32, workers: int = 0) -> ExtractResult:
+def extract(
+    encoder: Encoder,
+    images: pd.DataFrame,
+    root: str | Path,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    batch_size: int = 32,
+    workers: int = 0,
+) -> ExtractResult:
     """Embed the images (``id``, ``path``, optionally their recorded ``hash``) of shard
     ``shard_index`` that are not cached yet, one atomic part per batch. When every image of every
     shard is cached, the merged table (id, path, hash, embedding, dtype, sorted by id) is written
@@ -298,18 +311,32 @@ def extract(encoder: Encoder, images: pd.DataFrame, root: str | Path, num_shards
         dtype = encoder.identity.get("dtype")  # provenance: the cache is read in float32 whatever it was
         hashes = todo["hash"]
         # seconds per image: loading, preprocessing and the forward pass
-        shards.run_batches(encode(encoder, list(todo["path"]), batch_size, workers, progress=False),
-                           lambda b: ({"hash": h, "embedding": e, "dtype": dtype} for h, e in zip(hashes.iloc[b[0]], b[1])),
-                           store, len(todo), "CLIP embeddings")
+        shards.run_batches(
+            encode(encoder, list(todo["path"]), batch_size, workers, progress=False),
+            lambda b: ({"hash": h, "embedding": e, "dtype": dtype} for h, e in zip(hashes.iloc[b[0]], b[1])),
+            store,
+            len(todo),
+            "CLIP embeddings",
+        )
     seconds = time.perf_counter() - t0
     if len(todo) and not merge_only:
         record("made", stage="embeddings", items=len(todo), model=encoder.key)
     missing = sorted(set(images["hash"]) - cached_hashes(root))
     if merge_only and missing:
-        raise RuntimeError(f"{root}: {len(missing)} of {images['hash'].nunique()} images have no "
-                           f"embedding yet; run every shard (shard_index 0..num_shards-1) first")
-    result = ExtractResult(encoder.key, root, root / "images.parquet", len(distinct), len(distinct) - len(todo),
-                           0 if merge_only else len(todo), seconds, complete=not missing)
+        raise RuntimeError(
+            f"{root}: {len(missing)} of {images['hash'].nunique()} images have no "
+            f"embedding yet; run every shard (shard_index 0..num_shards-1) first"
+        )
+    result = ExtractResult(
+        encoder.key,
+        root,
+        root / "images.parquet",
+        len(distinct),
+        len(distinct) - len(todo),
+        0 if merge_only else len(todo),
+        seconds,
+        complete=not missing,
+    )
     if result.complete:
         result.table = _merge(images, root, result.target, encoder.key)
     return result
@@ -333,27 +360,37 @@ def stage_images(manifest: pd.DataFrame, triplets: pd.DataFrame | None = None) -
     """The images stage 08 embeds: every original (id, path, hash) and every derivative in the
     triplets (pair_id, path, hash), one row per image id; ``hash`` is the fingerprint stage 02/05
     recorded (None where a table has none)."""
+
     def cols(table, prefix=""):
         out = table[[f"{prefix}id", f"{prefix}path"]].set_axis(["id", "path"], axis=1)
         out["hash"] = table[f"{prefix}sha256"] if f"{prefix}sha256" in table else None
         return out
 
-    frames = [cols(manifest)] + [cols(triplets, f"{k}_") for k in ("anchor", "positive", "negative")
-                                 if triplets is not None]
+    frames = [cols(manifest)] + [
+        cols(triplets, f"{k}_") for k in ("anchor", "positive", "negative") if triplets is not None
+    ]
     out = pd.concat(frames, ignore_index=True).drop_duplicates("id")
     return out.sort_values("id").reset_index(drop=True)
 
 
-def extract_embeddings(P, images: pd.DataFrame, num_shards: int = 1, shard_index: int = 0,
-                       encoder: Encoder | None = None) -> ExtractResult:
+def extract_embeddings(
+    P, images: pd.DataFrame, num_shards: int = 1, shard_index: int = 0, encoder: Encoder | None = None
+) -> ExtractResult:
     """Stage 08's extraction step for params ``P``: CLIP embeddings of ``images`` (id, path),
     read from or added to ``<run>/embeddings/<model-key>/`` (computes what is not cached)."""
     encoder = encoder or load_encoder(P)
     root = P.run.sub("embeddings", encoder.key)
     what = {k: encoder.identity[k] for k in KEY_FIELDS}  # the same from every job, whatever its dtype
     paths.write_if_changed(root / "model.json", json.dumps(what, indent=1, sort_keys=True))
-    return extract(encoder, images, root, num_shards, shard_index, batch_size=P.siamese.embed_batch_size,
-                   workers=worker_count(P.num_workers))
+    return extract(
+        encoder,
+        images,
+        root,
+        num_shards,
+        shard_index,
+        batch_size=P.siamese.embed_batch_size,
+        workers=worker_count(P.num_workers),
+    )
 
 
 # -- the 'clip' measure -----------------------------------------------------------------------------
@@ -368,8 +405,14 @@ class ClipMeasure:
     paths, PIL images or arrays. A file whose content is in the cache under ``cache_root`` is
     read from it; anything else is computed (and not cached)."""
 
-    def __init__(self, encoder: Encoder, head: torch.nn.Module | None = None, name: str = "clip",
-                 cache_root: str | Path | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        encoder: Encoder,
+        head: torch.nn.Module | None = None,
+        name: str = "clip",
+        cache_root: str | Path | None = None,
+        batch_size: int = 32,
+    ):
         self.encoder, self.head, self.name, self.batch_size = encoder, head, name, batch_size
         self.cache_root = Path(cache_root) if cache_root else None
         self._cache: dict[str, np.ndarray] | None = None
@@ -385,8 +428,14 @@ class ClipMeasure:
                 t = pd.read_parquet(known, columns=["path", "hash"])
                 self._known = dict(zip(t["path"].astype(str), t["hash"]))
         items = [images] if _is_single(images) else list(images)
-        items = [Image.fromarray(np.asarray(x, np.uint8)) if isinstance(x, np.ndarray) else
-                 x if isinstance(x, Image.Image) else str(x) for x in items]
+        items = [
+            Image.fromarray(np.asarray(x, np.uint8))
+            if isinstance(x, np.ndarray)
+            else x
+            if isinstance(x, Image.Image)
+            else str(x)
+            for x in items
+        ]
         out = np.zeros((len(items), self.encoder.dim), np.float32)
         files = [i for i, x in enumerate(items) if isinstance(x, str)]
         hashes = {i: self._known[items[i]] for i in files if items[i] in self._known}
@@ -427,5 +476,4 @@ def run_encoder(run_dir: str | Path):
 def load_clip_measure(run_dir: str | Path) -> ClipMeasure:
     """The raw CLIP cosine measure of a run (its CLIP model and embedding cache)."""
     P, encoder = run_encoder(run_dir)
-    return ClipMeasure(encoder, None, "clip", Path(run_dir) / "embeddings" / encoder.key,
-                       P.siamese.embed_batch_size)
+    return ClipMeasure(encoder, None, "clip", Path(run_dir) / "embeddings" / encoder.key, P.siamese.embed_batch_size)

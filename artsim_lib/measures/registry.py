@@ -31,18 +31,30 @@ at run time with :func:`register_measure`.
 
 The commands ``artsim compare``/``artsim matrix`` on top of it are in :mod:`artsim_lib.cli`.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from artsim_lib import config
 from artsim_lib.core.descriptors import FAMILIES, ImageLike, ImageReadError  # noqa: F401 (API)
 from artsim_lib.measures import sota, trained
-from artsim_lib.measures.base import DescriptorMeasure, EmbeddingMeasure, GeometryMeasure, Measure, MeasureError, MeasureUnavailableError, PairwiseMeasure, as_measure, read_image, trained_model_dir  # noqa: F401 (API)
+from artsim_lib.measures.base import (  # noqa: F401 (API)
+    DescriptorMeasure,
+    EmbeddingMeasure,
+    GeometryMeasure,
+    Measure,
+    MeasureError,
+    MeasureUnavailableError,
+    PairwiseMeasure,
+    as_measure,
+    read_image,
+    trained_model_dir,
+)
 
 
 def resolve_run_dir(run_dir: str | os.PathLike | None) -> Path:
@@ -83,8 +95,11 @@ def settings_source(name: str, run_dir: str | os.PathLike | None) -> str:
         if run_dir is None:
             return "the default descriptor params (no --run given)"
         resolved = config.run_params_file(Path(run_dir).expanduser().resolve())
-        return (f"the descriptor params of {resolved}" if resolved else
-                f"the default descriptor params ({run_dir} has no params.resolved.yaml)")
+        return (
+            f"the descriptor params of {resolved}"
+            if resolved
+            else f"the default descriptor params ({run_dir} has no params.resolved.yaml)"
+        )
     run = resolve_run_dir(run_dir)
     if name == "descriptor_fitted":
         resolved = config.run_params_file(run)
@@ -122,12 +137,12 @@ def _pretrained_cnn_loader(run_dir: Path) -> Measure:
 
     P = config.read_run_params(run_dir, missing_ok=True)  # inside a run, use its device (stage 09 on a GPU)
     try:
-        model, preprocess = load_backbone("effnet_lite0", device=pick_device(P.device if P else "cpu"),
-                                          image_size=PRETRAINED_IMAGE_SIZE)
+        model, preprocess = load_backbone(
+            "effnet_lite0", device=pick_device(P.device if P else "cpu"), image_size=PRETRAINED_IMAGE_SIZE
+        )
     except BackboneUnavailableError as err:
         raise MeasureUnavailableError(f"measure 'effnet_lite0': {err}") from None
-    return EmbeddingMeasure("effnet_lite0", lambda imgs: embed_images(model, preprocess, list(imgs)),
-                            pass_sources=True)
+    return EmbeddingMeasure("effnet_lite0", lambda imgs: embed_images(model, preprocess, list(imgs)), pass_sources=True)
 
 
 def _geometry_loader(run_dir: Path) -> Measure:
@@ -144,7 +159,7 @@ _LOADERS: dict[str, Callable[[Path], Measure]] = {
     "effnet_lite0": _pretrained_cnn_loader,
     "geometry": _geometry_loader,
     **trained.LOADERS,  # stages 07 and 08: clip, clip_siamese, resnet, <backbone>_finetuned/_siamese/_regression
-    **sota.LOADERS,     # dinov2, sscd
+    **sota.LOADERS,  # dinov2, sscd
 }
 
 
@@ -173,7 +188,8 @@ def _as_measure(measure, run_dir=None) -> Measure:
     return load_measure(measure, run_dir) if isinstance(measure, str) else as_measure(measure)
 
 
-def similarity_matrix(images_or_paths: Sequence[ImageLike], measure: Measure | str,
-                      normalised: bool = True, run_dir=None) -> np.ndarray:
+def similarity_matrix(
+    images_or_paths: Sequence[ImageLike], measure: Measure | str, normalised: bool = True, run_dir=None
+) -> np.ndarray:
     """Pairwise similarities ``[N, N]`` of the images, in [0, 1] (``normalised``) or raw."""
     return _as_measure(measure, run_dir).matrix(list(images_or_paths), normalised)

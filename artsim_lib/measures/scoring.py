@@ -10,6 +10,7 @@ then scores every distinct (original, other image) pair the metrics of
 :mod:`artsim_lib.stages.s09_evaluation` read: embeddings by dot products, a learnt pair head in
 batches, anything else pair by pair. Nothing here reads a stage's artifacts or imports a stage.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -54,13 +55,13 @@ def load_measures(names, run_dir) -> tuple[dict[str, Measure], pd.DataFrame]:
 class EvalSet:
     """The test split as index arrays into one image list (originals first, then derivatives)."""
 
-    originals: pd.DataFrame    # test originals, sorted by id (image index = row number)
+    originals: pd.DataFrame  # test originals, sorted by id (image index = row number)
     derivatives: pd.DataFrame  # their derivatives, sorted by pair_id; img = image index
-    triplets: pd.DataFrame     # test triplets; a, p, n = image indices
-    gallery: np.ndarray        # [G] original rows that are retrieval candidates
-    queries: np.ndarray        # [Q] derivative rows whose original is in the gallery
-    truth: np.ndarray          # [Q] column of each query's original in the gallery
-    near_dup: np.ndarray       # [G, G] bool: phash Hamming distance <= the threshold
+    triplets: pd.DataFrame  # test triplets; a, p, n = image indices
+    gallery: np.ndarray  # [G] original rows that are retrieval candidates
+    queries: np.ndarray  # [Q] derivative rows whose original is in the gallery
+    truth: np.ndarray  # [Q] column of each query's original in the gallery
+    near_dup: np.ndarray  # [G, G] bool: phash Hamming distance <= the threshold
     # Copy detection: distractors from the other splits (never queries), after originals + derivatives.
     extra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "original_id", "kind"]))
     copy_gallery: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C] image indices
@@ -90,18 +91,29 @@ def hamming(phashes, block: int = 1024) -> np.ndarray:
     of rows at a time); a missing hash is far from everything (distance 1000). # [N, N]"""
     ok = np.array([isinstance(h, str) and len(h) > 0 for h in phashes], bool)
     width = max((len(h) for h, k in zip(phashes, ok) if k), default=0)
-    words = np.array([[int(h.rjust(width, "0")[i:i + 16], 16) if k else 0 for i in range(0, width, 16)]
-                      for h, k in zip(phashes, ok)], np.uint64).reshape(len(ok), -1)  # [N, W]
+    words = np.array(
+        [
+            [int(h.rjust(width, "0")[i : i + 16], 16) if k else 0 for i in range(0, width, 16)]
+            for h, k in zip(phashes, ok)
+        ],
+        np.uint64,
+    ).reshape(len(ok), -1)  # [N, W]
     dist = np.zeros((len(ok), len(ok)), np.int64)
     for i in range(0, len(ok), block):
-        x = words[i:i + block, None, :] ^ words[None, :, :]                  # [b, N, W]
-        dist[i:i + block] = np.bitwise_count(x).sum(-1)
+        x = words[i : i + block, None, :] ^ words[None, :, :]  # [b, N, W]
+        dist[i : i + block] = np.bitwise_count(x).sum(-1)
     far = ~(ok[:, None] & ok[None, :]) & ~np.eye(len(ok), dtype=bool)
     return np.where(far, 1000, dist)
 
 
-def test_set(manifest: pd.DataFrame, pairs: pd.DataFrame, triplets: pd.DataFrame, cfg=None, seed: int = 0,
-             drop_flagged: bool = True) -> EvalSet:
+def test_set(
+    manifest: pd.DataFrame,
+    pairs: pd.DataFrame,
+    triplets: pd.DataFrame,
+    cfg=None,
+    seed: int = 0,
+    drop_flagged: bool = True,
+) -> EvalSet:
     """The test originals, their (unflagged) derivatives and the test triplets; raises when a test
     triplet or derivative reaches outside the test split."""
     cfg = cfg or config.EvaluationParams()
@@ -120,16 +132,21 @@ def test_set(manifest: pd.DataFrame, pairs: pd.DataFrame, triplets: pd.DataFrame
     if not (trip["anchor_id"].isin(row.index) & trip["negative_id"].isin(row.index)).all():
         raise ValueError("evaluation: a test triplet uses an original outside the test split")
     trip = trip[trip["positive_id"].isin(d_img.index)].reset_index(drop=True)  # flagged positives out
-    trip = trip.assign(a=row.loc[trip["anchor_id"]].to_numpy(), p=d_img.loc[trip["positive_id"]].to_numpy(),
-                       n=row.loc[trip["negative_id"]].to_numpy())
+    trip = trip.assign(
+        a=row.loc[trip["anchor_id"]].to_numpy(),
+        p=d_img.loc[trip["positive_id"]].to_numpy(),
+        n=row.loc[trip["negative_id"]].to_numpy(),
+    )
     gallery = np.arange(len(orig))
     if cfg.retrieval_originals is not None and cfg.retrieval_originals < len(orig):
         gallery = np.sort(np.random.default_rng(seed).choice(len(orig), cfg.retrieval_originals, replace=False))
     col = np.full(len(orig), -1)
     col[gallery] = np.arange(len(gallery))
     queries = np.flatnonzero(col[der["orig"].to_numpy()] >= 0)
-    near = hamming(list(orig["phash"].iloc[gallery]) if "phash" in orig else [None] * len(gallery)) \
+    near = (
+        hamming(list(orig["phash"].iloc[gallery]) if "phash" in orig else [None] * len(gallery))
         <= cfg.near_duplicate_phash
+    )
     es = EvalSet(orig, der, trip, gallery, queries, col[der["orig"].to_numpy()[queries]], near)
     es.bucket = aspect_buckets(orig, cfg.aspect_bucket)
     return copy_detection_set(es, manifest, pairs, cfg, seed, drop_flagged)
@@ -146,8 +163,9 @@ def aspect_buckets(orig: pd.DataFrame, width: float) -> np.ndarray | None:
     return np.round(np.log2(ratio) / width).astype(np.int64)
 
 
-def copy_detection_set(es: EvalSet, manifest: pd.DataFrame, pairs: pd.DataFrame, cfg, seed: int,
-                       drop_flagged: bool = True) -> EvalSet:
+def copy_detection_set(
+    es: EvalSet, manifest: pd.DataFrame, pairs: pd.DataFrame, cfg, seed: int, drop_flagged: bool = True
+) -> EvalSet:
     """``es`` with the copy-detection protocol's gallery and queries: every original of the other
     splits (or a seeded sample) and a seeded sample of their derivatives as distractors, the test
     originals minus a seeded share left absent (their queries have no true match: a confident
@@ -163,11 +181,16 @@ def copy_detection_set(es: EvalSet, manifest: pd.DataFrame, pairs: pd.DataFrame,
     oder = oder.sort_values("pair_id")
     if len(oder) > cfg.copy_distractor_derivatives:
         oder = oder.iloc[np.sort(rng.choice(len(oder), cfg.copy_distractor_derivatives, replace=False))]
-    extra = pd.concat([others[["path", "id"]].set_axis(["path", "original_id"], axis=1).assign(kind="original"),
-                       oder[["path", "original_id"]].assign(kind="derivative")], ignore_index=True)
+    extra = pd.concat(
+        [
+            others[["path", "id"]].set_axis(["path", "original_id"], axis=1).assign(kind="original"),
+            oder[["path", "original_id"]].assign(kind="derivative"),
+        ],
+        ignore_index=True,
+    )
     n_orig = len(es.originals)
     used = np.zeros(n_orig, bool)
-    used[es.gallery] = True            # the retrieval gallery's sample of test originals (all by default)
+    used[es.gallery] = True  # the retrieval gallery's sample of test originals (all by default)
     absent = np.zeros(n_orig, bool)
     if len(es.gallery) > 1 and cfg.copy_absent_share > 0:
         absent[rng.choice(es.gallery, int(round(cfg.copy_absent_share * len(es.gallery))), replace=False)] = True
@@ -193,12 +216,25 @@ def needed_pairs(es: EvalSet) -> np.ndarray:
     """Every distinct (original image, other image) pair the metrics read. # [P, 2]"""
     d = es.derivatives
     t = es.triplets
-    blocks = [np.stack([d["orig"], d["img"]], 1),                                   # derivative vs own
-              np.stack([t["a"], t["n"]], 1), np.stack([t["n"], t["p"]], 1),        # triplet / verification
-              np.stack(np.broadcast_arrays(es.gallery[None, :],                    # retrieval block
-                                           d["img"].to_numpy()[es.queries][:, None]), -1).reshape(-1, 2),
-              np.stack(np.broadcast_arrays(es.copy_gallery[None, :],               # copy-detection block
-                                           d["img"].to_numpy()[es.copy_queries][:, None]), -1).reshape(-1, 2)]
+    blocks = [
+        np.stack([d["orig"], d["img"]], 1),  # derivative vs own
+        np.stack([t["a"], t["n"]], 1),
+        np.stack([t["n"], t["p"]], 1),  # triplet / verification
+        np.stack(
+            np.broadcast_arrays(
+                es.gallery[None, :],  # retrieval block
+                d["img"].to_numpy()[es.queries][:, None],
+            ),
+            -1,
+        ).reshape(-1, 2),
+        np.stack(
+            np.broadcast_arrays(
+                es.copy_gallery[None, :],  # copy-detection block
+                d["img"].to_numpy()[es.copy_queries][:, None],
+            ),
+            -1,
+        ).reshape(-1, 2),
+    ]
     return np.unique(np.concatenate([b.astype(np.int64).reshape(-1, 2) for b in blocks]), axis=0)
 
 
@@ -209,9 +245,18 @@ _GROUP: dict = {}  # the descriptor features, inherited by forked workers
 def _family_raw(idx_pairs: np.ndarray) -> np.ndarray:
     """Raw similarity of each family (ssim unclipped) for pairs of ``_GROUP['feats']``. # [P, 5]"""
     f = _GROUP["feats"]
-    return np.array([[dsim.ssim(f[a]["ssim.gray"], f[b]["ssim.gray"]) if fam == "ssim"
-                      else dsim.family_similarity(f[a], f[b], fam) for fam in descriptors.FAMILIES]
-                     for a, b in idx_pairs], float).reshape(-1, len(descriptors.FAMILIES))
+    return np.array(
+        [
+            [
+                dsim.ssim(f[a]["ssim.gray"], f[b]["ssim.gray"])
+                if fam == "ssim"
+                else dsim.family_similarity(f[a], f[b], fam)
+                for fam in descriptors.FAMILIES
+            ]
+            for a, b in idx_pairs
+        ],
+        float,
+    ).reshape(-1, len(descriptors.FAMILIES))
 
 
 def _descriptor_scores(group: dict[str, DescriptorMeasure], images, pairs, cache_root, workers) -> dict:
@@ -222,6 +267,7 @@ def _descriptor_scores(group: dict[str, DescriptorMeasure], images, pairs, cache
     chunks = np.array_split(pairs, max(1, len(pairs) // 2000))
     if workers > 1 and len(pairs) >= PARALLEL_MIN_PAIRS and multiprocessing.get_start_method() == "fork":
         from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(workers) as pool:
             fam = np.concatenate(list(pool.map(_family_raw, chunks)))
     else:
@@ -229,8 +275,10 @@ def _descriptor_scores(group: dict[str, DescriptorMeasure], images, pairs, cache
     _GROUP.clear()
     by_family = dict(zip(descriptors.FAMILIES, fam.T))
     clipped = {f: np.clip(v, 0, 1) for f, v in by_family.items()}
-    return {name: by_family[m.family] if m.family else dsim.combine(pd.DataFrame(clipped), m.weights).to_numpy()
-            for name, m in group.items()}
+    return {
+        name: by_family[m.family] if m.family else dsim.combine(pd.DataFrame(clipped), m.weights).to_numpy()
+        for name, m in group.items()
+    }
 
 
 def _raw_scores(m: Measure, feats: list, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -242,8 +290,10 @@ def _raw_scores(m: Measure, feats: list, pairs: np.ndarray, chunk: int = 65536) 
         F = np.stack(feats) if feats else np.zeros((0, 1))  # [M, D]
         if isinstance(m, PairHeadMeasure):
             return m.raw_pairs(F[pairs[:, 0]], F[pairs[:, 1]])
-        out = [np.einsum("pd,pd->p", F[pairs[i:i + chunk, 0]], F[pairs[i:i + chunk, 1]])
-               for i in range(0, len(pairs), chunk)]
+        out = [
+            np.einsum("pd,pd->p", F[pairs[i : i + chunk, 0]], F[pairs[i : i + chunk, 1]])
+            for i in range(0, len(pairs), chunk)
+        ]
         return np.clip(np.concatenate(out), -1, 1) if out else np.zeros(0)
     return np.array([m.raw_from_features(feats[a], feats[b]) for a, b in pairs], float)
 
@@ -261,9 +311,9 @@ def to01(m: Measure, raw: np.ndarray) -> np.ndarray:
 class Scores:
     """Every measure's raw and [0, 1] score of the needed pairs, with a lookup by image indices."""
 
-    pairs: np.ndarray                        # [P, 2] sorted, unique
-    raw: dict[str, np.ndarray]               # measure -> [P]
-    s01: dict[str, np.ndarray]               # measure -> [P]
+    pairs: np.ndarray  # [P, 2] sorted, unique
+    raw: dict[str, np.ndarray]  # measure -> [P]
+    s01: dict[str, np.ndarray]  # measure -> [P]
     seconds: dict[str, float] = field(default_factory=dict)  # features + pair scores per measure
     n_images: int = 0
 
@@ -273,8 +323,11 @@ class Scores:
         width = max(self.n_images, int(self.pairs.max()) + 1 if len(self.pairs) else 1)
         codes = self.pairs[:, 0] * width + self.pairs[:, 1]  # sorted, as pairs are
         pos = np.searchsorted(codes, a * width + b)
-        if (np.any((b < 0) | (b >= width)) or np.any(pos >= len(codes))
-                or np.any(codes[np.minimum(pos, len(codes) - 1)] != a * width + b)):
+        if (
+            np.any((b < 0) | (b >= width))
+            or np.any(pos >= len(codes))
+            or np.any(codes[np.minimum(pos, len(codes) - 1)] != a * width + b)
+        ):
             raise KeyError("a pair was asked for that was not scored")
         return pos
 
@@ -298,4 +351,3 @@ def score_all(es: EvalSet, measures: dict[str, Measure], cache_root=None, worker
     for name, m in measures.items():
         out.s01[name] = to01(m, out.raw[name])
     return out
-

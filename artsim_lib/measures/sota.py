@@ -11,6 +11,7 @@
 With ``models.build_tiny`` (smoke) a missing model is built here, seeded: a tiny ``Dinov2Config``
 and a traced tiny convolutional network, so that both code paths run offline.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ def make_tiny_dinov2(folder: str | Path, seed: int = 0) -> Path:
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=56, patch_size=14)
+    cfg = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=56, patch_size=14
+    )
     folder = Path(folder)
     Dinov2Model(cfg).eval().save_pretrained(folder)
     _tiny_processor().save_pretrained(folder)
@@ -43,9 +45,14 @@ def make_tiny_dinov2(folder: str | Path, seed: int = 0) -> Path:
 def _tiny_processor():
     from transformers import BitImageProcessor
 
-    return BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
-                             do_center_crop=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-                             do_convert_rgb=True)
+    return BitImageProcessor(
+        size={"shortest_edge": 64},
+        crop_size={"height": 56, "width": 56},
+        do_center_crop=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
+    )
 
 
 def make_tiny_sscd(path: str | Path, seed: int = 0, dim: int = 16) -> Path:
@@ -54,11 +61,17 @@ def make_tiny_sscd(path: str | Path, seed: int = 0, dim: int = 16) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(8, dim, 3, 2),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 5, stride=4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, dim, 3, 2),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    ).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     from artsim_lib.io import paths
+
     with paths.atomic_path(path) as tmp:
         torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 64, 64)), str(tmp))
     return path
@@ -79,7 +92,8 @@ def dinov2_measure(ref: str, batch_size: int = 32, device: str = "cpu") -> Embed
     def embed(images):
         with torch.no_grad():
             inputs = processor(images=list(images), return_tensors="pt").to(device)
-            return model(**inputs).pooler_output                    # [B, D] the layer-normed CLS token
+            return model(**inputs).pooler_output  # [B, D] the layer-normed CLS token
+
     return EmbeddingMeasure("dinov2", embed, batch_size)
 
 
@@ -95,8 +109,9 @@ def sscd_preprocess(img, short_side: int = SSCD_SHORT_SIDE):
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), np.float32))
 
 
-def sscd_measure(path: str | Path, batch_size: int = 32, device: str = "cpu",
-                 short_side: int = SSCD_SHORT_SIDE) -> EmbeddingMeasure:
+def sscd_measure(
+    path: str | Path, batch_size: int = 32, device: str = "cpu", short_side: int = SSCD_SHORT_SIDE
+) -> EmbeddingMeasure:
     """The SSCD cosine measure of a TorchScript file (one image per forward: sides may differ)."""
     import torch
 
@@ -104,12 +119,14 @@ def sscd_measure(path: str | Path, batch_size: int = 32, device: str = "cpu",
     if not path.is_file():
         raise MeasureUnavailableError(
             f"measure 'sscd': no TorchScript file {path} (download sscd_disc_mixup.torchscript.pt from the SSCD "
-            f"release and set models.sscd to its path)")
+            f"release and set models.sscd to its path)"
+        )
     net = torch.jit.load(str(path), map_location=device).eval()
 
     def embed(images):
         with torch.no_grad():
             return torch.cat([net(sscd_preprocess(im, short_side)[None].to(device)) for im in images])  # [B, D]
+
     return EmbeddingMeasure("sscd", embed, batch_size)
 
 

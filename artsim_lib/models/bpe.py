@@ -16,6 +16,7 @@ train BPE merges on a small embedded corpus of English and art words
 trainer breaks ties differently from one process to the next). Every byte stays in the base
 alphabet, so unknown words still tokenise, character by character.
 """
+
 from __future__ import annotations
 
 import functools
@@ -147,23 +148,26 @@ def clip_merges_path() -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise ClipMergesNotFoundError(
             f"the real CLIP tokenizer needs {CLIP_MERGES_FILE} from the open-clip-torch wheel, which is not "
-            f"installed: run `{INSTALL_HINT}` (make install does)") from None
+            f"installed: run `{INSTALL_HINT}` (make install does)"
+        ) from None
     for f in dist.files or ():
         if str(f).replace("\\", "/").endswith(CLIP_MERGES_FILE):
             path = Path(dist.locate_file(f))
             if path.is_file():
                 return path
-    raise ClipMergesNotFoundError(f"open-clip-torch is installed but {CLIP_MERGES_FILE} is missing from it: "
-                                  f"reinstall it with `{INSTALL_HINT} --force-reinstall`")
+    raise ClipMergesNotFoundError(
+        f"open-clip-torch is installed but {CLIP_MERGES_FILE} is missing from it: "
+        f"reinstall it with `{INSTALL_HINT} --force-reinstall`"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clip_vocab_merges() -> tuple[dict[str, int], list[Merge]]:
     """The real CLIP vocab and merges, in openai/clip's order: 256 bytes, 256 bytes + ``</w>``,
     one token per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` (49,408 tokens)."""
     lines = gzip.decompress(clip_merges_path().read_bytes()).decode("utf-8").split("\n")
     n_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2
-    merges = [tuple(line.split()) for line in lines[1:n_merges + 1]]  # line 0 is the version header
+    merges = [tuple(line.split()) for line in lines[1 : n_merges + 1]]  # line 0 is the version header
     if len(merges) != n_merges or any(len(m) != 2 for m in merges):
         raise ValueError(f"{clip_merges_path()}: expected {n_merges} merges of two symbols after the header")
     chars = list(bytes_to_unicode().values())
@@ -174,7 +178,7 @@ def clip_vocab_merges() -> tuple[dict[str, int], list[Merge]]:
     return vocab, merges
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def opt_vocab_merges(num_merges: int = 4000) -> tuple[dict[str, int], list[Merge]]:
     """OPT/GPT-2-format vocab and merges: ``<s> <pad> </s> <unk>``, 256 bytes, merges."""
     merges = train_bpe(_opt_words(read_corpus()), num_merges)

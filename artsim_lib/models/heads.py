@@ -11,10 +11,11 @@
 Modules only: training loops are in the stages, saving and loading in
 :mod:`artsim_lib.measures.trained`.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ def seeded_linear(d_in: int, d_out: int, seed: int) -> nn.Linear:
     gen = torch.Generator().manual_seed(seed)
     head = nn.Linear(d_in, d_out)
     with torch.no_grad():
-        bound = 1.0 / d_in ** 0.5
+        bound = 1.0 / d_in**0.5
         head.weight.uniform_(-bound, bound, generator=gen)
         head.bias.uniform_(-bound, bound, generator=gen)
     return head
@@ -52,14 +53,14 @@ class CNNClassifier(nn.Module):
         self.backbone, self.classes, self.unfreeze = backbone, list(classes), unfreeze
         self.classifier = seeded_linear(backbone.dim, len(classes), seed)
 
-    def set_unfreeze(self, unfreeze: str) -> "CNNClassifier":
+    def set_unfreeze(self, unfreeze: str) -> CNNClassifier:
         """``requires_grad`` on the head, and on the backbone per ``unfreeze`` (all | layer4)."""
         self.unfreeze = unfreeze
         training.set_trainable(self, True)
         training.set_trainable(self.backbone, self.backbone.unfreeze_prefixes(unfreeze))
         return self
 
-    def train(self, mode: bool = True) -> "CNNClassifier":
+    def train(self, mode: bool = True) -> CNNClassifier:
         """Train mode for the head and the trained part of the backbone; a frozen part stays in eval
         mode, so its batch-norm statistics do not move."""
         super().train(mode)
@@ -96,7 +97,7 @@ def resnet_embed(model, processor, images: Sequence, batch_size: int = 32) -> to
     p = next(model.parameters())
     out = []
     for start in range(0, len(images), batch_size):
-        pixels = pixel_batch(processor, [open_rgb(x) for x in images[start:start + batch_size]])
+        pixels = pixel_batch(processor, [open_rgb(x) for x in images[start : start + batch_size]])
         out.append(resnet_features(model, pixels.to(p.device, p.dtype)).float().cpu())  # [b, D]
     if not out:
         return torch.empty(0, 0)
@@ -126,8 +127,16 @@ class TransformerHead(nn.Module):
     """The embedding as ``tokens`` tokens of ``in_dim / tokens`` values, a transformer encoder
     over them, mean pooling and an FC to ``out_dim``; L2-normalised."""
 
-    def __init__(self, in_dim: int, out_dim: int, tokens: int = 4, width: int = 64, layers: int = 1,
-                 heads: int = 4, dropout: float = 0.1):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        tokens: int = 4,
+        width: int = 64,
+        layers: int = 1,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if in_dim % tokens or width % heads:
             raise ValueError(f"transformer head: tokens ({tokens}) must divide {in_dim}, heads ({heads}) {width}")
@@ -145,17 +154,29 @@ class TransformerHead(nn.Module):
 
 def head_config(S, in_dim: int) -> dict:
     """The architecture of the head from the ``siamese`` params section, as a JSON-able dict."""
-    return {"kind": S.head, "in_dim": in_dim, "hidden": list(S.hidden), "out_dim": S.out_dim,
-            "dropout": S.dropout, "tokens": S.tokens, "layers": S.layers, "heads": S.heads,
-            "tau": S.tau, "learn_tau": S.learn_tau, "tau_min": S.tau_min, "tau_max": S.tau_max}
+    return {
+        "kind": S.head,
+        "in_dim": in_dim,
+        "hidden": list(S.hidden),
+        "out_dim": S.out_dim,
+        "dropout": S.dropout,
+        "tokens": S.tokens,
+        "layers": S.layers,
+        "heads": S.heads,
+        "tau": S.tau,
+        "learn_tau": S.learn_tau,
+        "tau_min": S.tau_min,
+        "tau_max": S.tau_max,
+    }
 
 
 def build_head(cfg: dict) -> nn.Module:
     """An untrained head from :func:`head_config`."""
     if cfg["kind"] == "transformer":
         width = cfg["hidden"][0] if cfg["hidden"] else cfg["in_dim"] // cfg["tokens"]
-        return TransformerHead(cfg["in_dim"], cfg["out_dim"], cfg["tokens"], width, cfg["layers"],
-                               cfg["heads"], cfg["dropout"])
+        return TransformerHead(
+            cfg["in_dim"], cfg["out_dim"], cfg["tokens"], width, cfg["layers"], cfg["heads"], cfg["dropout"]
+        )
     return MLPHead(cfg["in_dim"], cfg["hidden"], cfg["out_dim"], cfg["dropout"])
 
 
@@ -214,8 +235,16 @@ class ResNetSiamese(nn.Module):
     """Backbone (a :class:`~artsim_lib.models.backbones.Backbone`; a transformers ``ResNetModel`` is
     wrapped) + projection head, one set of weights for every branch."""
 
-    def __init__(self, backbone: nn.Module, hidden: Sequence[int] = (512,), out_dim: int = 256,
-                 dropout: float = 0.1, variant: str = "triplet", tau: float = 0.07, learn_tau: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hidden: Sequence[int] = (512,),
+        out_dim: int = 256,
+        dropout: float = 0.1,
+        variant: str = "triplet",
+        tau: float = 0.07,
+        learn_tau: bool = False,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -224,8 +253,9 @@ class ResNetSiamese(nn.Module):
         feat_dim = self.backbone.dim  # 2048 for ResNet-50, 1280 for EfficientNet-Lite0
         self.head = mlp(feat_dim, hidden, out_dim, dropout)
         # The pair head sees [|a-b|, a*b] of the two projections. # [B, 2*out_dim] -> [B, 1]
-        self.pair_head = mlp(2 * out_dim, list(hidden[-1:]) or [out_dim], 1, dropout) \
-            if variant == "regression" else None
+        self.pair_head = (
+            mlp(2 * out_dim, list(hidden[-1:]) or [out_dim], 1, dropout) if variant == "regression" else None
+        )
         self.learn_tau = learn_tau
         self.log_tau = nn.Parameter(torch.tensor(math.log(tau)), requires_grad=learn_tau)
         self.processor = None  # the backbone's image processor, for similarity() on images
@@ -268,8 +298,14 @@ class ResNetSiamese(nn.Module):
             raise ValueError("no image processor attached (load the model with load_resnet_siamese)")
         self.eval()
         p = next(self.backbone.parameters())
-        out = [self.embed(pixel_batch(self.processor, [open_rgb(x) for x in images[i:i + batch_size]])
-                          .to(p.device, p.dtype)).float().cpu() for i in range(0, len(images), batch_size)]
+        out = [
+            self.embed(
+                pixel_batch(self.processor, [open_rgb(x) for x in images[i : i + batch_size]]).to(p.device, p.dtype)
+            )
+            .float()
+            .cpu()
+            for i in range(0, len(images), batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.head[-1].out_features)
 
     @torch.no_grad()
@@ -284,14 +320,14 @@ class ResNetSiamese(nn.Module):
         dev = next(self.parameters()).device
         return self.score(ea.to(dev), eb.to(dev)).float().cpu()
 
-    def set_unfreeze(self, unfreeze: str) -> "ResNetSiamese":
+    def set_unfreeze(self, unfreeze: str) -> ResNetSiamese:
         """``requires_grad`` on the head always, on the backbone per ``unfreeze`` (none|layer4|all)."""
         training.set_trainable(self, True)
         training.set_trainable(self.backbone, self.backbone.unfreeze_prefixes(unfreeze))
         self.log_tau.requires_grad_(self.learn_tau)
         return self
 
-    def train_mode(self, unfreeze: str) -> "ResNetSiamese":
+    def train_mode(self, unfreeze: str) -> ResNetSiamese:
         """Train mode for the head and the unfrozen backbone part; frozen parts stay in eval mode,
         so their batch-norm statistics do not move."""
         self.train()

@@ -11,12 +11,13 @@ eval mode with ``requires_grad`` off everywhere, with its preprocessing, like
 Nothing is ever downloaded: a hub id that is not cached raises
 :class:`ModelNotAvailableError`, which says how to fetch it once (``hf download <id>``).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +31,7 @@ class ModelNotAvailableError(OSError):
 
 def _looks_like_path(ref: str) -> bool:
     """A hub id is ``name`` or ``owner/name``; anything else is taken for a path."""
-    return (
-        Path(ref).expanduser().is_absolute()
-        or ref.startswith((".", "~"))
-        or ref.count("/") > 1
-        or "\\" in ref
-    )
+    return Path(ref).expanduser().is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1 or "\\" in ref
 
 
 def _hub_cache() -> str:

@@ -10,18 +10,20 @@ DataLoader workers::
     loader = make_loader(paths, labels, tf, batch_size=32, shuffle=True, seed=epoch_seed)
     for pixels, labels in loader: ...            # [B, 3, 224, 224], [B]
 """
+
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
 from artsim_lib.io import images
+
 
 def open_rgb(image) -> Image.Image:
     """A PIL RGB image from a path or a PIL image, read as every stage reads images
@@ -83,8 +85,9 @@ class Augment:
     hue: float = 0.02
 
 
-def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator,
-                        scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)) -> Image.Image:
+def random_resized_crop(
+    img: Image.Image, size: int, rng: np.random.Generator, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)
+) -> Image.Image:
     """A random box covering ``scale`` of the area with aspect in ``ratio``, resized to ``size``²
     (the Inception crop; falls back to the largest centred square after 10 failed draws)."""
     w, h = img.size
@@ -111,12 +114,16 @@ def shift_hue(img: Image.Image, turn: float) -> Image.Image:
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
-def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.2, contrast=0.2,
-                 saturation=0.2, hue=0.0) -> Image.Image:
+def color_jitter(
+    img: Image.Image, rng: np.random.Generator, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0
+) -> Image.Image:
     """Brightness, contrast, saturation and hue changes in a random order."""
     ops = []
-    for factor, enhancer in ((brightness, ImageEnhance.Brightness), (contrast, ImageEnhance.Contrast),
-                             (saturation, ImageEnhance.Color)):
+    for factor, enhancer in (
+        (brightness, ImageEnhance.Brightness),
+        (contrast, ImageEnhance.Contrast),
+        (saturation, ImageEnhance.Color),
+    ):
         if factor > 0:
             f = rng.uniform(max(0.0, 1 - factor), 1 + factor)
             ops.append(lambda im, e=enhancer, f=f: e(im).enhance(f))
@@ -188,18 +195,31 @@ def item_seeds(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2**31 - 1, size=n)
 
 
-def make_loader(images: Sequence, labels: Sequence[int] | None, transform: ImageTransform,
-                batch_size: int, shuffle: bool = False, seed: int = 0,
-                num_workers: int = 0, drop_last: bool = False) -> torch.utils.data.DataLoader:
+def make_loader(
+    images: Sequence,
+    labels: Sequence[int] | None,
+    transform: ImageTransform,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
     """A DataLoader over ``images`` whose order (when shuffled) and augmentation depend only on ``seed``."""
     from artsim_lib.models.training import batch_indices
 
     n = len(images)
     seeds = item_seeds(n, seed)
-    batches = [[(int(i), int(seeds[i])) for i in idx]
-               for idx in batch_indices(n, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)]
+    batches = [
+        [(int(i), int(seeds[i])) for i in idx]
+        for idx in batch_indices(n, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    ]
     # Starting worker processes costs more than it saves for a handful of batches (smoke runs).
     workers = num_workers if len(batches) >= MIN_BATCHES_FOR_WORKERS else 0
     return torch.utils.data.DataLoader(
-        ImageDataset(images, labels, transform), batch_sampler=batches, num_workers=workers,
-        persistent_workers=False, pin_memory=torch.cuda.is_available())
+        ImageDataset(images, labels, transform),
+        batch_sampler=batches,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -7,11 +7,12 @@ non-text bytes); the stage then falls back to the template grammar or to truncat
 records that it did. Generation is batched; sampling draws each prompt from its own seeded
 stream (:mod:`artsim_lib.core.sampling`), so a prompt never depends on its batch.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -29,8 +30,11 @@ LEVEL_BRIEFS = {
     "radical": "Transform the image radically through one idea only, {brief}; keep the subject recognisable.",
 }
 FAMILY_BRIEFS = {
-    "colour": "the colour scheme", "lighting": "the lighting", "technique": "the painting technique",
-    "season": "the season", "time_of_day": "the time of day",
+    "colour": "the colour scheme",
+    "lighting": "the lighting",
+    "technique": "the painting technique",
+    "season": "the season",
+    "time_of_day": "the time of day",
     "historical": "moving it to another historical era and its art form",
     "cultural": "recasting it in the art tradition of another culture",
     "natural": "rebuilding it from natural, organic materials and forms",
@@ -42,8 +46,11 @@ FAMILY_BRIEFS = {
     "technological": "placing it in a technological, digital or futuristic world",
     "scale": "changing its scale drastically (miniature, microscopic or colossal)",
 }
-_PREAMBLE = re.compile(r"^\s*(?:(?:sure|certainly|okay|ok|absolutely)\s*[,!.:-]"
-                       r"|(?:here(?:'s| is| are)\b[^:]*|(?:final |image )?prompt|output|answer)\s*:)\s*", re.I)
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|certainly|okay|ok|absolutely)\s*[,!.:-]"
+    r"|(?:here(?:'s| is| are)\b[^:]*|(?:final |image )?prompt|output|answer)\s*:)\s*",
+    re.I,
+)
 _REFUSAL = re.compile(r"\b(?:i'm sorry|i am sorry|i cannot|i can't|as an ai|i won't|unable to)\b", re.I)
 _ALLOWED = re.compile(r"[A-Za-z0-9\s,.;:'()&/+\-\u00C0-\u024F]")
 
@@ -51,8 +58,10 @@ _ALLOWED = re.compile(r"[A-Za-z0-9\s,.;:'()&/+\-\u00C0-\u024F]")
 def messages(caption: str, level: str, family: str, style: str | None, max_words: int) -> list[dict]:
     """The system and user messages asking for one prompt."""
     brief = LEVEL_BRIEFS[level].format(brief=FAMILY_BRIEFS[family])
-    user = (f"The painting ({style or 'unknown style'}) shows: {caption}.\n{brief}\n"
-            f"Write the prompt for this {level} transformation ({family.replace('_', ' ')}).")
+    user = (
+        f"The painting ({style or 'unknown style'}) shows: {caption}.\n{brief}\n"
+        f"Write the prompt for this {level} transformation ({family.replace('_', ' ')})."
+    )
     return [{"role": "system", "content": SYSTEM.format(words=max_words)}, {"role": "user", "content": user}]
 
 
@@ -117,8 +126,18 @@ def chat_text(tok, msgs: list[dict]) -> str:
     return "\n\n".join(m["content"] for m in msgs) + "\n\nPrompt:"
 
 
-def generate(model, tok, texts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-             seeds: Sequence[int] = (), batch_size: int = 8, desc: str = "generate", **kwargs) -> list[str]:
+def generate(
+    model,
+    tok,
+    texts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seeds: Sequence[int] = (),
+    batch_size: int = 8,
+    desc: str = "generate",
+    **kwargs,
+) -> list[str]:
     """The continuation of each text (causal LM) or its output (seq2seq), decoded, in batches.
     ``temperature > 0`` samples text ``i`` from its own ``seeds[i]``; 0 decodes greedily."""
     import torch
@@ -130,18 +149,19 @@ def generate(model, tok, texts: Sequence[str], *, max_new_tokens: int, temperatu
     decoder_only = not model.config.is_encoder_decoder
     out: list[str] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        batch = list(texts[start:start + batch_size])
-        enc = tok(batch, return_tensors="pt", padding=True, truncation=True,
-                  add_special_tokens=not decoder_only).to(model.device)  # input_ids: [B, T], left-padded
+        batch = list(texts[start : start + batch_size])
+        enc = tok(batch, return_tensors="pt", padding=True, truncation=True, add_special_tokens=not decoder_only).to(
+            model.device
+        )  # input_ids: [B, T], left-padded
         opts = {"max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id, **kwargs}
         with torch.inference_mode():
             if temperature > 0:
-                ids = sampled_generate(model, dict(enc), seeds[start:start + batch_size], temperature, **opts)
+                ids = sampled_generate(model, dict(enc), seeds[start : start + batch_size], temperature, **opts)
             elif decoder_only:  # instruct models ship sampling defaults: switch them off
                 ids = model.generate(**enc, generation_config=greedy_config(model, **opts))
             else:  # a summariser's own (deterministic, often beam-search) settings
                 ids = model.generate(**enc, **opts)
-        new = ids[:, enc["input_ids"].shape[1]:] if decoder_only else ids  # [B, new]
+        new = ids[:, enc["input_ids"].shape[1] :] if decoder_only else ids  # [B, new]
         out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     return out
 
@@ -154,8 +174,16 @@ def llm_prompts(P, jobs) -> list[str | None]:
     words = max(8, round(cfg.target_tokens * 0.8))  # ~1.25 CLIP tokens per word
     texts = [chat_text(tok, messages(r.caption, r.level, r.family, r.style, words)) for r in jobs.itertuples()]
     seeds = [shards.item_seed(P.seed, pid, "llm") for pid in jobs["prompt_id"]]
-    raw = generate(model, tok, texts, max_new_tokens=cfg.llm_max_new_tokens, temperature=cfg.llm_temperature,
-                   seeds=seeds, batch_size=cfg.batch_size, desc="LLM prompts")
+    raw = generate(
+        model,
+        tok,
+        texts,
+        max_new_tokens=cfg.llm_max_new_tokens,
+        temperature=cfg.llm_temperature,
+        seeds=seeds,
+        batch_size=cfg.batch_size,
+        desc="LLM prompts",
+    )
     return [clean_output(t, cfg.llm_min_words) for t in raw]
 
 
@@ -166,6 +194,13 @@ def summarize(P, texts: Sequence[str]) -> list[str | None]:
         return []
     model, tok = load_text_model(text_model_ref(P, cfg.summarizer, "summarizer"), P.device, P.dtype, seq2seq=True)
     # bart-large-cnn asks for at least 56 tokens by default: far too long for a CLIP prompt.
-    raw = generate(model, tok, texts, max_new_tokens=cfg.summarizer_max_new_tokens, batch_size=cfg.batch_size,
-                   desc="summarise", min_length=0)
+    raw = generate(
+        model,
+        tok,
+        texts,
+        max_new_tokens=cfg.summarizer_max_new_tokens,
+        batch_size=cfg.batch_size,
+        desc="summarise",
+        min_length=0,
+    )
     return [clean_output(t, cfg.llm_min_words) for t in raw]

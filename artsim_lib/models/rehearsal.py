@@ -20,14 +20,15 @@ checkpoints look like what ``hf download`` leaves on disk:
 Every builder is seeded (same seed, same bytes) and writes atomically under a lock, so shard
 jobs that start together build a checkpoint once.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import fcntl
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
@@ -42,18 +43,37 @@ CLIP_VOCAB = 49408
 
 # The hub's preprocessing files as they are in the repositories (older than transformers 5's format).
 CLIP_PREPROCESSOR = {
-    "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
-    "resample": 3, "size": 224,
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": CLIP_MEAN,
+    "image_std": CLIP_STD,
+    "resample": 3,
+    "size": 224,
 }
 RESNET_PREPROCESSOR = {
-    "crop_pct": 0.875, "do_normalize": True, "do_resize": True, "feature_extractor_type": "ConvNextFeatureExtractor",
-    "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "resample": 3, "size": 224,
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ConvNextFeatureExtractor",
+    "image_mean": IMAGENET_MEAN,
+    "image_std": IMAGENET_STD,
+    "resample": 3,
+    "size": 224,
 }
 BLIP2_PREPROCESSOR = {
-    "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-    "image_mean": CLIP_MEAN, "image_processor_type": "BlipImageProcessor", "image_std": CLIP_STD,
-    "processor_class": "Blip2Processor", "resample": 3, "rescale_factor": 0.00392156862745098,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": CLIP_MEAN,
+    "image_processor_type": "BlipImageProcessor",
+    "image_std": CLIP_STD,
+    "processor_class": "Blip2Processor",
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
     "size": {"height": 224, "width": 224},
 }
 BLIP2_PROCESSOR = {"num_query_tokens": 32, "processor_class": "Blip2Processor"}
@@ -93,21 +113,53 @@ def build_resnet(target: Path) -> None:
 
 
 def build_blip2(target: Path) -> None:
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
-                              OPTConfig)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        OPTConfig,
+    )
 
     tok = bpe.opt_tokenizer()
     tok.add_tokens(["<image>"], special_tokens=True)
-    vision = Blip2VisionConfig(image_size=224, patch_size=14, hidden_size=64, intermediate_size=128,
-                               num_hidden_layers=2, num_attention_heads=4, initializer_range=0.02)
-    qformer = Blip2QFormerConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 cross_attention_frequency=1, encoder_hidden_size=64)
-    text = OPTConfig(vocab_size=OPT_VOCAB, hidden_size=64, word_embed_proj_dim=64, ffn_dim=128, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-                         num_query_tokens=32, image_text_hidden_size=64,
-                         image_token_index=tok.convert_tokens_to_ids("<image>"))
+    vision = Blip2VisionConfig(
+        image_size=224,
+        patch_size=14,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        initializer_range=0.02,
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        cross_attention_frequency=1,
+        encoder_hidden_size=64,
+    )
+    text = OPTConfig(
+        vocab_size=OPT_VOCAB,
+        hidden_size=64,
+        word_embed_proj_dim=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=32,
+        image_text_hidden_size=64,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
     model = Blip2ForConditionalGeneration(config)
     with torch.no_grad():
         model.query_tokens.normal_(0.0, 0.02)
@@ -122,10 +174,19 @@ def build_blip2(target: Path) -> None:
 def _vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         layers_per_block=1, norm_num_groups=8, sample_size=1024, scaling_factor=0.13025,
-                         force_upcast=False)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=False,
+    )
 
 
 def build_sdxl_refiner(target: Path) -> None:
@@ -137,23 +198,54 @@ def build_sdxl_refiner(target: Path) -> None:
     from transformers import CLIPTokenizer
 
     tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir)
-    text = CLIPTextConfig(vocab_size=CLIP_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
-                          bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
-                          pad_token_id=tokenizer_2.pad_token_id)
+    text = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=64,
+        bos_token_id=tokenizer_2.bos_token_id,
+        eos_token_id=tokenizer_2.eos_token_id,
+        pad_token_id=tokenizer_2.pad_token_id,
+    )
     text_encoder_2 = CLIPTextModelWithProjection(text)
     unet = UNet2DConditionModel(
-        sample_size=128, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
-        addition_embed_type="text_time", addition_time_embed_dim=16,
-        projection_class_embeddings_input_dim=5 * 16 + 64)  # 5 time ids (aesthetic score too) + pooled text
-    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
-                                       prediction_type="epsilon")
-    pipe = StableDiffusionXLImg2ImgPipeline(vae=_vae(), text_encoder=None, text_encoder_2=text_encoder_2,
-                                            tokenizer=None, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
-                                            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=64,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=16,
+        projection_class_embeddings_input_dim=5 * 16 + 64,
+    )  # 5 time ids (aesthetic score too) + pooled text
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(),
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
     copy.deepcopy(pipe).to(dtype=torch.float16).save_pretrained(target, variant="fp16")
     pipe.save_pretrained(target)
     (target / "tokenizer_2" / "tokenizer.json").unlink(missing_ok=True)
@@ -168,8 +260,13 @@ def build_vae(target: Path) -> None:
     _vae().save_pretrained(target)
 
 
-BUILDERS = {"clip": build_clip, "resnet": build_resnet, "blip2": build_blip2, "sdxl_refiner": build_sdxl_refiner,
-            "vae": build_vae}
+BUILDERS = {
+    "clip": build_clip,
+    "resnet": build_resnet,
+    "blip2": build_blip2,
+    "sdxl_refiner": build_sdxl_refiner,
+    "vae": build_vae,
+}
 
 
 def marker(path: str | Path) -> dict | None:
@@ -217,8 +314,10 @@ def ensure_rehearsal_checkpoints(P, kinds: Iterable[str] | None = None, seed: in
     for kind in kinds or KINDS:
         path = Path(P.model_ref(kind))
         if not path.is_absolute():
-            raise ValueError(f"models.{kind} = {P.model_ref(kind)!r} is a hub id, but models.build_rehearsal is "
-                             f"true: give a path such as '{{run_dir}}/models/rehearsal-{kind.replace('_', '-')}'")
+            raise ValueError(
+                f"models.{kind} = {P.model_ref(kind)!r} is a hub id, but models.build_rehearsal is "
+                f"true: give a path such as '{{run_dir}}/models/rehearsal-{kind.replace('_', '-')}'"
+            )
         out[kind] = build(kind, path, seed)
         if kind == "sdxl_refiner" and P.generation.vae:
             out["vae"] = build("vae", P.path(P.generation.vae), seed)

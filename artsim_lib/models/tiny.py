@@ -16,13 +16,14 @@ sdxl_refiner     stabilityai/stable-diffusion-xl-ref...  latent /8, text embed 3
 resnet           microsoft/resnet-50                     32² input, pooled 64, 10 labels
 ===============  ======================================  ========================================
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -30,7 +31,8 @@ from artsim_lib.io import paths
 from artsim_lib.models import bpe
 
 KINDS = ("clip", "blip2", "sdxl_refiner", "resnet")
-TINY_VERSION = 2  # 2: the real CLIP vocabulary (49,408 tokens). Bump when a tiny architecture changes: existing tiny dirs are rebuilt
+# Bump when a tiny architecture changes: existing tiny dirs are rebuilt. 2: the real CLIP vocabulary (49,408 tokens).
+TINY_VERSION = 2
 MARKER = "artsim_tiny.json"  # written into every tiny checkpoint directory
 
 # OpenAI CLIP's normalisation (also BLIP-2's) and ImageNet's (ResNet-50's).
@@ -95,25 +97,44 @@ def _blip2_config(tok):
     from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
 
     vision = Blip2VisionConfig(
-        image_size=BLIP2_IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4,
+        image_size=BLIP2_IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
         initializer_range=0.02,  # the default, 1e-10, leaves a random model blind to the image
     )
     qformer = Blip2QFormerConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, cross_attention_frequency=1, encoder_hidden_size=32,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        cross_attention_frequency=1,
+        encoder_hidden_size=32,
         initializer_range=QFORMER_INIT_STD,
     )
     text = OPTConfig(
         vocab_size=-(-len(tok) // 8) * 8,  # padded to a multiple of 8, as in OPT (50272)
-        hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=128, init_std=OPT_INIT_STD,
+        hidden_size=32,
+        word_embed_proj_dim=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        init_std=OPT_INIT_STD,
         tie_word_embeddings=False,  # so the output head can be shaped (below) without the inputs
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     return Blip2Config(
-        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-        num_query_tokens=BLIP2_QUERY_TOKENS, image_text_hidden_size=32,
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=BLIP2_QUERY_TOKENS,
+        image_text_hidden_size=32,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )
 
@@ -194,13 +215,24 @@ def make_sdxl_refiner():
     unet = _refiner_unet(text_encoder_2.config.hidden_size)
     vae = _refiner_vae()
     scheduler = EulerDiscreteScheduler(  # the refiner's scheduler_config.json
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
     )
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
-        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
-        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
     )
     return (pipe,)
 
@@ -232,8 +264,11 @@ MAKERS: dict[str, Callable[[], tuple]] = {
     "resnet": make_resnet,
 }
 # The slow-tokenizer files (vocab.json, merges.txt) written beside each tokenizer.json.
-_VOCAB_FILES = {"clip": ("", bpe.clip_vocab_merges), "blip2": ("", bpe.opt_vocab_merges),
-                "sdxl_refiner": ("tokenizer_2", bpe.clip_vocab_merges)}
+_VOCAB_FILES = {
+    "clip": ("", bpe.clip_vocab_merges),
+    "blip2": ("", bpe.opt_vocab_merges),
+    "sdxl_refiner": ("tokenizer_2", bpe.clip_vocab_merges),
+}
 
 
 def make_tiny(kind: str, seed: int = 0) -> tuple:

@@ -11,6 +11,7 @@ Both use the offline OPT-style BPE of :mod:`artsim_lib.models.bpe` and are saved
 ``save_pretrained``, so the stage loads them with the same ``Auto*.from_pretrained`` call it
 uses for hub ids. Their output is random text: the stage must validate it and fall back.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,16 @@ def make_lm():
     tok = bpe.opt_tokenizer(max_length=512)
     tok.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
-        vocab_size=_padded(len(tok)), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=_padded(len(tok)),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         initializer_range=0.2,  # 0.02 makes a random LM repeat one token
     )
     return LlamaForCausalLM(config), tok
@@ -57,11 +65,21 @@ def make_summarizer():
     vocab, merges = bpe.opt_vocab_merges()  # <s> <pad> </s> <unk> are ids 0-3, as in BART
     tok = BartTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=512)
     config = BartConfig(
-        vocab_size=_padded(len(tok)), d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_position_embeddings=512, init_std=0.2, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        decoder_start_token_id=tok.eos_token_id, forced_bos_token_id=tok.bos_token_id,
+        vocab_size=_padded(len(tok)),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=512,
+        init_std=0.2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+        forced_bos_token_id=tok.bos_token_id,
     )
     return BartForConditionalGeneration(config), tok
 
@@ -88,7 +106,10 @@ def ensure(kind: str, path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     marker = tiny_marker(path)
     current = marker is not None and (marker.get("kind"), marker.get("seed"), marker.get("version")) == (
-        f"tiny-{kind}", seed, VERSION)
+        f"tiny-{kind}",
+        seed,
+        VERSION,
+    )
     has_checkpoint = (path / "config.json").exists() and marker is None
     if not current and not has_checkpoint:
         if path.exists() and any(path.iterdir()) and marker is None:

@@ -19,13 +19,15 @@ A loop built from them reads::
             break
     history.frame()   # one row per (epoch, split)
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -75,8 +77,9 @@ class Setup:
             scheduler.step()
 
 
-def setup(device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-          mixed_precision: bool = True) -> Setup:
+def setup(
+    device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", mixed_precision: bool = True
+) -> Setup:
     """A :class:`Setup` from the ``device``/``dtype`` params: on CUDA with ``mixed_precision``
     and a half dtype, autocast to it (float16 also gets a GradScaler); on CPU plain float32."""
     dev = pick_device(device)
@@ -109,16 +112,16 @@ def _no_decay(name: str, p: torch.nn.Parameter) -> bool:
     return p.ndim <= 1 or name.endswith(".bias")
 
 
-def adamw(model_or_params, lr: float, weight_decay: float = 0.0, lr_overrides: dict[str, float] | None = None,
-          **kwargs) -> torch.optim.AdamW:
+def adamw(
+    model_or_params, lr: float, weight_decay: float = 0.0, lr_overrides: dict[str, float] | None = None, **kwargs
+) -> torch.optim.AdamW:
     """AdamW over the *trainable* parameters, without weight decay on biases and norms.
 
     Takes a module, or an iterable of ``(name, parameter)`` pairs (``module.named_parameters()``).
     ``lr_overrides`` maps a name prefix to its own learning rate, e.g. ``{"backbone.": 1e-5}``
     for a pretrained backbone under a fresh head (the first matching prefix wins).
     """
-    named = model_or_params.named_parameters() if isinstance(model_or_params, torch.nn.Module) \
-        else model_or_params
+    named = model_or_params.named_parameters() if isinstance(model_or_params, torch.nn.Module) else model_or_params
     overrides = lr_overrides or {}
     groups: dict[tuple[float, float], list] = {}
     for name, p in named:
@@ -129,12 +132,18 @@ def adamw(model_or_params, lr: float, weight_decay: float = 0.0, lr_overrides: d
         groups.setdefault((p_lr, p_wd), []).append(p)
     if not groups:
         raise ValueError("adamw: nothing to train (every parameter has requires_grad=False)")
-    return torch.optim.AdamW([{"params": ps, "lr": g_lr, "weight_decay": g_wd}
-                              for (g_lr, g_wd), ps in groups.items()], lr=lr, **kwargs)
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), ps in groups.items()], lr=lr, **kwargs
+    )
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int,
-              kind: Literal["cosine", "linear", "constant"] = "cosine", floor: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    kind: Literal["cosine", "linear", "constant"] = "cosine",
+    floor: float = 0.0,
+) -> float:
     """The multiplier of the base learning rate at ``step``: linear warm-up from ~0 to 1 over
     ``warmup_steps``, then cosine or linear decay to ``floor`` at ``total_steps`` (or constant)."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -147,13 +156,16 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int,
     return floor + (1.0 - floor) * decay
 
 
-def warmup_schedule(optimizer, total_steps: int, warmup_ratio: float = 0.1,
-                    kind: Literal["cosine", "linear", "constant"] = "cosine",
-                    floor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_schedule(
+    optimizer,
+    total_steps: int,
+    warmup_ratio: float = 0.1,
+    kind: Literal["cosine", "linear", "constant"] = "cosine",
+    floor: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step scheduler (call ``.step()`` after each optimizer step) following :func:`lr_factor`."""
     warmup = int(round(warmup_ratio * total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, kind, floor))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, kind, floor))
 
 
 # -- early stopping and history --------------------------------------------------------------------
@@ -237,13 +249,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % 2**31
 
 
-def batch_indices(n: int, batch_size: int, shuffle: bool = False, seed: int = 0,
-                  drop_last: bool = False) -> Iterator[np.ndarray]:
+def batch_indices(
+    n: int, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+) -> Iterator[np.ndarray]:
     """Index arrays of consecutive batches over ``range(n)``, shuffled with ``seed`` when asked."""
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

@@ -1,8 +1,9 @@
 """Figures the notebooks show. Each function returns the matplotlib Figure it drew."""
+
 from __future__ import annotations
 
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -64,8 +65,14 @@ def thumbnail(path: str, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     return im
 
 
-def image_grid(image_paths: Sequence[str], labels: Sequence[str] = (), ncols: int = 6,
-               thumb: int = 160, title: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+def image_grid(
+    image_paths: Sequence[str],
+    labels: Sequence[str] = (),
+    ncols: int = 6,
+    thumb: int = 160,
+    title: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+):
     """A grid of thumbnails with a caption under each (unreadable files: a red tile)."""
     n = len(image_paths)
     nrows = max(1, int(np.ceil(n / ncols)))
@@ -82,8 +89,12 @@ def image_grid(image_paths: Sequence[str], labels: Sequence[str] = (), ncols: in
     return fig
 
 
-def before_after(pairs: Sequence[tuple[str, str]], labels: Sequence[str] = (), thumb: int = 200,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+def before_after(
+    pairs: Sequence[tuple[str, str]],
+    labels: Sequence[str] = (),
+    thumb: int = 200,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+):
     """Original (top) and its preprocessed version (bottom), column by column."""
     fig, axes = plt.subplots(2, len(pairs), figsize=(2.4 * len(pairs), 5), squeeze=False)
     for j, (src, dst) in enumerate(pairs):

@@ -1,5 +1,6 @@
 """Stage 06's figures: similarity distributions per group, family correlations, example pairs,
 param vs fitted weights. Each function returns the matplotlib Figure it drew."""
+
 from __future__ import annotations
 
 import textwrap
@@ -11,8 +12,13 @@ import pandas as pd
 from artsim_lib.plots.common import thumbnail
 
 GROUP_ORDER = ["moderate", "radical", "negative: same_artist", "negative: same_style", "negative: random"]
-GROUP_COLOURS = {"moderate": "#55A868", "radical": "#DD8452", "negative: same_artist": "#8172B3",
-                 "negative: same_style": "#4C72B0", "negative: random": "#937860"}
+GROUP_COLOURS = {
+    "moderate": "#55A868",
+    "radical": "#DD8452",
+    "negative: same_artist": "#8172B3",
+    "negative: same_style": "#4C72B0",
+    "negative: random": "#937860",
+}
 
 
 def distinct_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -32,7 +38,7 @@ def family_distributions(pairs: pd.DataFrame, measures, ncols: int = 3):
     groups = _groups(data)
     nrows = int(np.ceil(len(measures) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
-    for ax in axes.flat[len(measures):]:
+    for ax in axes.flat[len(measures) :]:
         ax.axis("off")
     for ax, m in zip(axes.flat, measures):
         values = [data.loc[data["group"] == g, m].dropna().to_numpy() for g in groups]
@@ -41,8 +47,9 @@ def family_distributions(pairs: pd.DataFrame, measures, ncols: int = 3):
         for body, i in zip(parts["bodies"], keep):
             body.set_facecolor(GROUP_COLOURS.get(groups[i], "#999999"))
             body.set_alpha(0.75)
-        ax.set_xticks(range(len(groups)), [g.replace("negative: ", "neg: ") for g in groups],
-                      rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(groups)), [g.replace("negative: ", "neg: ") for g in groups], rotation=30, ha="right", fontsize=8
+        )
         ax.set(title=m, ylim=(-0.02, 1.02))
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("similarity [0, 1]")
@@ -81,8 +88,13 @@ def example_panel(pairs: pd.DataFrame, anchor_id: str, families, total: str = "d
     of each kind, sorted by ``total``; under each tile, every family's similarity."""
     rows = distinct_pairs(pairs[pairs["anchor_id"] == anchor_id]).sort_values(total, ascending=False)
     pos, neg = rows[rows["role"] == "positive"], rows[rows["role"] == "negative"]
-    picks = pd.concat([pos.groupby("level", sort=True).head(1), pos.groupby("level", sort=True).tail(1),
-                       neg.groupby("group", sort=True).head(1)])
+    picks = pd.concat(
+        [
+            pos.groupby("level", sort=True).head(1),
+            pos.groupby("level", sort=True).tail(1),
+            neg.groupby("group", sort=True).head(1),
+        ]
+    )
     picks = picks.drop_duplicates("other_path").sort_values(total, ascending=False)
     n = len(picks) + 1
     fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 3.6), squeeze=False)
@@ -92,8 +104,11 @@ def example_panel(pairs: pd.DataFrame, anchor_id: str, families, total: str = "d
         ax.imshow(thumbnail(r.other_path, thumb))
         label = r.group if r.role == "negative" else f"{r.group} · {r.family} {r.strength:.2f}"
         scores = " ".join(f"{f[:3]} {getattr(r, f):.2f}" for f in families)
-        ax.set_title(f"{textwrap.fill(label, 24)}\n{total} {getattr(r, total):.3f}", fontsize=8,
-                     color="#C44E52" if r.role == "negative" else "k")
+        ax.set_title(
+            f"{textwrap.fill(label, 24)}\n{total} {getattr(r, total):.3f}",
+            fontsize=8,
+            color="#C44E52" if r.role == "negative" else "k",
+        )
         ax.set_xlabel(textwrap.fill(scores, 24), fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])

@@ -1,4 +1,5 @@
 """Stage 09's figures, from an :class:`artsim_lib.stages.s09_evaluation.EvalResult`. Each returns its Figure."""
+
 from __future__ import annotations
 
 import textwrap
@@ -7,12 +8,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from artsim_lib.plots.descriptors import GROUP_COLOURS, GROUP_ORDER
 from artsim_lib.plots.common import thumbnail
+from artsim_lib.plots.descriptors import GROUP_COLOURS, GROUP_ORDER
 
-KIND_STYLE = {"random": ("o", "#937860"), "same_style": ("s", "#4C72B0"), "same_artist": ("D", "#8172B3"),
-              "all": ("o", "#4C72B0"), "dedup": ("s", "#DD8452"), "hard": ("D", "#8172B3"),
-              "aspect": ("^", "#55A868"), "copy": ("o", "#C44E52")}
+KIND_STYLE = {
+    "random": ("o", "#937860"),
+    "same_style": ("s", "#4C72B0"),
+    "same_artist": ("D", "#8172B3"),
+    "all": ("o", "#4C72B0"),
+    "dedup": ("s", "#DD8452"),
+    "hard": ("D", "#8172B3"),
+    "aspect": ("^", "#55A868"),
+    "copy": ("o", "#C44E52"),
+}
 
 
 def _grid(n: int, ncols: int, w: float, h: float, **kw):
@@ -25,12 +33,18 @@ def _grid(n: int, ncols: int, w: float, h: float, **kw):
 
 def forest(result, panels=None):
     """Point estimates and 95% intervals of the main metrics, one row per measure, chance dashed."""
-    panels = panels or [("µAP", ("copy",), "copy detection µAP (global ranking)", "µAP copy"),
-                        ("triplet_acc", ("random", "same_style", "same_artist"), "triplet accuracy", "acc random"),
-                        ("triplet_acc_query", ("random", "same_style", "same_artist"),
-                         "triplet accuracy, query-anchored", "acc random"),
-                        ("R@1", ("all", "dedup", "aspect"), "retrieval R@1", "R@1"),
-                        ("auc", ("hard",), "verification ROC-AUC, hard negatives", "AUC hard")]
+    panels = panels or [
+        ("µAP", ("copy",), "copy detection µAP (global ranking)", "µAP copy"),
+        ("triplet_acc", ("random", "same_style", "same_artist"), "triplet accuracy", "acc random"),
+        (
+            "triplet_acc_query",
+            ("random", "same_style", "same_artist"),
+            "triplet accuracy, query-anchored",
+            "acc random",
+        ),
+        ("R@1", ("all", "dedup", "aspect"), "retrieval R@1", "R@1"),
+        ("auc", ("hard",), "verification ROC-AUC, hard negatives", "AUC hard"),
+    ]
     m = result.metrics
     names = list(dict.fromkeys(m["measure"]))[::-1]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 0.36 * len(names) + 1.6), sharey=True)
@@ -40,8 +54,17 @@ def forest(result, panels=None):
             y = np.arange(len(names)) + (k - (len(subsets) - 1) / 2) * 0.22
             marker, colour = KIND_STYLE.get(subset, ("o", "k"))
             err = np.abs(np.vstack([rows["value"] - rows["lo"], rows["hi"] - rows["value"]]))
-            ax.errorbar(rows["value"], y, xerr=np.nan_to_num(err), fmt=marker, color=colour, ms=4, lw=1,
-                        capsize=2, label=subset.replace("_", " "))
+            ax.errorbar(
+                rows["value"],
+                y,
+                xerr=np.nan_to_num(err),
+                fmt=marker,
+                color=colour,
+                ms=4,
+                lw=1,
+                capsize=2,
+                label=subset.replace("_", " "),
+            )
         chance = result.chance().get(chance_col, np.nan)
         if chance is not None and np.isfinite(chance):
             ax.axvline(chance, ls="--", c="k", lw=0.8)
@@ -50,8 +73,11 @@ def forest(result, panels=None):
         if len(subsets) > 1:
             ax.legend(fontsize=7, loc="lower left")
     np.atleast_1d(axes)[0].set_yticks(range(len(names)), names, fontsize=8)
-    fig.suptitle(f"Test split: {len(result.es.originals)} originals, {len(result.es.derivatives)} derivatives "
-                 f"(95% intervals resample originals; dashed: chance)", fontsize=9)
+    fig.suptitle(
+        f"Test split: {len(result.es.originals)} originals, {len(result.es.derivatives)} derivatives "
+        f"(95% intervals resample originals; dashed: chance)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -61,7 +87,8 @@ def pair_groups(result, name: str) -> pd.DataFrame:
     t = result.tables[name]["triplets"]
     pos = t.drop_duplicates("positive_id").assign(group=lambda d: d["level"], s01=lambda d: d["s_pos01"])
     neg = t.drop_duplicates(["anchor_id", "negative_id", "negative_kind"]).assign(
-        group=lambda d: "negative: " + d["negative_kind"], s01=lambda d: d["s_neg01"])
+        group=lambda d: "negative: " + d["negative_kind"], s01=lambda d: d["s_neg01"]
+    )
     return pd.concat([pos, neg], ignore_index=True)[["group", "s01", "style"]]
 
 
@@ -78,8 +105,13 @@ def score_distributions(result, ncols: int = 4):
             patch.set(facecolor=GROUP_COLOURS.get(g, "#999"), alpha=0.7)
         for i, v in enumerate(values):  # every pair as a dot: the test split is small
             ax.scatter(i + np.random.default_rng(i).uniform(-0.2, 0.2, len(v)), v, s=3, c="k", alpha=0.35)
-        ax.set_xticks(range(len(groups)), [g.replace("negative: ", "neg ").replace("_", " ") for g in groups],
-                      rotation=35, ha="right", fontsize=7)
+        ax.set_xticks(
+            range(len(groups)),
+            [g.replace("negative: ", "neg ").replace("_", " ") for g in groups],
+            rotation=35,
+            ha="right",
+            fontsize=7,
+        )
         ax.set(title=name, ylim=(-0.03, 1.03))
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -140,8 +172,10 @@ def retrieval_examples(result, name: str, n_worst: int = 3, top: int = 5, thumb:
         d = es.derivatives.iloc[es.queries[case.q]]
         order = np.argsort(-sim[case.q], kind="stable")[:top]
         tiles = [(d.path, f"query · {d.level}\n{d.family} {d.strength:g}", "k")]
-        tiles += [(gallery.path[j], f"#{k + 1} · {sim[case.q, j]:.2f}", "#2CA02C" if j == es.truth[case.q] else "k")
-                  for k, j in enumerate(order)]
+        tiles += [
+            (gallery.path[j], f"#{k + 1} · {sim[case.q, j]:.2f}", "#2CA02C" if j == es.truth[case.q] else "k")
+            for k, j in enumerate(order)
+        ]
         tiles.append((gallery.path[es.truth[case.q]], f"true · rank {case.rank:g}", "#2CA02C"))
         for ax, (path, label, colour) in zip(row, tiles):
             ax.imshow(thumbnail(path, thumb))
@@ -160,8 +194,9 @@ def example_pairs(result, pair_ids, captions: pd.DataFrame | None = None, thumb:
     der = result.es.derivatives.set_index("pair_id")
     orig = result.es.originals.set_index("id")
     caption = captions.set_index("id")["caption"] if captions is not None else pd.Series(dtype=str)
-    fig, axes = plt.subplots(len(pair_ids), 3, figsize=(11, 2.6 * len(pair_ids)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 2.2]})
+    fig, axes = plt.subplots(
+        len(pair_ids), 3, figsize=(11, 2.6 * len(pair_ids)), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 2.2]}
+    )
     for row, pid in zip(axes, pair_ids):
         d = der.loc[pid]
         row[0].imshow(thumbnail(orig.loc[d.original_id, "path"], thumb))
@@ -172,9 +207,11 @@ def example_pairs(result, pair_ids, captions: pd.DataFrame | None = None, thumb:
         prompt = d.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             prompt = f"(no prompt: {d.backend} {d.get('op', d.family)} at strength {d.strength:g})"
-        text = (f"caption: {textwrap.fill(str(caption.get(d.original_id, '—')), 70)}\n"
-                f"prompt: {textwrap.fill(str(prompt), 70)}\n\n"
-                + "\n".join(f"{n:<18} {v:5.3f}  {'█' * int(round(v * 20))}" for n, v in scores.items()))
+        text = (
+            f"caption: {textwrap.fill(str(caption.get(d.original_id, '—')), 70)}\n"
+            f"prompt: {textwrap.fill(str(prompt), 70)}\n\n"
+            + "\n".join(f"{n:<18} {v:5.3f}  {'█' * int(round(v * 20))}" for n, v in scores.items())
+        )
         row[2].text(0, 1, text, va="top", ha="left", family="monospace", fontsize=6.5, transform=row[2].transAxes)
         for ax in row:
             ax.axis("off")

@@ -1,9 +1,10 @@
 """The figures of the training stages: the train/validation curves (07 and 08), and stage 07's
 confusion matrix, per-class F1 and what its training augmentation does. Each function returns the
 matplotlib Figure it drew."""
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,8 +13,12 @@ import pandas as pd
 from artsim_lib.models.image_batches import Augment, augment_image, open_rgb
 
 
-def plot_history(history: pd.DataFrame, metrics: Iterable[str] = ("loss", "acc"), best_epoch: int | None = None,
-                 title: str | None = None):
+def plot_history(
+    history: pd.DataFrame,
+    metrics: Iterable[str] = ("loss", "acc"),
+    best_epoch: int | None = None,
+    title: str | None = None,
+):
     """Train and validation curves per epoch, one panel per metric (a column of ``history``);
     a dashed line marks ``best_epoch``. Returns the Figure."""
     metrics = [m for m in metrics if m in history.columns]

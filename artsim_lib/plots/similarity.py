@@ -1,5 +1,6 @@
 """The figure of a similarity table: every pair of a set of images as a heatmap (``artsim matrix``,
 notebook 08). Returns the matplotlib Figure it drew."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

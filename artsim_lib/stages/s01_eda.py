@@ -4,6 +4,7 @@
 (``<run>/manifest/raw.parquet``) and looks at it: which files open and how, what the Kaggle loader
 left out, and which images are perceptual-hash duplicates. ``load(P)`` reads the raw manifest back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from artsim_lib.io.images import probe_files
 class EdaResult:
     """What stage 01 found in the originals."""
 
-    raw: pd.DataFrame         # the raw manifest (one row per source image)
-    missing: pd.DataFrame     # null counts per column
-    probe: pd.DataFrame       # format, mode, EXIF orientation, readable, error per file
-    decisions: pd.DataFrame   # files the Kaggle loader left out, and why
+    raw: pd.DataFrame  # the raw manifest (one row per source image)
+    missing: pd.DataFrame  # null counts per column
+    probe: pd.DataFrame  # format, mode, EXIF orientation, readable, error per file
+    decisions: pd.DataFrame  # files the Kaggle loader left out, and why
     duplicates: pd.DataFrame  # id, duplicate_of, distance (phash Hamming)
 
 

@@ -5,6 +5,7 @@ column), de-duplicate by perceptual hash, convert and resize each image (EXIF or
 applied, Lanczos, letterbox or centre crop), then a stratified train/val/test split.
 Unreadable, corrupt or oversized images are skipped with their reason; the run goes on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +20,15 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from artsim_lib.core.cleaning import (  # noqa: F401  (used here, and part of this stage's API)
-    cross_split_duplicates, drop_missing, find_duplicates, find_duplicates_naive, null_table,
+    cross_split_duplicates,
+    drop_missing,
+    find_duplicates,
+    find_duplicates_naive,
+    null_table,
 )
 from artsim_lib.core.splits import grouped_split, stratified_split  # noqa: F401  (part of this stage's API)
-from artsim_lib.io import manifest as source, paths
+from artsim_lib.io import manifest as source
+from artsim_lib.io import paths
 from artsim_lib.io.artifacts import StageNotRunError
 from artsim_lib.io.images import (  # to_rgb: re-exported (part of this module's API)
     ImageReadError,
@@ -40,10 +46,10 @@ class PreprocessResult:
     """What stage 02 produced: the split manifest and the reasons rows were left out."""
 
     manifest: pd.DataFrame
-    missing: pd.DataFrame      # column, missing (rows dropped for that column)
-    dropped: pd.DataFrame      # the rows dropped for a missing value
-    duplicates: pd.DataFrame   # id, duplicate_of, phash, distance
-    skipped: pd.DataFrame      # id, filename, reason
+    missing: pd.DataFrame  # column, missing (rows dropped for that column)
+    dropped: pd.DataFrame  # the rows dropped for a missing value
+    duplicates: pd.DataFrame  # id, duplicate_of, phash, distance
+    skipped: pd.DataFrame  # id, filename, reason
     image_dir: Path
     cross_split: pd.DataFrame | None = None  # val/test near-copies of another split's row, removed
 
@@ -98,9 +104,16 @@ def image_params_key(size: int, mode: str, pad_color, fmt: str) -> str:
     return f"{size}px-{mode}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
-def normalise_images(df: pd.DataFrame, out_dir: Path, size: int, mode: str = "letterbox",
-                     pad_color=(0, 0, 0), fmt: str = "png", max_pixels: int = 178_956_970,
-                     workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+def normalise_images(
+    df: pd.DataFrame,
+    out_dir: Path,
+    size: int,
+    mode: str = "letterbox",
+    pad_color=(0, 0, 0),
+    fmt: str = "png",
+    max_pixels: int = 178_956_970,
+    workers: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write every image of ``df`` to ``out_dir/<id>.<fmt>``; return (processed rows, skipped rows).
 
     Existing outputs are reused, so a re-run (or a resumed run) does only what is missing.
@@ -131,9 +144,16 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     dups = find_duplicates(kept, cfg.phash_max_distance) if cfg.dedupe_phash else find_duplicates(kept.iloc[:0])
     kept = kept[~kept["id"].isin(dups["id"])]
     image_dir = P.run.sub("preprocess", image_params_key(cfg.size, cfg.resize_mode, cfg.pad_color, cfg.image_format))
-    kept, skipped = normalise_images(kept, image_dir, cfg.size, cfg.resize_mode, cfg.pad_color,
-                                     cfg.image_format, cfg.max_pixels,
-                                     worker_count(cfg.workers))  # never more than the allocation
+    kept, skipped = normalise_images(
+        kept,
+        image_dir,
+        cfg.size,
+        cfg.resize_mode,
+        cfg.pad_color,
+        cfg.image_format,
+        cfg.max_pixels,
+        worker_count(cfg.workers),
+    )  # never more than the allocation
     kept = add_content_boxes(kept, cfg.size, cfg.resize_mode, worker_count(cfg.workers))
     fractions = {"train": cfg.split.train, "val": cfg.split.val, "test": cfg.split.test}
     by = None if cfg.split.stratify == "none" else cfg.split.stratify
@@ -145,8 +165,13 @@ def preprocess(P, raw: pd.DataFrame) -> PreprocessResult:
     kept = kept[~kept["id"].isin(cross["id"])].reset_index(drop=True)
     skipped = pd.concat([skipped, _decisions_as_skipped(P)], ignore_index=True)
     out = P.run.sub("preprocess")
-    for name, table in (("missing", missing), ("dropped", dropped), ("duplicates", dups), ("skipped", skipped),
-                        ("cross_split_duplicates", cross)):
+    for name, table in (
+        ("missing", missing),
+        ("dropped", dropped),
+        ("duplicates", dups),
+        ("skipped", skipped),
+        ("cross_split_duplicates", cross),
+    ):
         with paths.atomic_path(out / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     paths.write_parquet(kept, P.run.manifest, manifest_key(P))
@@ -191,8 +216,9 @@ def add_content_boxes(kept: pd.DataFrame, size: int, mode: str, workers: int = 1
     """``kept`` (rows with ``src_path``) with :data:`CONTENT_COLUMNS`: every measure and the
     ``geometry`` baseline of stage 09 can tell the painting from its padding."""
     jobs = [(str(src), size, mode) for src in kept["src_path"]]
-    geo = pd.DataFrame(parallel_map(source_geometry, jobs, workers, "content boxes"), index=kept.index,
-                       columns=CONTENT_COLUMNS)
+    geo = pd.DataFrame(
+        parallel_map(source_geometry, jobs, workers, "content boxes"), index=kept.index, columns=CONTENT_COLUMNS
+    )
     return kept.drop(columns=[c for c in CONTENT_COLUMNS if c in kept]).join(geo)
 
 
@@ -201,16 +227,23 @@ def _decisions_as_skipped(P) -> pd.DataFrame:
     from artsim_lib.io.datasets import source_decisions
 
     decisions = source_decisions(P)
-    return pd.DataFrame({"id": pd.Series([None] * len(decisions), dtype="string"),
-                         "filename": decisions["filename"],
-                         "reason": decisions["issue"] + ": " + decisions["action"]})
+    return pd.DataFrame(
+        {
+            "id": pd.Series([None] * len(decisions), dtype="string"),
+            "filename": decisions["filename"],
+            "reason": decisions["issue"] + ": " + decisions["action"],
+        }
+    )
 
 
 def manifest_key(P) -> dict:
     """What the split manifest depends on: a manifest made from other params is stale."""
     # workers only schedule the work: not part of the key (provenance records them)
-    return {"seed": P.seed, "data": P.data.model_dump(mode="json"),
-            "preprocess": P.preprocess.model_dump(mode="json", exclude={"workers"})}
+    return {
+        "seed": P.seed,
+        "data": P.data.model_dump(mode="json"),
+        "preprocess": P.preprocess.model_dump(mode="json", exclude={"workers"}),
+    }
 
 
 def run(P, raw: pd.DataFrame | None = None) -> PreprocessResult:
@@ -226,4 +259,3 @@ def load(P) -> pd.DataFrame:
     if paths.is_current(target, manifest_key(P)):
         return source.read_manifest(target)
     raise StageNotRunError("02", "the split manifest", target, stale=target.exists())
-

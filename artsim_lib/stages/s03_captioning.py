@@ -15,6 +15,7 @@ The stage is sharded and resumable (see :mod:`artsim_lib.io.shards`): results go
 merged into ``captioning/captions.parquet`` (id, caption, backend, model, seconds) once every
 shard is done.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,8 @@ import pandas as pd
 from artsim_lib.io import paths, shards, workers
 from artsim_lib.io.artifacts import read_current
 from artsim_lib.io.images import open_rgb
-from artsim_lib.stages import s02_preprocess
 from artsim_lib.io.worklog import record
+from artsim_lib.stages import s02_preprocess
 
 COLUMNS = ["id", "caption", "backend", "model", "seconds"]
 SALT = "caption"  # item_seed salt: a sampled caption's seed
@@ -60,13 +61,22 @@ def caption_meta(P) -> dict:
     c = P.captioning
     meta = {"stage": "captioning", "manifest": manifest_key(P), "backend": c.backend}
     if c.backend == "blip2" or c.existing_missing == "blip2":
-        meta["blip2"] = {"model": P.models.blip2, "max_new_tokens": c.max_new_tokens, "num_beams": c.num_beams,
-                         "do_sample": c.do_sample, "prompt": c.prompt,
-                         "seed": P.seed if c.do_sample else None}
+        meta["blip2"] = {
+            "model": P.models.blip2,
+            "max_new_tokens": c.max_new_tokens,
+            "num_beams": c.num_beams,
+            "do_sample": c.do_sample,
+            "prompt": c.prompt,
+            "seed": P.seed if c.do_sample else None,
+        }
     if c.backend == "existing":
         source = P.path(c.existing) if c.existing else None
-        meta["existing"] = {"source": c.existing, "column": c.existing_column, "missing": c.existing_missing,
-                            "digest": _file_digest(source) if source and source.exists() else None}
+        meta["existing"] = {
+            "source": c.existing,
+            "column": c.existing_column,
+            "missing": c.existing_missing,
+            "digest": _file_digest(source) if source and source.exists() else None,
+        }
     return meta
 
 
@@ -77,6 +87,7 @@ def parts_root(P, meta: dict | None = None) -> Path:
 
 
 # -- existing captions --------------------------------------------------------------------
+
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """A parquet, CSV or TSV file as a DataFrame (every key column as text)."""
@@ -134,8 +145,9 @@ class MissingCaptionsError(RuntimeError):
 def plan(P, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Every image to caption: id, path, backend, caption (filled for 'existing') and model;
     plus the ids the existing captions lack."""
-    todo = manifest[["id", "path"]].assign(caption=pd.Series(pd.NA, index=manifest.index, dtype="string"),
-                                           backend="blip2", model=P.models.blip2)
+    todo = manifest[["id", "path"]].assign(
+        caption=pd.Series(pd.NA, index=manifest.index, dtype="string"), backend="blip2", model=P.models.blip2
+    )
     if P.captioning.backend == "blip2":
         return todo, []
     found, source = existing_captions(P, manifest)
@@ -146,7 +158,8 @@ def plan(P, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if how == "error":
             raise MissingCaptionsError(
                 f"{len(missing)} of {len(manifest)} images have no caption in {source}, e.g. {missing[:5]}; "
-                f"set captioning.existing_missing=blip2 to caption them with BLIP-2, or =drop to leave them out")
+                f"set captioning.existing_missing=blip2 to caption them with BLIP-2, or =drop to leave them out"
+            )
         if how == "drop":
             todo = todo[found.notna().to_numpy()]
         else:
@@ -156,13 +169,24 @@ def plan(P, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 # -- BLIP-2 -------------------------------------------------------------------------------
 
+
 def clean_caption(text: str) -> str:
     """One line, single spaces, no surrounding whitespace."""
     return re.sub(r"\s+", " ", text).strip()
 
 
-def caption_images(model, processor, images, *, max_new_tokens: int, num_beams: int = 1,
-                   do_sample: bool = False, prompt: str | None = None, seeds=(), inputs=None) -> list[str]:
+def caption_images(
+    model,
+    processor,
+    images,
+    *,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    prompt: str | None = None,
+    seeds=(),
+    inputs=None,
+) -> list[str]:
     """BLIP-2 captions of PIL images, batched. Sampling draws image ``i`` from its own
     ``seeds[i]`` (see :mod:`artsim_lib.core.sampling`), so a caption never depends on its batch.
     ``inputs``: the processor's output for ``images`` made beforehand (:func:`prepare_inputs`)."""
@@ -173,8 +197,9 @@ def caption_images(model, processor, images, *, max_new_tokens: int, num_beams: 
     if inputs is None:
         inputs = processor_inputs(processor, images, prompt)
     n = len(inputs["pixel_values"])
-    inputs = {k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device)
-              for k, v in inputs.items()}  # pixel_values: [B, 3, H, W]
+    inputs = {
+        k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device) for k, v in inputs.items()
+    }  # pixel_values: [B, 3, H, W]
     with torch.inference_mode():
         if do_sample:
             if len(seeds) != n or num_beams != 1:
@@ -224,16 +249,29 @@ def _run_blip2(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
     # The next batches are decoded and resized on worker threads while the model captions this
     # one; the inputs are the same as made in line, so are the captions.
     n_workers = workers.worker_count(P.num_workers)
-    prepared = workers.prefetch_map(lambda b: prepare_inputs(processor, list(b["path"]), c.prompt),
-                                    list(shards.batches(rows, c.batch_size)), n_workers)
+    prepared = workers.prefetch_map(
+        lambda b: prepare_inputs(processor, list(b["path"]), c.prompt),
+        list(shards.batches(rows, c.batch_size)),
+        n_workers,
+    )
 
     def caption(item):
         batch, inputs = item
         seeds = [shards.item_seed(P.seed, i, SALT) for i in batch["id"]]
-        caps = caption_images(model, processor, None, max_new_tokens=c.max_new_tokens, num_beams=c.num_beams,
-                              do_sample=c.do_sample, prompt=c.prompt, seeds=seeds, inputs=inputs)
-        return ({"id": i, "caption": cap, "backend": "blip2", "model": P.models.blip2}
-                for i, cap in zip(batch["id"], caps))
+        caps = caption_images(
+            model,
+            processor,
+            None,
+            max_new_tokens=c.max_new_tokens,
+            num_beams=c.num_beams,
+            do_sample=c.do_sample,
+            prompt=c.prompt,
+            seeds=seeds,
+            inputs=inputs,
+        )
+        return (
+            {"id": i, "caption": cap, "backend": "blip2", "model": P.models.blip2} for i, cap in zip(batch["id"], caps)
+        )
 
     with closing(prepared):  # a kill or an error stops the workers too
         return shards.run_batches(prepared, caption, store, len(rows), "BLIP-2 captions")
@@ -241,14 +279,15 @@ def _run_blip2(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
 
 # -- the stage ----------------------------------------------------------------------------
 
+
 @dataclass
 class CaptionRun:
     """What one call of :func:`run` did."""
 
     captions: pd.DataFrame | None  # the merged artifact; None while other shards are not done
-    captioned: int                 # images this call captioned with BLIP-2
-    copied: int                    # existing captions this call copied
-    seconds: float                 # wall time of this call's captioning
+    captioned: int  # images this call captioned with BLIP-2
+    copied: int  # existing captions this call copied
+    seconds: float  # wall time of this call's captioning
     pending: dict[int, int] = field(default_factory=dict)  # shard -> images not yet done
     missing_existing: list[str] = field(default_factory=list)
 
@@ -284,8 +323,10 @@ def run(P, num_shards: int = 1, shard_index: int = 0) -> CaptionRun:
         mine = shards.select_shard(todo, num_shards, shard_index)
         mine = mine[~mine["id"].astype(str).isin(_done(root))]
         have = mine[mine["backend"].eq("existing")]
-        store.append({"id": r.id, "caption": r.caption, "backend": "existing", "model": r.model, "seconds": 0.0}
-                     for r in have.itertuples())
+        store.append(
+            {"id": r.id, "caption": r.caption, "backend": "existing", "model": r.model, "seconds": 0.0}
+            for r in have.itertuples()
+        )
         copied = len(have)
         captioned = _run_blip2(P, mine[mine["backend"].eq("blip2")], store)
         record("made", stage="captioning", items=captioned)
@@ -295,8 +336,10 @@ def run(P, num_shards: int = 1, shard_index: int = 0) -> CaptionRun:
     pending = _pending(todo, root, num_shards)
     if pending:
         if shard_index == -1:
-            raise RuntimeError(f"captioning: cannot merge, {sum(pending.values())} image(s) not captioned yet "
-                               f"(per shard of {num_shards}: {pending}); run the missing shards first")
+            raise RuntimeError(
+                f"captioning: cannot merge, {sum(pending.values())} image(s) not captioned yet "
+                f"(per shard of {num_shards}: {pending}); run the missing shards first"
+            )
         return CaptionRun(None, captioned, copied, seconds, pending, missing)
     merged = shards.merge(root)
     merged = merged[merged["id"].isin(todo["id"])][COLUMNS].reset_index(drop=True)
@@ -319,6 +362,7 @@ def load(P) -> pd.DataFrame:
 
 
 # -- what the notebook shows --------------------------------------------------------------
+
 
 def words(captions: pd.Series, stopwords=STOPWORDS) -> pd.Series:
     """Every word of every caption, lower-cased, without stop words (one row per word)."""

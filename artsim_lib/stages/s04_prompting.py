@@ -16,6 +16,7 @@
 
 Output: ``prompting/prompts.parquet`` (see :data:`COLUMNS`), via :func:`load`.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,19 +27,32 @@ import numpy as np
 import pandas as pd
 
 from artsim_lib import models
+from artsim_lib.core.prompt_compress import Compressed, compress_many, split_clauses, token_counter
+from artsim_lib.core.prompt_grammar import LEVELS, clean_caption, render, template_prompt
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import read_current
 from artsim_lib.stages import s02_preprocess, s03_captioning
 from artsim_lib.stages.s03_captioning import caption_meta
-from artsim_lib.core.prompt_compress import Compressed, compress_many, split_clauses, token_counter
-from artsim_lib.core.prompt_grammar import LEVELS, clean_caption, render, template_prompt
 
 # The seed study's own figures for its prompts, in CLIP tokens (start/end included): the mean
 # before compression, the mean after it, and CLIP's limit. Notebook 04 draws them beside ours.
 SEED_FIGURES = {"mean_before": 89, "mean_after": 55, "limit": 77}
 
-COLUMNS = ["prompt_id", "id", "level", "family", "prompt", "prompt_raw", "tokens_raw", "tokens", "compressed",
-           "backend", "compression", "llm_fallback", "summary_fallback"]
+COLUMNS = [
+    "prompt_id",
+    "id",
+    "level",
+    "family",
+    "prompt",
+    "prompt_raw",
+    "tokens_raw",
+    "tokens",
+    "compressed",
+    "backend",
+    "compression",
+    "llm_fallback",
+    "summary_fallback",
+]
 
 
 def prompts_path(P):
@@ -60,8 +74,14 @@ def prompt_meta(P) -> dict:
 
     # A tiny refiner's vocabulary changes with its version (version 2: the real CLIP vocabulary).
     tok_version = tiny.TINY_VERSION if P.models.build_tiny else None
-    return {"stage": "prompting", "captions": caption_meta(P), "seed": P.seed, "tokenizer": P.models.sdxl_refiner,
-            "tokenizer_tiny_version": tok_version, "prompting": cfg}
+    return {
+        "stage": "prompting",
+        "captions": caption_meta(P),
+        "seed": P.seed,
+        "tokenizer": P.models.sdxl_refiner,
+        "tokenizer_tiny_version": tok_version,
+        "prompting": cfg,
+    }
 
 
 def assign_levels(ids, levels: str = "both", radical_share: float = 0.5, seed: int = 0) -> pd.DataFrame:
@@ -110,9 +130,12 @@ def plan(P, manifest: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
 
 def _texts(P, jobs: pd.DataFrame) -> tuple[list, list[str], list[bool]]:
     """Clauses, backend and LLM-fallback flag per job."""
-    clauses = [template_prompt(r.caption, r.level, r.family, random.Random(shards.item_seed(P.seed, r.prompt_id,
-                                                                                            "prompt")), r.style)
-               for r in jobs.itertuples()]
+    clauses = [
+        template_prompt(
+            r.caption, r.level, r.family, random.Random(shards.item_seed(P.seed, r.prompt_id, "prompt")), r.style
+        )
+        for r in jobs.itertuples()
+    ]
     backend, fallback = ["template"] * len(jobs), [False] * len(jobs)
     if P.prompting.backend == "llm" and len(jobs):
         from artsim_lib.models.prompt_llm import llm_prompts
@@ -157,13 +180,21 @@ def build_prompts(P, manifest: pd.DataFrame, captions: pd.DataFrame) -> pd.DataF
     if cfg.compressor == "summarize":
         summary_fallback = _summaries(P, raw, tokens_raw, fitted, count)
     out = jobs[["prompt_id", "id", "level", "family"]].assign(
-        prompt=[f.text for f in fitted], prompt_raw=raw, tokens_raw=tokens_raw, tokens=[f.tokens for f in fitted],
-        compressed=[f.text != r for f, r in zip(fitted, raw)], backend=backend,
-        compression=[f.method for f in fitted], llm_fallback=llm_fallback, summary_fallback=summary_fallback)
+        prompt=[f.text for f in fitted],
+        prompt_raw=raw,
+        tokens_raw=tokens_raw,
+        tokens=[f.tokens for f in fitted],
+        compressed=[f.text != r for f, r in zip(fitted, raw)],
+        backend=backend,
+        compression=[f.method for f in fitted],
+        llm_fallback=llm_fallback,
+        summary_fallback=summary_fallback,
+    )
     too_long = out[out["tokens"] > cfg.max_tokens]
     if len(too_long):  # compress() guarantees this; a failure here is a bug, not a data problem
-        raise AssertionError(f"{len(too_long)} prompt(s) over {cfg.max_tokens} tokens, "
-                             f"e.g. {list(too_long['prompt_id'][:3])}")
+        raise AssertionError(
+            f"{len(too_long)} prompt(s) over {cfg.max_tokens} tokens, e.g. {list(too_long['prompt_id'][:3])}"
+        )
     return out[COLUMNS]
 
 
@@ -204,8 +235,10 @@ def figure_token_lengths(prompts: pd.DataFrame, target: int, limit: int, referen
     fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
     top = int(max(prompts["tokens_raw"].max(), limit, (reference or {}).get("mean_before", 0))) + 2
     bins = np.arange(0, top + 4, 4)
-    for ax, col, title, ref_key in ((axes[0], "tokens_raw", "Before compression", "mean_before"),
-                                    (axes[1], "tokens", "After compression", "mean_after")):
+    for ax, col, title, ref_key in (
+        (axes[0], "tokens_raw", "Before compression", "mean_before"),
+        (axes[1], "tokens", "After compression", "mean_after"),
+    ):
         for level, color in (("moderate", "#4C72B0"), ("radical", "#C44E52")):
             vals = prompts.loc[prompts["level"] == level, col]
             if len(vals):
@@ -213,10 +246,14 @@ def figure_token_lengths(prompts: pd.DataFrame, target: int, limit: int, referen
         ax.axvline(limit, color="k", ls="-", lw=1.2, label=f"limit {limit}")
         ax.axvline(target, color="k", ls="--", lw=1.2, label=f"target {target}")
         if reference and ref_key in reference:
-            ax.axvline(reference[ref_key], color="#55A868", ls=":", lw=2,
-                       label=f"seed study's mean {reference[ref_key]}")
-        ax.set(title=f"{title}: mean {prompts[col].mean():.1f} tokens", xlabel="CLIP tokens (start/end included)",
-               ylabel="prompts")
+            ax.axvline(
+                reference[ref_key], color="#55A868", ls=":", lw=2, label=f"seed study's mean {reference[ref_key]}"
+            )
+        ax.set(
+            title=f"{title}: mean {prompts[col].mean():.1f} tokens",
+            xlabel="CLIP tokens (start/end included)",
+            ylabel="prompts",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -225,9 +262,11 @@ def figure_token_lengths(prompts: pd.DataFrame, target: int, limit: int, referen
 def token_figures_vs_seed(prompts: pd.DataFrame, reference: dict = SEED_FIGURES) -> pd.DataFrame:
     """This run's mean lengths before/after compression and its longest prompt, beside the seed
     study's figures (all in CLIP tokens, start/end included)."""
-    rows = [("mean before compression", prompts["tokens_raw"].mean(), reference["mean_before"]),
-            ("mean after compression", prompts["tokens"].mean(), reference["mean_after"]),
-            ("longest after compression", prompts["tokens"].max(), reference["limit"])]
+    rows = [
+        ("mean before compression", prompts["tokens_raw"].mean(), reference["mean_before"]),
+        ("mean after compression", prompts["tokens"].mean(), reference["mean_after"]),
+        ("longest after compression", prompts["tokens"].max(), reference["limit"]),
+    ]
     return pd.DataFrame(rows, columns=["figure", "this run", "seed study"]).set_index("figure").round(1)
 
 
@@ -239,8 +278,13 @@ def figure_family_counts(prompts: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(11, 3.8))
     colors = counts["level"].map({"moderate": "#4C72B0", "radical": "#C44E52"})
     ax.bar(range(len(counts)), counts["prompts"], color=colors)
-    ax.set_xticks(range(len(counts)), [f"{f}\n({lv[:3]})" for lv, f in zip(counts["level"], counts["family"])],
-                  fontsize=8, rotation=45, ha="right")
+    ax.set_xticks(
+        range(len(counts)),
+        [f"{f}\n({lv[:3]})" for lv, f in zip(counts["level"], counts["family"])],
+        fontsize=8,
+        rotation=45,
+        ha="right",
+    )
     ax.set(ylabel="prompts", title="Prompts per transformation family (blue: moderate, red: radical)")
     fig.tight_layout()
     return fig
@@ -258,8 +302,9 @@ def side_by_side(prompts: pd.DataFrame, captions: pd.DataFrame, n: int = 4, seed
     ids = pool.sample(min(n, len(pool)), random_state=seed).index.sort_values() if len(pool) else []
     out = pd.DataFrame({"caption": captions.set_index("id").reindex(ids)["caption"]})
     for level in LEVELS:
-        out[level] = [f"[{f}] {p}" if isinstance(p, str) else None
-                      for f, p in zip(fams.loc[ids, level], wide.loc[ids, level])]
+        out[level] = [
+            f"[{f}] {p}" if isinstance(p, str) else None for f, p in zip(fams.loc[ids, level], wide.loc[ids, level])
+        ]
     return out
 
 

@@ -35,6 +35,7 @@ error. Derivatives flagged NaN or all-black are left out when ``triplets.drop_fl
 Entry points: :func:`run` (the stage), :func:`load` (the pairs) and :func:`load_triplets`, which
 read the artifacts back or say "run stage 05 first"; :func:`run_triplets` redraws the triplets alone.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,12 +56,31 @@ from PIL import Image
 from artsim_lib.core import augment
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import read_current
-from artsim_lib.io.worklog import record
 from artsim_lib.io.workers import worker_count
+from artsim_lib.io.worklog import record
 from artsim_lib.stages import s02_preprocess, s04_prompting
 
-COLUMNS = ["pair_id", "original_id", "level", "family", "strength", "prompt", "seed", "path", "sha256", "seconds",
-           "nan_flag", "black_flag", "backend", "split", "style", "artist", "op", "device", "dtype"]
+COLUMNS = [
+    "pair_id",
+    "original_id",
+    "level",
+    "family",
+    "strength",
+    "prompt",
+    "seed",
+    "path",
+    "sha256",
+    "seconds",
+    "nan_flag",
+    "black_flag",
+    "backend",
+    "split",
+    "style",
+    "artist",
+    "op",
+    "device",
+    "dtype",
+]
 MADE = ("seconds", "nan_flag", "black_flag", "sha256", "device", "dtype")  # known once an image is made
 SALT = "generation"  # item_seed salt
 _GENERATED = re.compile(r"^(?P<name>.+?)(?:_resize\d+)?_generated$", re.IGNORECASE)
@@ -79,17 +99,34 @@ def generation_meta(P) -> dict:
     from artsim_lib.stages.s02_preprocess import manifest_key
 
     g = P.generation
-    meta = {"stage": "generation", "seed": P.seed, "manifest": manifest_key(P), "backend": g.backend,
-            "black_max": g.black_max}
+    meta = {
+        "stage": "generation",
+        "seed": P.seed,
+        "manifest": manifest_key(P),
+        "backend": g.backend,
+        "black_max": g.black_max,
+    }
     if g.backend == "augment":
-        meta["augment"] = {"families": list(g.augment_families), "strengths": list(g.augment_strengths),
-                           "version": 1}
+        meta["augment"] = {"families": list(g.augment_families), "strengths": list(g.augment_strengths), "version": 1}
     elif g.backend == "sdxl":
         from artsim_lib.stages.s04_prompting import prompt_meta
 
-        meta["sdxl"] = {"model": P.models.sdxl_refiner, "vae": g.vae, "variant": g.variant,
-                        **g.model_dump(include={"strength", "steps", "guidance_scale", "aesthetic_score",
-                                                "negative_aesthetic_score", "negative_prompt", "size"})}
+        meta["sdxl"] = {
+            "model": P.models.sdxl_refiner,
+            "vae": g.vae,
+            "variant": g.variant,
+            **g.model_dump(
+                include={
+                    "strength",
+                    "steps",
+                    "guidance_scale",
+                    "aesthetic_score",
+                    "negative_aesthetic_score",
+                    "negative_prompt",
+                    "size",
+                }
+            ),
+        }
         meta["prompts"] = prompt_meta(P)
     else:
         csv = P.path(g.precomputed) / "data.csv" if g.precomputed else None
@@ -107,6 +144,7 @@ def work_dir(P, meta: dict | None = None) -> Path:
 
 # -- what to make -----------------------------------------------------------------------------
 
+
 def _augment_jobs(P, manifest: pd.DataFrame) -> pd.DataFrame:
     g, rows = P.generation, []
     for r in manifest.itertuples():
@@ -114,22 +152,42 @@ def _augment_jobs(P, manifest: pd.DataFrame) -> pd.DataFrame:
             seed = shards.item_seed(P.seed, f"{r.id}:{family}", SALT)  # one per (original, family)
             op = augment.choose_op(family, seed)
             for s in g.augment_strengths:
-                rows.append({"pair_id": f"{r.id}:{family}:{s:g}", "original_id": r.id, "level": augment.level_of(s),
-                             "family": family, "strength": float(s), "prompt": None, "seed": seed, "op": op,
-                             "src": r.path})
+                rows.append(
+                    {
+                        "pair_id": f"{r.id}:{family}:{s:g}",
+                        "original_id": r.id,
+                        "level": augment.level_of(s),
+                        "family": family,
+                        "strength": float(s),
+                        "prompt": None,
+                        "seed": seed,
+                        "op": op,
+                        "src": r.path,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def _sdxl_jobs(P, manifest: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
     jobs = prompts[prompts["id"].isin(manifest["id"])].merge(manifest[["id", "path"]], on="id")
-    return pd.DataFrame({
-        "pair_id": jobs["prompt_id"], "original_id": jobs["id"], "level": jobs["level"], "family": jobs["family"],
-        "strength": [float(P.generation.strength[lv]) for lv in jobs["level"]], "prompt": jobs["prompt"],
-        "seed": [shards.item_seed(P.seed, p, SALT) for p in jobs["prompt_id"]], "op": None, "src": jobs["path"]})
+    return pd.DataFrame(
+        {
+            "pair_id": jobs["prompt_id"],
+            "original_id": jobs["id"],
+            "level": jobs["level"],
+            "family": jobs["family"],
+            "strength": [float(P.generation.strength[lv]) for lv in jobs["level"]],
+            "prompt": jobs["prompt"],
+            "seed": [shards.item_seed(P.seed, p, SALT) for p in jobs["prompt_id"]],
+            "op": None,
+            "src": jobs["path"],
+        }
+    )
 
 
-def plan(P, manifest: pd.DataFrame, prompts: pd.DataFrame | None = None,
-         images: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def plan(
+    P, manifest: pd.DataFrame, prompts: pd.DataFrame | None = None, images: Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every derivative to make (the pairs columns that are known up front, plus ``src``, the
     input image) and, for ``precomputed``, the rows of ``data.csv`` that match no original."""
     g = P.generation
@@ -155,6 +213,7 @@ def plan(P, manifest: pd.DataFrame, prompts: pd.DataFrame | None = None,
 
 # -- precomputed ------------------------------------------------------------------------------
 
+
 def parse_generated(rel: str) -> tuple[str, str] | None:
     """``images/Cubism/x_resize768_generated.jpg`` -> ``('cubism', 'x')``; None if not that layout."""
     parts = PurePosixPath(str(rel).replace("\\", "/")).parts
@@ -174,16 +233,21 @@ def _why_not(row, folder: Path, key, originals: dict) -> str | None:
     return None
 
 
-def match_precomputed(folder: Path, manifest: pd.DataFrame, strength: dict[str, float]
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def match_precomputed(
+    folder: Path, manifest: pd.DataFrame, strength: dict[str, float]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Match ``folder/data.csv`` to the manifest by style folder and name; returns the jobs and
     the unmatched rows with their reason. Without a ``level`` column every image counts as
     moderate; without ``strength``, the level's ``generation.strength`` is recorded."""
     table = pd.read_csv(folder / "data.csv", dtype=str, keep_default_na=False)
     if "generated_image" not in table.columns:
         raise KeyError(f"{folder / 'data.csv'}: no 'generated_image' column (has {list(table.columns)})")
-    table = table.assign(**{c: table.get(c, d) for c, d in (("prompt", ""), ("level", "moderate"),
-                                                             ("family", "unknown"), ("strength", ""))})
+    table = table.assign(
+        **{
+            c: table.get(c, d)
+            for c, d in (("prompt", ""), ("level", "moderate"), ("family", "unknown"), ("strength", ""))
+        }
+    )
     table["level"] = table["level"].str.strip().str.lower().replace("", "moderate")
     names = manifest["filename"] if "filename" in manifest.columns else manifest["src_path"]
     keys = (PurePosixPath(str(f).replace("\\", "/")) for f in names)
@@ -195,19 +259,34 @@ def match_precomputed(folder: Path, manifest: pd.DataFrame, strength: dict[str, 
         if reason:
             bad.append({"generated_image": r.generated_image, "reason": reason})
             continue
-        rows.append({"original_id": originals[key], "level": r.level, "family": r.family or "unknown",
-                     "strength": float(r.strength) if r.strength else float(strength[r.level]),
-                     "prompt": r.prompt or None, "seed": None, "op": None, "src": str(folder / r.generated_image)})
+        rows.append(
+            {
+                "original_id": originals[key],
+                "level": r.level,
+                "family": r.family or "unknown",
+                "strength": float(r.strength) if r.strength else float(strength[r.level]),
+                "prompt": r.prompt or None,
+                "seed": None,
+                "op": None,
+                "src": str(folder / r.generated_image),
+            }
+        )
     jobs = pd.DataFrame(rows, columns=["original_id", "level", "family", "strength", "prompt", "seed", "op", "src"])
     nth = jobs.groupby(["original_id", "level"]).cumcount()  # a second image of one (original, level)
-    jobs.insert(0, "pair_id", [f"{o}:{lv}" + (f":{k}" if k else "") for o, lv, k in
-                               zip(jobs["original_id"], jobs["level"], nth)])
+    jobs.insert(
+        0,
+        "pair_id",
+        [f"{o}:{lv}" + (f":{k}" if k else "") for o, lv, k in zip(jobs["original_id"], jobs["level"], nth)],
+    )
     if bad:
-        warnings.warn(f"precomputed: {len(bad)} of {len(table)} row(s) of {folder / 'data.csv'} match no original")
+        warnings.warn(
+            f"precomputed: {len(bad)} of {len(table)} row(s) of {folder / 'data.csv'} match no original", stacklevel=2
+        )
     return jobs, pd.DataFrame(bad, columns=["generated_image", "reason"])
 
 
 # -- making images ----------------------------------------------------------------------------
+
 
 def image_flags(image, black_max: float = 0.02) -> tuple[bool, bool]:
     """``(nan_flag, black_flag)`` of an image array: floats in [0, 1] or uint8. NaNs are
@@ -241,8 +320,9 @@ def load_sdxl(P):
     dev = models.pick_device(P.device)
     vae = P.generation.vae
     vae = str(P.path(vae)) if vae and (vae.startswith((".", "/", "~", "{")) or P.path(vae).exists()) else vae
-    pipe = models.load_sdxl_refiner(P.model_ref("sdxl_refiner"), dev, models.pick_dtype(P.dtype, dev),
-                                    variant=P.generation.variant, vae=vae)
+    pipe = models.load_sdxl_refiner(
+        P.model_ref("sdxl_refiner"), dev, models.pick_dtype(P.dtype, dev), variant=P.generation.variant, vae=vae
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -253,14 +333,23 @@ def sdxl_images(pipe, images, prompts, seeds, strength: float, g) -> np.ndarray:
     import torch
 
     if int(g.steps * strength) < 1:
-        raise ValueError(f"generation.steps={g.steps} at strength {strength} leaves no denoising step; "
-                         f"raise steps to at least {int(np.ceil(1 / strength))}")
+        raise ValueError(
+            f"generation.steps={g.steps} at strength {strength} leaves no denoising step; "
+            f"raise steps to at least {int(np.ceil(1 / strength))}"
+        )
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    out = pipe(prompt=list(prompts), image=list(images), strength=strength, num_inference_steps=g.steps,
-               guidance_scale=g.guidance_scale, aesthetic_score=g.aesthetic_score,
-               negative_aesthetic_score=g.negative_aesthetic_score,
-               negative_prompt=[g.negative_prompt] * len(images) if g.negative_prompt else None,
-               generator=generators, output_type="np")
+    out = pipe(
+        prompt=list(prompts),
+        image=list(images),
+        strength=strength,
+        num_inference_steps=g.steps,
+        guidance_scale=g.guidance_scale,
+        aesthetic_score=g.aesthetic_score,
+        negative_aesthetic_score=g.negative_aesthetic_score,
+        negative_prompt=[g.negative_prompt] * len(images) if g.negative_prompt else None,
+        generator=generators,
+        output_type="np",
+    )
     return np.asarray(out.images)  # [B, H, W, 3]
 
 
@@ -270,8 +359,16 @@ def _maker(P):
     g = P.generation
     if g.backend == "sdxl":
         pipe = load_sdxl(P)
-        return None, lambda batch: list(sdxl_images(pipe, [_open_rgb(p, g.size) for p in batch["src"]], batch["prompt"],
-                                                    batch["seed"], float(batch["strength"].iloc[0]), g))
+        return None, lambda batch: list(
+            sdxl_images(
+                pipe,
+                [_open_rgb(p, g.size) for p in batch["src"]],
+                batch["prompt"],
+                batch["seed"],
+                float(batch["strength"].iloc[0]),
+                g,
+            )
+        )
     if g.backend == "precomputed":
         return (lambda r: np.asarray(_open_rgb(r.src))), None
     original = functools.lru_cache(maxsize=64)(_open_rgb)  # an original's derivatives run together
@@ -313,16 +410,25 @@ def _run_jobs(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
     groups = rows.groupby("strength", sort=True) if per_batch else [(None, rows)]
     batches = (b for _, same in groups for b in shards.batches(same, P.generation.batch_size))
     with ThreadPoolExecutor(max_workers=worker_count(P.num_workers)) as pool:
+
         def make(batch):
             items = list(batch.itertuples())
             if per_batch:
-                flags = list(pool.map(_save, per_batch(batch), batch["path"], [size] * len(items),
-                                      [black_max] * len(items)))
+                flags = list(
+                    pool.map(_save, per_batch(batch), batch["path"], [size] * len(items), [black_max] * len(items))
+                )
             else:
                 flags = list(pool.map(lambda r: _save(per_item(r), r.path, size, black_max), items))
-            return ({**{c: getattr(r, c) for c in COLUMNS if c not in MADE},
-                     "nan_flag": nan, "black_flag": black, "sha256": digest, **ran}
-                    for r, (nan, black, digest) in zip(items, flags))
+            return (
+                {
+                    **{c: getattr(r, c) for c in COLUMNS if c not in MADE},
+                    "nan_flag": nan,
+                    "black_flag": black,
+                    "sha256": digest,
+                    **ran,
+                }
+                for r, (nan, black, digest) in zip(items, flags)
+            )
 
         shards.run_batches(batches, make, store, len(rows), f"generate ({P.generation.backend})")
     record("made", stage="generation", items=len(rows))
@@ -331,14 +437,15 @@ def _run_jobs(P, rows: pd.DataFrame, store: shards.ShardStore) -> int:
 
 # -- the stage --------------------------------------------------------------------------------
 
+
 @dataclass
 class GenerationRun:
     """What one call of :func:`run` did."""
 
     pairs: pd.DataFrame | None  # the merged artifact; None while other shards are not done
-    partial: pd.DataFrame       # everything made so far, by any shard
-    made: int                   # derivatives this call made
-    seconds: float              # wall time of this call's generation
+    partial: pd.DataFrame  # everything made so far, by any shard
+    made: int  # derivatives this call made
+    seconds: float  # wall time of this call's generation
     pending: dict[int, int] = field(default_factory=dict)  # shard -> derivatives not yet made
     unmatched: pd.DataFrame = field(default_factory=pd.DataFrame)  # precomputed rows not used
     triplets: TripletResult | None = None  # drawn once the pairs are merged; None while shards are pending
@@ -388,8 +495,10 @@ def run(P, num_shards: int = 1, shard_index: int = 0) -> GenerationRun:
     pending = dict(sorted(Counter(shards.shard_of(i, num_shards) for i in left).items()))
     if pending:
         if shard_index == -1:
-            raise RuntimeError(f"generation: cannot merge, {len(left)} derivative(s) not made yet (per shard of "
-                               f"{num_shards}: {pending}); run the missing shards first")
+            raise RuntimeError(
+                f"generation: cannot merge, {len(left)} derivative(s) not made yet (per shard of "
+                f"{num_shards}: {pending}); run the missing shards first"
+            )
         return GenerationRun(None, merged, made, seconds, pending, unmatched)
     merged = merged.sort_values("pair_id", kind="stable").reset_index(drop=True)
     paths.write_parquet(merged, pairs_path(P), meta)
@@ -404,8 +513,26 @@ def load(P) -> pd.DataFrame:
 
 # -- triplets ---------------------------------------------------------------------------------
 
-TRIPLET_COLUMNS = ["triplet_id", "anchor_id", "anchor_path", "positive_id", "positive_path", "negative_id", "negative_path",
-           "anchor_sha256", "positive_sha256", "negative_sha256", "negative_kind", "level", "family", "strength", "backend", "split", "style", "artist"]
+TRIPLET_COLUMNS = [
+    "triplet_id",
+    "anchor_id",
+    "anchor_path",
+    "positive_id",
+    "positive_path",
+    "negative_id",
+    "negative_path",
+    "anchor_sha256",
+    "positive_sha256",
+    "negative_sha256",
+    "negative_kind",
+    "level",
+    "family",
+    "strength",
+    "backend",
+    "split",
+    "style",
+    "artist",
+]
 KINDS = ("random", "same_style", "same_artist")
 TRIPLET_SALT = "triplets"  # item_seed salt of the negatives' draws
 
@@ -417,8 +544,12 @@ def triplets_path(P) -> Path:
 
 def triplet_meta(P) -> dict:
     """What ``triplets.parquet`` depends on: the pairs and the triplet params."""
-    return {"stage": "triplets", "seed": P.seed, "pairs": generation_meta(P),
-            "triplets": P.triplets.model_dump(mode="json")}
+    return {
+        "stage": "triplets",
+        "seed": P.seed,
+        "pairs": generation_meta(P),
+        "triplets": P.triplets.model_dump(mode="json"),
+    }
 
 
 @dataclass
@@ -427,7 +558,7 @@ class TripletResult:
 
     triplets: pd.DataFrame
     shortfall: pd.DataFrame  # split, kind, wanted, drawn, skipped (negatives short of per_kind)
-    dropped_flagged: int     # positives left out for a NaN/black flag
+    dropped_flagged: int  # positives left out for a NaN/black flag
 
 
 class _Candidates:
@@ -446,8 +577,11 @@ class _Candidates:
         key = (column, split, value)
         if key not in self._cache:
             values = getattr(self, column)
-            self._cache[key] = np.flatnonzero((self.split == split) & (values == value)) if value is not None \
+            self._cache[key] = (
+                np.flatnonzero((self.split == split) & (values == value))
+                if value is not None
                 else np.array([], dtype=int)
+            )
         return self._cache[key]
 
     def of(self, kind: str, anchor: int) -> np.ndarray:
@@ -467,8 +601,14 @@ class _Candidates:
         return rows[rows != anchor]
 
 
-def build_triplets(pairs: pd.DataFrame, manifest: pd.DataFrame, kinds=KINDS, per_kind: int = 1, seed: int = 0,
-                   drop_flagged: bool = True) -> TripletResult:
+def build_triplets(
+    pairs: pd.DataFrame,
+    manifest: pd.DataFrame,
+    kinds=KINDS,
+    per_kind: int = 1,
+    seed: int = 0,
+    drop_flagged: bool = True,
+) -> TripletResult:
     """Triplets for every pair (see the module docstring); deterministic given ``seed``."""
     flagged = pairs["nan_flag"].astype(bool) | pairs["black_flag"].astype(bool)
     positives = pairs[~flagged] if drop_flagged else pairs
@@ -485,18 +625,47 @@ def build_triplets(pairs: pd.DataFrame, manifest: pd.DataFrame, kinds=KINDS, per
             picks = options[rng.choice(len(options), size=min(per_kind, len(options)), replace=False)]
             short.append((cand.split[a], kind, per_kind, len(picks)))
             for k, n in enumerate(picks):
-                rows.append((f"{p.pair_id}|{kind}|{k}", p.original_id, a, p.pair_id, p.path,
-                             getattr(p, "sha256", None), n, kind, p.level, p.family, p.strength, p.backend))
+                rows.append(
+                    (
+                        f"{p.pair_id}|{kind}|{k}",
+                        p.original_id,
+                        a,
+                        p.pair_id,
+                        p.path,
+                        getattr(p, "sha256", None),
+                        n,
+                        kind,
+                        p.level,
+                        p.family,
+                        p.strength,
+                        p.backend,
+                    )
+                )
     out = _frame(rows, cand)
-    shortfall = pd.DataFrame(short, columns=["split", "kind", "wanted", "drawn"]).groupby(
-        ["split", "kind"], as_index=False)[["wanted", "drawn"]].sum()
+    shortfall = (
+        pd.DataFrame(short, columns=["split", "kind", "wanted", "drawn"])
+        .groupby(["split", "kind"], as_index=False)[["wanted", "drawn"]]
+        .sum()
+    )
     shortfall["skipped"] = shortfall["wanted"] - shortfall["drawn"]
     return TripletResult(out, shortfall, int(flagged.sum()) if drop_flagged else 0)
 
 
 def _frame(rows: list[tuple], cand: _Candidates) -> pd.DataFrame:
-    cols = ["triplet_id", "anchor_id", "_a", "positive_id", "positive_path", "positive_sha256", "_n", "negative_kind",
-            "level", "family", "strength", "backend"]
+    cols = [
+        "triplet_id",
+        "anchor_id",
+        "_a",
+        "positive_id",
+        "positive_path",
+        "positive_sha256",
+        "_n",
+        "negative_kind",
+        "level",
+        "family",
+        "strength",
+        "backend",
+    ]
     t = pd.DataFrame(rows, columns=cols)
     m = cand.m
     a, n = t.pop("_a").to_numpy(dtype=int), t.pop("_n").to_numpy(dtype=int)
@@ -533,9 +702,11 @@ def leaks(triplets: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     (empty when the split holds)."""
     split = manifest.set_index(manifest["id"].astype(str))["split"].astype(str)
     source = triplets["positive_id"].astype(str).str.split(":").str[0]
-    ok = (triplets["anchor_id"].astype(str).map(split).eq(triplets["split"])
-          & triplets["negative_id"].astype(str).map(split).eq(triplets["split"])
-          & source.map(split).eq(triplets["split"]))
+    ok = (
+        triplets["anchor_id"].astype(str).map(split).eq(triplets["split"])
+        & triplets["negative_id"].astype(str).map(split).eq(triplets["split"])
+        & source.map(split).eq(triplets["split"])
+    )
     return triplets[~ok.to_numpy()]
 
 
@@ -545,25 +716,38 @@ def examples(triplets: pd.DataFrame, seed: int = 0) -> tuple[list[str], list[str
     out_paths, labels = [], []
     for r in picks.itertuples():
         out_paths += [r.anchor_path, r.positive_path, r.negative_path]
-        labels += [f"anchor · {r.style} · {r.artist}", f"positive · {r.level} · {r.family} · s={r.strength:g}",
-                   f"negative · {r.negative_kind} · {r.negative_id.split('__')[-1]}"]
+        labels += [
+            f"anchor · {r.style} · {r.artist}",
+            f"positive · {r.level} · {r.family} · s={r.strength:g}",
+            f"negative · {r.negative_kind} · {r.negative_id.split('__')[-1]}",
+        ]
     return out_paths, labels
 
 
 # -- what the notebook shows ------------------------------------------------------------------
+
 
 def demo_sdxl(P, originals: pd.DataFrame, prompt: str = "the same painting, a {level} change") -> dict:
     """The sdxl pipeline on ``originals`` at each level's strength, seeded as the sdxl backend
     seeds them; nothing is saved (a check that it runs): ``{level: [B, H, W, 3] floats}``."""
     g, pipe = P.generation, load_sdxl(P)
     images = [_open_rgb(p, g.size) for p in originals["path"]]
-    return {lv: sdxl_images(pipe, images, [prompt.format(level=lv)] * len(images),
-                            [shards.item_seed(P.seed, f"{i}:{lv}", SALT) for i in originals["id"]], s, g)
-            for lv, s in g.strength.items()}
+    return {
+        lv: sdxl_images(
+            pipe,
+            images,
+            [prompt.format(level=lv)] * len(images),
+            [shards.item_seed(P.seed, f"{i}:{lv}", SALT) for i in originals["id"]],
+            s,
+            g,
+        )
+        for lv, s in g.strength.items()
+    }
 
 
-def panel(pairs: pd.DataFrame, manifest: pd.DataFrame, ids, by_family: bool = False
-          ) -> tuple[list[str], list[str], int]:
+def panel(
+    pairs: pd.DataFrame, manifest: pd.DataFrame, ids, by_family: bool = False
+) -> tuple[list[str], list[str], int]:
     """``(paths, labels, ncols)`` for ``plots.image_grid``: a row per original of ``ids`` (per
     original and family with ``by_family``) -- the original, then its derivatives by strength.
     Rows with fewer derivatives than the fullest row are left out, so the grid stays aligned."""
@@ -577,5 +761,6 @@ def panel(pairs: pd.DataFrame, manifest: pd.DataFrame, ids, by_family: bool = Fa
         out_paths += [original[grp["original_id"].iloc[0]]] + list(grp["path"])
         labels += [f"original · {grp['style'].iloc[0]}"] + [
             f"{r.level} · {r.family}" + (f" · {r.op}" if isinstance(r.op, str) else "") + f" · s={r.strength:g}"
-            for r in grp.itertuples()]
+            for r in grp.itertuples()
+        ]
     return out_paths, labels, width + 1

@@ -18,13 +18,14 @@ once, with that checkpoint::
 The model is :class:`artsim_lib.models.heads.CNNClassifier`, its files are written and read by
 :mod:`artsim_lib.measures.trained`, its figures are in :mod:`artsim_lib.plots.finetune`.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,20 +47,26 @@ from artsim_lib.models.image_batches import Augment, ImageTransform, make_loader
 class FinetuneResult:
     """What stage 07 produced."""
 
-    history: pd.DataFrame      # epoch, split, loss, acc, lr, seconds, images_per_s
-    metrics: dict              # what metrics.json holds
+    history: pd.DataFrame  # epoch, split, loss, acc, lr, seconds, images_per_s
+    metrics: dict  # what metrics.json holds
     best_dir: Path
     classes: list[str]
     predictions: pd.DataFrame  # test rows: id, label, pred, p_pred
-    confusion: np.ndarray      # [K, K], rows true, columns predicted
+    confusion: np.ndarray  # [K, K], rows true, columns predicted
 
 
 def finetune_key(P) -> dict:
     """What the fine-tuned checkpoint depends on; a checkpoint made from other params is stale."""
     from artsim_lib.stages.s02_preprocess import manifest_key
 
-    return paths.json_roundtrip({"finetune": P.finetune.model_dump(mode="json"), "model": P.models.resnet,
-                                 "seed": P.seed, "manifest": manifest_key(P)})
+    return paths.json_roundtrip(
+        {
+            "finetune": P.finetune.model_dump(mode="json"),
+            "model": P.models.resnet,
+            "seed": P.seed,
+            "manifest": manifest_key(P),
+        }
+    )
 
 
 # -- labels, weights, head --------------------------------------------------------------------------
@@ -74,8 +81,10 @@ def label_frame(manifest: pd.DataFrame, column: str) -> tuple[pd.DataFrame, list
     df = manifest[has.fillna(False).to_numpy(bool)].copy()
     classes = sorted(df.loc[df["split"] == "train", column].astype(str).unique())
     if len(classes) < 2:
-        raise ValueError(f"finetune.label={column!r}: {len(classes)} class(es) in the train split; need 2+ "
-                         f"(the Kaggle layout has no genre, use style; huggan has genre)")
+        raise ValueError(
+            f"finetune.label={column!r}: {len(classes)} class(es) in the train split; need 2+ "
+            f"(the Kaggle layout has no genre, use style; huggan has genre)"
+        )
     index = {c: i for i, c in enumerate(classes)}
     df = df[df[column].astype(str).isin(index)].copy()
     df["label"] = df[column].astype(str).map(index).astype(int)
@@ -160,18 +169,26 @@ def results_table(metrics: dict) -> pd.DataFrame:
         if not m:
             continue
         five = m.get("top5") is not None
-        rows.append({"split": s, "images": m["n"], "top-1": m["top1"], "top-1 chance": topk_chance(1, k),
-                     "top-5": m["top5"] if five else None, "top-5 chance": topk_chance(5, k) if five else None,
-                     "macro F1": m["macro_f1"]})
-    return pd.DataFrame(rows, columns=["split", "images", "top-1", "top-1 chance", "top-5", "top-5 chance",
-                                       "macro F1"])
+        rows.append(
+            {
+                "split": s,
+                "images": m["n"],
+                "top-1": m["top1"],
+                "top-1 chance": topk_chance(1, k),
+                "top-5": m["top5"] if five else None,
+                "top-5 chance": topk_chance(5, k) if five else None,
+                "macro F1": m["macro_f1"],
+            }
+        )
+    return pd.DataFrame(rows, columns=["split", "images", "top-1", "top-1 chance", "top-5", "top-5 chance", "macro F1"])
 
 
 # -- the loop -------------------------------------------------------------------------------------------
 
 
-def _run_epoch(model, loader, setup: training.Setup, weight: torch.Tensor, optimizer=None,
-               scheduler=None, bar=None) -> dict:
+def _run_epoch(
+    model, loader, setup: training.Setup, weight: torch.Tensor, optimizer=None, scheduler=None, bar=None
+) -> dict:
     """One pass; trains when an optimizer is given. Returns loss, acc, n, seconds, logits, targets."""
     train = optimizer is not None
     model.train(train)
@@ -195,10 +212,15 @@ def _run_epoch(model, loader, setup: training.Setup, weight: torch.Tensor, optim
     logits = torch.cat(all_logits) if all_logits else torch.empty(0, 0)
     targets = torch.cat(all_targets) if all_targets else torch.empty(0, dtype=torch.long)
     seconds = time.perf_counter() - t0
-    return {"loss": training.mean_of(losses, sizes), "n": int(sum(sizes)), "seconds": seconds,
-            "acc": topk_accuracy(logits, targets, 1) if len(targets) else float("nan"),
-            "images_per_s": sum(sizes) / seconds if seconds > 0 else float("nan"),
-            "logits": logits, "targets": targets}
+    return {
+        "loss": training.mean_of(losses, sizes),
+        "n": int(sum(sizes)),
+        "seconds": seconds,
+        "acc": topk_accuracy(logits, targets, 1) if len(targets) else float("nan"),
+        "images_per_s": sum(sizes) / seconds if seconds > 0 else float("nan"),
+        "logits": logits,
+        "targets": targets,
+    }
 
 
 @dataclass
@@ -219,14 +241,22 @@ class _Data:
 
     def train_loader(self, epoch: int):
         tr = self.split("train")
-        return make_loader(tr["path"], tr["label"], self.tf_train, shuffle=True,
-                           seed=training.epoch_seed(self.seed, epoch), drop_last=len(tr) > self.batch_size,
-                           batch_size=self.batch_size, num_workers=self.num_workers)
+        return make_loader(
+            tr["path"],
+            tr["label"],
+            self.tf_train,
+            shuffle=True,
+            seed=training.epoch_seed(self.seed, epoch),
+            drop_last=len(tr) > self.batch_size,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+        )
 
     def eval_loader(self, split: str):
         part = self.split(split)
-        return make_loader(part["path"], part["label"], self.tf_eval, batch_size=self.batch_size,
-                           num_workers=self.num_workers)
+        return make_loader(
+            part["path"], part["label"], self.tf_eval, batch_size=self.batch_size, num_workers=self.num_workers
+        )
 
 
 @dataclass
@@ -251,20 +281,42 @@ def run(P, manifest: pd.DataFrame | None = None, progress: bool = True) -> Finet
     backbone, processor = _pretrained_backbone(P, setup.device)
     model = CNNClassifier(backbone, classes, seed=P.seed).to(setup.device).set_unfreeze(cfg.unfreeze)
     processor = sized_processor(processor, cfg.image_size)
-    data = _Data(df, classes, ImageTransform(processor, cfg.image_size, Augment() if cfg.augment else None),
-                 ImageTransform(processor, cfg.image_size), cfg.batch_size, worker_count(P.num_workers), P.seed)
-    weight = class_weights(data.split("train")["label"], len(classes)) if cfg.class_weights \
-        else torch.ones(len(classes))
+    data = _Data(
+        df,
+        classes,
+        ImageTransform(processor, cfg.image_size, Augment() if cfg.augment else None),
+        ImageTransform(processor, cfg.image_size),
+        cfg.batch_size,
+        worker_count(P.num_workers),
+        P.seed,
+    )
+    weight = (
+        class_weights(data.split("train")["label"], len(classes)) if cfg.class_weights else torch.ones(len(classes))
+    )
     weight = weight.to(setup.device)
     best_dir, key = out_dir / "best", finetune_key(P)
-    info = {"key": key, "label": cfg.label, "classes": classes, "image_size": cfg.image_size, "complete": False,
-            "backbone": cfg.backbone, "backbone_label": backbone.label, "unfreeze": cfg.unfreeze}
+    info = {
+        "key": key,
+        "label": cfg.label,
+        "classes": classes,
+        "image_size": cfg.image_size,
+        "complete": False,
+        "backbone": cfg.backbone,
+        "backbone_label": backbone.label,
+        "unfreeze": cfg.unfreeze,
+    }
     fit = _train(P, model, processor, data, weight, setup, best_dir, info, progress)
     scored = _score_best(best_dir, data, weight, setup)
     metrics = _metrics(P, classes, fit, scored)
     _write_results(out_dir, best_dir, fit.history, metrics, key)
-    return FinetuneResult(fit.history, metrics, best_dir, classes, _predictions(data, scored["test"]),
-                          np.array(metrics["test"]["confusion"]))
+    return FinetuneResult(
+        fit.history,
+        metrics,
+        best_dir,
+        classes,
+        _predictions(data, scored["test"]),
+        np.array(metrics["test"]["confusion"]),
+    )
 
 
 def _pretrained_backbone(P, device):
@@ -293,8 +345,15 @@ def _train(P, model, processor, data: _Data, weight, setup, best_dir: Path, info
         tr = _run_epoch(model, data.train_loader(epoch), setup, weight, opt, sched, bar)
         va = _run_epoch(model, data.eval_loader("val"), setup, weight) if has_val else tr
         for split, r in (("train", tr), ("val", va))[: 2 if has_val else 1]:
-            history.log(epoch=epoch, split=split, loss=r["loss"], acc=r["acc"], lr=lr,
-                        seconds=r["seconds"], images_per_s=r["images_per_s"])
+            history.log(
+                epoch=epoch,
+                split=split,
+                loss=r["loss"],
+                acc=r["acc"],
+                lr=lr,
+                seconds=r["seconds"],
+                images_per_s=r["images_per_s"],
+            )
         if stopper.step(va["loss"], epoch):
             trained.save_checkpoint(model, processor, best_dir, {**info, "epoch": epoch, "val_loss": va["loss"]})
         if stopper.should_stop:
@@ -316,9 +375,14 @@ def _metrics(P, classes: list[str], fit: _Fit, scored: dict) -> dict:
     """What metrics.json holds."""
     hist, test, val = fit.history, scored["test"], scored["val"]
     return {
-        "label": P.finetune.label, "classes": classes, "num_labels": len(classes), "backbone": P.finetune.backbone,
-        "best_epoch": fit.stopper.best_epoch, "epochs_run": fit.epochs_run,
-        "stopped_early": fit.epochs_run < P.finetune.epochs, "best_val_loss": fit.stopper.best,
+        "label": P.finetune.label,
+        "classes": classes,
+        "num_labels": len(classes),
+        "backbone": P.finetune.backbone,
+        "best_epoch": fit.stopper.best_epoch,
+        "epochs_run": fit.epochs_run,
+        "stopped_early": fit.epochs_run < P.finetune.epochs,
+        "best_val_loss": fit.stopper.best,
         "test": split_metrics(test["logits"], test["targets"], classes),
         "val": split_metrics(val["logits"], val["targets"], classes) if val["n"] else None,
         "train_images_per_s": float(hist.loc[hist["split"] == "train", "images_per_s"].median()),
@@ -337,9 +401,14 @@ def _predictions(data: _Data, test: dict) -> pd.DataFrame:
     rows = data.split("test").reset_index(drop=True)
     probs = test["logits"].softmax(1)  # [N_test, K]
     classes = data.classes
-    return pd.DataFrame({"id": rows["id"], "label": [classes[i] for i in rows["label"]],
-                         "pred": [classes[i] for i in probs.argmax(1).tolist()],
-                         "p_pred": probs.max(1).values.numpy()})
+    return pd.DataFrame(
+        {
+            "id": rows["id"],
+            "label": [classes[i] for i in rows["label"]],
+            "pred": [classes[i] for i in probs.argmax(1).tolist()],
+            "p_pred": probs.max(1).values.numpy(),
+        }
+    )
 
 
 def load(P) -> Path:

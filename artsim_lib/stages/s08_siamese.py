@@ -29,6 +29,7 @@ the N-way retrieval form)::
 The saved models are read back as measures by :mod:`artsim_lib.measures.trained`
 (``clip_siamese``, ``<backbone>_siamese``, ``<backbone>_regression``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,12 +46,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from artsim_lib import models
 from artsim_lib.core import losses, metrics
 from artsim_lib.core.splits import stratified_split
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import StageNotRunError, require_file
 from artsim_lib.io.workers import worker_count
-from artsim_lib import models
 from artsim_lib.measures import embeddings, trained
 from artsim_lib.measures.trained import split_name
 from artsim_lib.models import heads, training
@@ -106,7 +107,6 @@ def split_triplets(triplets: pd.DataFrame, manifest: pd.DataFrame, share: float,
     return out[keep].reset_index(drop=True)
 
 
-
 # -- 2. the CLIP siamese: training on cached embeddings ---------------------------------------------------
 
 
@@ -114,10 +114,10 @@ def split_triplets(triplets: pd.DataFrame, manifest: pd.DataFrame, share: float,
 class TripletTensors:
     """Triplets as indices into one embedding matrix."""
 
-    emb: torch.Tensor   # [M, D] the distinct images' CLIP embeddings
-    a: torch.Tensor     # [T] anchor rows
-    p: torch.Tensor     # [T] positive rows
-    n: torch.Tensor     # [T] negative rows
+    emb: torch.Tensor  # [M, D] the distinct images' CLIP embeddings
+    a: torch.Tensor  # [T] anchor rows
+    p: torch.Tensor  # [T] positive rows
+    n: torch.Tensor  # [T] negative rows
     hard: torch.Tensor  # [T] bool: same_style / same_artist negative
     group: torch.Tensor  # [T] the anchor original (masks in-batch negatives of the same painting)
 
@@ -130,8 +130,12 @@ def triplet_tensors(triplets: pd.DataFrame, table: pd.DataFrame) -> TripletTenso
         raise KeyError("some triplet images have no cached embedding; run the extraction step first")
     hard = triplets["negative_kind"].isin(["same_style", "same_artist"]).to_numpy(bool, copy=True)
     as_long = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
-    return TripletTensors(torch.from_numpy(embeddings.embedding_matrix(table)), *map(as_long, rows),
-                          torch.from_numpy(hard), as_long(pd.factorize(triplets["anchor_id"])[0]))
+    return TripletTensors(
+        torch.from_numpy(embeddings.embedding_matrix(table)),
+        *map(as_long, rows),
+        torch.from_numpy(hard),
+        as_long(pd.factorize(triplets["anchor_id"])[0]),
+    )
 
 
 @torch.no_grad()
@@ -143,8 +147,11 @@ def evaluate(model: heads.Siamese, data: TripletTensors, idx: np.ndarray) -> dic
     s_pos, s_neg = losses.triplet_similarities(z[data.a[i]], z[data.p[i]], z[data.n[i]])
     hard = data.hard[i]
     loss = losses.infonce_triplet_loss(s_pos, s_neg, model.temperature()).item() if len(i) else math.nan
-    return {"loss": loss, "acc_random": losses.triplet_accuracy(s_pos[~hard], s_neg[~hard]),
-            "acc_hard": losses.triplet_accuracy(s_pos[hard], s_neg[hard])}
+    return {
+        "loss": loss,
+        "acc_random": losses.triplet_accuracy(s_pos[~hard], s_neg[~hard]),
+        "acc_hard": losses.triplet_accuracy(s_pos[hard], s_neg[hard]),
+    }
 
 
 @dataclass
@@ -152,16 +159,17 @@ class SiameseResult:
     """One trained CLIP siamese head."""
 
     model: heads.Siamese
-    history: pd.DataFrame          # epoch, split, loss, acc_random, acc_hard, tau, seconds (of the epoch)
-    best_epoch: int                # the epoch whose weights were kept
-    seconds: float                 # wall time of training, all epochs
-    name: str = ""                 # the split, '80-20'
+    history: pd.DataFrame  # epoch, split, loss, acc_random, acc_hard, tau, seconds (of the epoch)
+    best_epoch: int  # the epoch whose weights were kept
+    seconds: float  # wall time of training, all epochs
+    name: str = ""  # the split, '80-20'
     model_dir: Path | None = None  # where it was saved
     triplets: pd.DataFrame | None = None  # the train/val triplets it used (split re-drawn)
 
 
-def fit_head(data: TripletTensors, train_idx: np.ndarray, val_idx: np.ndarray, cfg: dict, S,
-             seed: int, device="cpu") -> SiameseResult:
+def fit_head(
+    data: TripletTensors, train_idx: np.ndarray, val_idx: np.ndarray, cfg: dict, S, seed: int, device="cpu"
+) -> SiameseResult:
     """Train a head on cached embeddings with early stopping on the validation loss (the
     training loss when there is no validation set); the best epoch's weights are kept."""
     setup = training.setup(device, "float32", mixed_precision=False)
@@ -204,8 +212,9 @@ def _fit(data: TripletTensors, train_idx, val_idx, cfg: dict, S, seed: int, setu
     return SiameseResult(model.eval().cpu(), history.frame(), best_epoch, time.perf_counter() - t_start)
 
 
-def train_clip_siamese(P, triplets: pd.DataFrame, table: pd.DataFrame, share: float, clip_key: str,
-                       manifest: pd.DataFrame | None = None) -> SiameseResult:
+def train_clip_siamese(
+    P, triplets: pd.DataFrame, table: pd.DataFrame, share: float, clip_key: str, manifest: pd.DataFrame | None = None
+) -> SiameseResult:
     """Train the CLIP siamese head on the ``share`` split and save it under
     ``<run>/siamese/clip-head-<split>/``. ``table`` holds the cached embeddings (id, embedding)
     of the CLIP model ``clip_key`` (:attr:`embeddings.ExtractResult.key`)."""
@@ -215,10 +224,16 @@ def train_clip_siamese(P, triplets: pd.DataFrame, table: pd.DataFrame, share: fl
     tensors = triplet_tensors(trip, table)
     cfg = head_config(P.siamese, tensors.emb.shape[1])
     train_idx, val_idx = (np.flatnonzero(trip["split"].to_numpy() == s) for s in ("train", "val"))
-    fit = fit_head(tensors, train_idx, val_idx, cfg, P.siamese, shards.item_seed(P.seed, name, "siamese"),
-                   P.device)
-    cfg.update(clip=P.model_ref("clip"), clip_key=clip_key, split=name, share=share, best_epoch=fit.best_epoch,
-               tau_final=fit.model.temperature().item(), triplets={"train": len(train_idx), "val": len(val_idx)})
+    fit = fit_head(tensors, train_idx, val_idx, cfg, P.siamese, shards.item_seed(P.seed, name, "siamese"), P.device)
+    cfg.update(
+        clip=P.model_ref("clip"),
+        clip_key=clip_key,
+        split=name,
+        share=share,
+        best_epoch=fit.best_epoch,
+        tau_final=fit.model.temperature().item(),
+        triplets={"train": len(train_idx), "val": len(val_idx)},
+    )
     fit.name, fit.triplets = name, trip
     fit.model_dir = trained.save_head(fit.model, cfg, fit.history, trained.clip_head_dir(P.run.root, name))
     return fit
@@ -236,8 +251,9 @@ def _image_table(triplets: pd.DataFrame) -> tuple[list[str], np.ndarray]:
 
 
 @torch.no_grad()
-def _backbone_features(model: heads.ResNetSiamese, images: list[str], tf: ImageTransform, setup, batch_size: int,
-                       num_workers: int) -> torch.Tensor:
+def _backbone_features(
+    model: heads.ResNetSiamese, images: list[str], tf: ImageTransform, setup, batch_size: int, num_workers: int
+) -> torch.Tensor:
     """Pooled features of every image, once (the frozen-backbone case). # [N, D] on the device"""
     model.backbone.eval()
     out = []
@@ -257,28 +273,44 @@ def _targets(part: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
 # -- 3. the CNN siamese: loss and one epoch ---------------------------------------------------------------
 
 
-def batch_loss(model: heads.ResNetSiamese, ea, ep, en, t_pos=None, t_neg=None, in_batch: bool = False,
-               regression_loss: str = "bce", groups: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_loss(
+    model: heads.ResNetSiamese,
+    ea,
+    ep,
+    en,
+    t_pos=None,
+    t_neg=None,
+    in_batch: bool = False,
+    regression_loss: str = "bce",
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The variant's loss on one batch of embeddings, and the scores ``(s+, s-)`` it implies.
     ``groups`` ``[B]``: each item's original; in-batch negatives of the same original are masked."""
     if model.variant == "triplet":
         s_pos, s_neg = losses.triplet_similarities(ea, ep, en)  # [B], [B]
-        negs = torch.cat([s_neg[:, None], losses.in_batch_negatives(ea, ep, groups)], 1) \
-            if in_batch and len(ea) > 1 else s_neg
+        negs = (
+            torch.cat([s_neg[:, None], losses.in_batch_negatives(ea, ep, groups)], 1)
+            if in_batch and len(ea) > 1
+            else s_neg
+        )
         return losses.infonce_triplet_loss(s_pos, negs, model.tau), s_pos, s_neg
     l_pos, l_neg = model.pair_logit(ea, ep).float(), model.pair_logit(ea, en).float()  # [B], [B]
     logits, target = torch.cat([l_pos, l_neg]), torch.cat([t_pos, t_neg]).to(l_pos.device)
-    loss = F.binary_cross_entropy_with_logits(logits, target) if regression_loss == "bce" \
+    loss = (
+        F.binary_cross_entropy_with_logits(logits, target)
+        if regression_loss == "bce"
         else F.mse_loss(torch.sigmoid(logits), target)
+    )
     return loss, torch.sigmoid(l_pos), torch.sigmoid(l_neg)
 
 
 def _accuracies(s_pos: torch.Tensor, s_neg: torch.Tensor, kinds: np.ndarray) -> dict:
     hard = np.isin(kinds, HARD_KINDS)
     pick = lambda m: torch.from_numpy(m)  # noqa: E731
-    return {"acc_random": losses.triplet_accuracy(s_pos[pick(kinds == "random")], s_neg[pick(kinds == "random")]),
-            "acc_hard": losses.triplet_accuracy(s_pos[pick(hard)], s_neg[pick(hard)])}
+    return {
+        "acc_random": losses.triplet_accuracy(s_pos[pick(kinds == "random")], s_neg[pick(kinds == "random")]),
+        "acc_hard": losses.triplet_accuracy(s_pos[pick(hard)], s_neg[pick(hard)]),
+    }
 
 
 def _cnn_epoch(model, data: dict, setup, cfg, optimizer=None, scheduler=None, seed: int = 0) -> dict:
@@ -294,8 +326,17 @@ def _cnn_epoch(model, data: dict, setup, cfg, optimizer=None, scheduler=None, se
             branches = [data["source"](trip[:, k]) for k in range(3)]
             with setup.autocast():
                 ea, ep, en = model(*branches, from_features=data["cached"])
-                loss, sp, sn = batch_loss(model, ea, ep, en, data["t_pos"][idx], data["t_neg"][idx],
-                                          cfg.in_batch_negatives, cfg.resnet_regression_loss, data["group"][idx])
+                loss, sp, sn = batch_loss(
+                    model,
+                    ea,
+                    ep,
+                    en,
+                    data["t_pos"][idx],
+                    data["t_neg"][idx],
+                    cfg.in_batch_negatives,
+                    cfg.resnet_regression_loss,
+                    data["group"][idx],
+                )
             if train:
                 setup.step(loss, optimizer, scheduler)
             total += loss.item() * len(idx)
@@ -311,13 +352,21 @@ def _cnn_epoch(model, data: dict, setup, cfg, optimizer=None, scheduler=None, se
 
 def _split_data(part: pd.DataFrame, index: np.ndarray, source, cached: bool) -> dict:
     t_pos, t_neg = _targets(part)
-    kinds = part["negative_kind"].astype(str).to_numpy() if "negative_kind" in part else \
-        np.full(len(part), "random")
+    kinds = part["negative_kind"].astype(str).to_numpy() if "negative_kind" in part else np.full(len(part), "random")
     # the anchor's original: masks the in-batch negatives that are derivatives of the same painting
-    group = torch.as_tensor(pd.factorize(part["anchor_id"].astype(str))[0] if "anchor_id" in part
-                            else np.arange(len(part)), dtype=torch.long)
-    return {"index": index, "source": source, "cached": cached, "t_pos": t_pos, "t_neg": t_neg, "kinds": kinds,
-            "group": group}
+    group = torch.as_tensor(
+        pd.factorize(part["anchor_id"].astype(str))[0] if "anchor_id" in part else np.arange(len(part)),
+        dtype=torch.long,
+    )
+    return {
+        "index": index,
+        "source": source,
+        "cached": cached,
+        "t_pos": t_pos,
+        "t_neg": t_neg,
+        "kinds": kinds,
+        "group": group,
+    }
 
 
 PIXEL_CACHE_BYTES = 2 * 1024**3  # keep every image's pixels in memory below this size
@@ -345,15 +394,15 @@ def _sources(model, images, tf, setup, cfg, P, key: tuple | None = None):
         if key is not None and key in _FEATURES:
             feats = _FEATURES[key].to(setup.device)
         else:
-            feats = _backbone_features(model, images, tf, setup, cfg.batch_size,
-                                       worker_count(P.num_workers))  # [N, D]
+            feats = _backbone_features(model, images, tf, setup, cfg.batch_size, worker_count(P.num_workers))  # [N, D]
             _FEATURES.clear()
             if key is not None:
                 _FEATURES[key] = feats.cpu()
         return (lambda ix: feats[torch.as_tensor(ix)]), True
-    if len(images) * 3 * tf.size ** 2 * 4 <= PIXEL_CACHE_BYTES:
-        pixels = torch.cat([x for x, _ in make_loader(images, None, tf, cfg.batch_size,
-                                                      num_workers=worker_count(P.num_workers))])  # [N, 3, S, S]
+    if len(images) * 3 * tf.size**2 * 4 <= PIXEL_CACHE_BYTES:
+        pixels = torch.cat(
+            [x for x, _ in make_loader(images, None, tf, cfg.batch_size, num_workers=worker_count(P.num_workers))]
+        )  # [N, 3, S, S]
         return (lambda ix: pixels[torch.as_tensor(ix)].to(setup.device)), False
     pool = ThreadPoolExecutor(max_workers=worker_count(P.num_workers))  # PIL decodes and resizes without the GIL
     return (lambda ix: torch.stack(list(pool.map(tf, [images[i] for i in ix]))).to(setup.device)), False
@@ -375,8 +424,14 @@ def build_model(P, backbone_dir, variant: str, setup) -> heads.ResNetSiamese:
     return model.to(setup.device).set_unfreeze(cfg.resnet_unfreeze)
 
 
-def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: str = "triplet",
-                         val_split: str = "val", progress: bool = True) -> TrainResult:
+def train_resnet_siamese(
+    P,
+    triplets: pd.DataFrame,
+    backbone_dir=None,
+    variant: str = "triplet",
+    val_split: str = "val",
+    progress: bool = True,
+) -> TrainResult:
     """Train the ResNet siamese on the ``train`` rows of ``triplets`` (the triplets artifact's
     columns), early-stopping on the ``val_split`` rows' loss; save the best epoch to
     ``<run>/siamese/<backbone>-<variant>/``. ``backbone_dir``: a CNN checkpoint (default: stage 07's
@@ -394,8 +449,10 @@ def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: 
     images, index = _image_table(everything)
     source, cached = _sources(model, images, tf, setup, cfg, P, _features_key(backbone_dir, images, tf))
     n_train = len(parts["train"])
-    data = {"train": _split_data(parts["train"], index[:n_train], source, cached),
-            "val": _split_data(parts[val_split], index[n_train:], source, cached)}
+    data = {
+        "train": _split_data(parts["train"], index[:n_train], source, cached),
+        "val": _split_data(parts[val_split], index[n_train:], source, cached),
+    }
     opt = training.adamw(model, cfg.lr, cfg.weight_decay, {"backbone.": cfg.resnet_backbone_lr})
     steps = cfg.resnet_epochs * training.num_batches(n_train, cfg.batch_size)
     sched = training.warmup_schedule(opt, steps, cfg.resnet_warmup_ratio, "cosine")
@@ -420,53 +477,89 @@ def train_resnet_siamese(P, triplets: pd.DataFrame, backbone_dir=None, variant: 
         raise FloatingPointError("train_resnet_siamese: the validation loss was NaN in every epoch")
     paths.write_parquet(hist, out_dir / "history.parquet", meta={"variant": variant, "siamese": cfg.model_dump()})
     best = hist[(hist["epoch"] == stopper.best_epoch) & (hist["split"] == "val")].iloc[0].to_dict()
-    metrics = {"best_val": best, "seconds": time.perf_counter() - t0, "train_triplets": n_train,
-               "backbone": model.backbone.kind, "backbone_label": model.backbone.label,
-               "val_triplets": len(parts[val_split]), "images": len(images), "cached_features": cached}
+    metrics = {
+        "best_val": best,
+        "seconds": time.perf_counter() - t0,
+        "train_triplets": n_train,
+        "backbone": model.backbone.kind,
+        "backbone_label": model.backbone.label,
+        "val_triplets": len(parts[val_split]),
+        "images": len(images),
+        "cached_features": cached,
+    }
     return TrainResult(hist, stopper.best_epoch, out_dir, variant, metrics)
 
 
 def _info(P, variant, backbone_dir, epoch, val, val_split) -> dict:
     cfg = P.siamese
-    return {"variant": variant, "hidden": list(cfg.hidden), "out_dim": cfg.out_dim, "dropout": cfg.dropout,
-            "tau": cfg.tau, "learn_tau": cfg.learn_tau, "unfreeze": cfg.resnet_unfreeze,
-            "backbone_dir": str(backbone_dir), "epoch": epoch, "val": val, "val_split": val_split,
-            "siamese_params": cfg.model_dump(mode="json"), "seed": P.seed}
+    return {
+        "variant": variant,
+        "hidden": list(cfg.hidden),
+        "out_dim": cfg.out_dim,
+        "dropout": cfg.dropout,
+        "tau": cfg.tau,
+        "learn_tau": cfg.learn_tau,
+        "unfreeze": cfg.resnet_unfreeze,
+        "backbone_dir": str(backbone_dir),
+        "epoch": epoch,
+        "val": val,
+        "val_split": val_split,
+        "siamese_params": cfg.model_dump(mode="json"),
+        "seed": P.seed,
+    }
 
 
 # -- text <-> image accuracy with CLIP --------------------------------------------------------------------
 
 
-def text_image_accuracy(encoder: embeddings.Encoder, table: pd.DataFrame, manifest: pd.DataFrame,
-                        captions: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+def text_image_accuracy(
+    encoder: embeddings.Encoder,
+    table: pd.DataFrame,
+    manifest: pd.DataFrame,
+    captions: pd.DataFrame,
+    n: int,
+    seed: int = 0,
+) -> pd.DataFrame:
     """CLIP N-way i2t/t2i accuracy of the originals and their captions, per split, in batches of
     ``n`` (chance 1/N). Not the seed's form: that is :func:`seed_text_image_accuracy`."""
-    df = (manifest[["id", "split"]].merge(captions[["id", "caption"]], on="id")
-          .merge(table[["id", "embedding"]], on="id"))
+    df = (
+        manifest[["id", "split"]].merge(captions[["id", "caption"]], on="id").merge(table[["id", "embedding"]], on="id")
+    )
     rows = []
     for split, part in ((s, df[df["split"] == s]) for s in ("train", "val", "test") if (df["split"] == s).any()):
-        txt = np.concatenate([models.clip_text_embeddings(encoder.model, encoder.processor, list(c)).numpy()
-                              for c in shards.batches(list(part["caption"]), 64)])  # [n, D]
+        txt = np.concatenate(
+            [
+                models.clip_text_embeddings(encoder.model, encoder.processor, list(c)).numpy()
+                for c in shards.batches(list(part["caption"]), 64)
+            ]
+        )  # [n, D]
         rows.append({"split": split, **metrics.batched_retrieval(embeddings.embedding_matrix(part), txt, n, seed)})
     return pd.DataFrame(rows)
 
 
 def clip_text_embedder(encoder: embeddings.Encoder, batch: int = 64):
     """``texts -> [N, D]`` L2-normalised CLIP text embeddings, in batches."""
+
     def embed(texts):
         texts = list(texts)
         if not texts:
             return np.zeros((0, encoder.dim), np.float32)
-        return np.concatenate([models.clip_text_embeddings(encoder.model, encoder.processor, b).numpy()
-                               for b in shards.batches(texts, batch)])
+        return np.concatenate(
+            [
+                models.clip_text_embeddings(encoder.model, encoder.processor, b).numpy()
+                for b in shards.batches(texts, batch)
+            ]
+        )
+
     return embed
 
 
 SEED_TI_COLUMNS = ["split", "negative_kind", "triplets", "originals", "i2t", "t2i", "chance"]
 
 
-def seed_text_image_accuracy(embed_texts, table: pd.DataFrame, triplets: pd.DataFrame, prompts: pd.Series,
-                             captions: pd.DataFrame) -> pd.DataFrame:
+def seed_text_image_accuracy(
+    embed_texts, table: pd.DataFrame, triplets: pd.DataFrame, prompts: pd.Series, captions: pd.DataFrame
+) -> pd.DataFrame:
     """The seed's i2t/t2i per split and kind of negative ('all' first): per triplet a binary choice,
     chance 0.5 (:func:`metrics.binary_text_image_accuracy`), of the original's cached CLIP image
     embedding (``table``) against its derivative's prompt and the negative's caption, and of the
@@ -493,9 +586,17 @@ def seed_text_image_accuracy(embed_texts, table: pd.DataFrame, triplets: pd.Data
         for kind in ["all", *sorted(t.loc[in_split, "negative_kind"].unique())]:
             sel = in_split & ((t["negative_kind"] == kind).to_numpy() if kind != "all" else True)
             r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
-            out.append({"split": split, "negative_kind": kind, "triplets": r["triplets"],
-                        "originals": t.loc[sel, "anchor_id"].nunique(), "i2t": r["i2t"], "t2i": r["t2i"],
-                        "chance": r["chance"]})
+            out.append(
+                {
+                    "split": split,
+                    "negative_kind": kind,
+                    "triplets": r["triplets"],
+                    "originals": t.loc[sel, "anchor_id"].nunique(),
+                    "i2t": r["i2t"],
+                    "t2i": r["t2i"],
+                    "chance": r["chance"],
+                }
+            )
     return pd.DataFrame(out, columns=SEED_TI_COLUMNS)
 
 
@@ -504,12 +605,32 @@ def text_image_table(nway: pd.DataFrame, binary: pd.DataFrame) -> pd.DataFrame:
     the N-way retrieval of :func:`text_image_accuracy`. Columns: form, split, n, i2t, t2i, chance."""
     cols = ["form", "split", "n", "i2t", "t2i", "chance"]
     b = binary[binary["negative_kind"] == "all"] if len(binary) else binary
-    parts = [pd.DataFrame({"form": "seed: binary (original vs derivative's prompt / negative's caption)",
-                           "split": b["split"], "n": b["triplets"], "i2t": b["i2t"], "t2i": b["t2i"],
-                           "chance": b["chance"]}) if len(b) else None,
-             pd.DataFrame({"form": [f"N-way retrieval (N = {n})" for n in nway["N"]], "split": nway["split"],
-                           "n": nway["pairs"], "i2t": nway["i2t"], "t2i": nway["t2i"],
-                           "chance": nway["chance"]}) if len(nway) else None]
+    parts = [
+        pd.DataFrame(
+            {
+                "form": "seed: binary (original vs derivative's prompt / negative's caption)",
+                "split": b["split"],
+                "n": b["triplets"],
+                "i2t": b["i2t"],
+                "t2i": b["t2i"],
+                "chance": b["chance"],
+            }
+        )
+        if len(b)
+        else None,
+        pd.DataFrame(
+            {
+                "form": [f"N-way retrieval (N = {n})" for n in nway["N"]],
+                "split": nway["split"],
+                "n": nway["pairs"],
+                "i2t": nway["i2t"],
+                "t2i": nway["t2i"],
+                "chance": nway["chance"],
+            }
+        )
+        if len(nway)
+        else None,
+    ]
     parts = [x for x in parts if x is not None]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
@@ -523,13 +644,20 @@ class SiameseStageResult:
     ``shard_index >= 0``) and while other shards are unfinished: then only embeddings were made."""
 
     extraction: embeddings.ExtractResult
-    ready: bool                                                    # embeddings complete, models trained
+    ready: bool  # embeddings complete, models trained
     clip: dict[str, SiameseResult] = field(default_factory=dict)  # '80-20' -> the CLIP head
-    cnn: dict[str, TrainResult] = field(default_factory=dict)     # 'triplet' / 'regression' -> the CNN siamese
+    cnn: dict[str, TrainResult] = field(default_factory=dict)  # 'triplet' / 'regression' -> the CNN siamese
 
 
-def run(P, manifest: pd.DataFrame | None = None, triplets: pd.DataFrame | None = None, num_shards: int = 1,
-        shard_index: int = 0, encoder: embeddings.Encoder | None = None, progress: bool = True) -> SiameseStageResult:
+def run(
+    P,
+    manifest: pd.DataFrame | None = None,
+    triplets: pd.DataFrame | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    encoder: embeddings.Encoder | None = None,
+    progress: bool = True,
+) -> SiameseStageResult:
     """Run stage 08 for params ``P``: embed the originals and the triplets' derivatives with CLIP
     (shard ``shard_index`` of ``num_shards``; -1 only merges), then, once every image is embedded
     and this is not a shard job, train the CLIP siamese on each of ``siamese.train_splits`` and the
@@ -537,8 +665,9 @@ def run(P, manifest: pd.DataFrame | None = None, triplets: pd.DataFrame | None =
     manifest = s02_preprocess.load(P) if manifest is None else manifest
     triplets = s05_generation.load_triplets(P) if triplets is None else triplets
     encoder = encoder or embeddings.load_encoder(P)
-    ext = embeddings.extract_embeddings(P, embeddings.stage_images(manifest, triplets), num_shards, shard_index,
-                                        encoder)
+    ext = embeddings.extract_embeddings(
+        P, embeddings.stage_images(manifest, triplets), num_shards, shard_index, encoder
+    )
     result = SiameseStageResult(ext, ext.complete and not (num_shards > 1 and shard_index >= 0))
     if result.ready:
         for share in P.siamese.train_splits:
@@ -554,7 +683,7 @@ class SiameseModels:
     """Stage 08's saved models: read them with :mod:`artsim_lib.measures.trained`."""
 
     clip: dict[str, Path]  # split name ('80-20') -> the CLIP head's folder
-    cnn: dict[str, Path]   # variant -> the CNN siamese's folder (on stage 07's ``finetune.backbone``)
+    cnn: dict[str, Path]  # variant -> the CNN siamese's folder (on stage 07's ``finetune.backbone``)
 
 
 def load(P) -> SiameseModels:

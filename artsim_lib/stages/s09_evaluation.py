@@ -31,6 +31,7 @@ run (:func:`check_inputs`), a measure that cannot load is skipped with its reaso
 trains (in memory, nothing written) is :func:`leave_one_family_out`: stage 08's CLIP head refitted
 without each transformation family.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,6 @@ from artsim_lib.io import paths
 from artsim_lib.io.artifacts import StageNotRunError, read_current
 from artsim_lib.io.workers import worker_count
 from artsim_lib.measures.base import Measure
-from artsim_lib.stages import s02_preprocess, s05_generation
 from artsim_lib.measures.scoring import (
     EvalSet,
     Scores,
@@ -54,6 +54,7 @@ from artsim_lib.measures.scoring import (
     score_all,
     test_set,
 )
+from artsim_lib.stages import s02_preprocess, s05_generation
 
 HARD_KINDS = ("same_style", "same_artist")
 
@@ -63,8 +64,23 @@ def derivative_table(es: EvalSet, sc: Scores, name: str) -> pd.DataFrame:
     """One row per test derivative: its score against its own original."""
     d = es.derivatives
     i = sc.index(d["orig"], d["img"])
-    cols = [c for c in ("pair_id", "original_id", "level", "family", "op", "strength", "backend", "style",
-                        "artist", "prompt", "path") if c in d]
+    cols = [
+        c
+        for c in (
+            "pair_id",
+            "original_id",
+            "level",
+            "family",
+            "op",
+            "strength",
+            "backend",
+            "style",
+            "artist",
+            "prompt",
+            "path",
+        )
+        if c in d
+    ]
     return d[cols].assign(raw=sc.raw[name][i], s01=sc.s01[name][i])
 
 
@@ -74,8 +90,12 @@ def triplet_table(es: EvalSet, sc: Scores, name: str) -> pd.DataFrame:
     t = es.triplets
     ip, ineg, iver = sc.index(t["a"], t["p"]), sc.index(t["a"], t["n"]), sc.index(t["n"], t["p"])
     return t.drop(columns=["a", "p", "n"]).assign(
-        s_pos=sc.raw[name][ip], s_neg=sc.raw[name][ineg], s_ver=sc.raw[name][iver],
-        s_pos01=sc.s01[name][ip], s_neg01=sc.s01[name][ineg])
+        s_pos=sc.raw[name][ip],
+        s_neg=sc.raw[name][ineg],
+        s_ver=sc.raw[name][iver],
+        s_pos01=sc.s01[name][ip],
+        s_neg01=sc.s01[name][ineg],
+    )
 
 
 def retrieval_matrix(es: EvalSet, sc: Scores, name: str) -> np.ndarray:
@@ -94,24 +114,34 @@ def copy_ranking(es: EvalSet, sc: Scores, name: str, topk: int) -> dict:
     a, b = np.broadcast_arrays(es.copy_gallery[None, :], q_img[:, None])
     sim = sc.raw[name][sc.index(a.ravel(), b.ravel())].reshape(a.shape) if a.size else np.zeros(a.shape)  # [Qc, C]
     scores, labels, q = metrics.top_candidates(sim, es.copy_truth, topk) if a.size else (np.zeros(0),) * 3
-    return {"ranking": metrics.RankedPairs(scores, labels, q, es.copy_truth >= 0), "has_truth": es.copy_truth >= 0,
-            "groups": d["original_id"].to_numpy()[es.copy_queries], "sim": sim}
+    return {
+        "ranking": metrics.RankedPairs(scores, labels, q, es.copy_truth >= 0),
+        "has_truth": es.copy_truth >= 0,
+        "groups": d["original_id"].to_numpy()[es.copy_queries],
+        "sim": sim,
+    }
 
 
 def per_query(sim: np.ndarray, truth: np.ndarray, ks, exclude=None) -> pd.DataFrame:
     """R@k, rank and reciprocal rank of each query (their means are :func:`metrics.retrieval_metrics`)."""
-    rows = [metrics.retrieval_metrics(sim[q:q + 1], truth[q:q + 1], ks,
-                                      None if exclude is None else exclude[q:q + 1]) for q in range(len(sim))]
+    rows = [
+        metrics.retrieval_metrics(sim[q : q + 1], truth[q : q + 1], ks, None if exclude is None else exclude[q : q + 1])
+        for q in range(len(sim))
+    ]
     return pd.DataFrame(rows, columns=[f"R@{k}" for k in ks] + ["median_rank", "mAP"]).rename(
-        columns={"median_rank": "rank", "mAP": "rr"})
+        columns={"median_rank": "rank", "mAP": "rr"}
+    )
 
 
 def verification_table(trip: pd.DataFrame, der: pd.DataFrame) -> pd.DataFrame:
     """(derivative, its original) as positives and (derivative, the triplet's negative original)
     as negatives, with the negative's kind and the original that groups them."""
     pos = der[["original_id", "style", "raw"]].assign(label=True, kind="positive")
-    neg = trip[["anchor_id", "style", "s_ver", "negative_kind"]].set_axis(
-        ["original_id", "style", "raw", "kind"], axis=1).assign(label=False)
+    neg = (
+        trip[["anchor_id", "style", "s_ver", "negative_kind"]]
+        .set_axis(["original_id", "style", "raw", "kind"], axis=1)
+        .assign(label=False)
+    )
     return pd.concat([pos, neg], ignore_index=True)
 
 
@@ -125,23 +155,31 @@ def _adder(rows: list, name: str, cfg, seed: int, stats: dict | None = None):
     proportion's interval is widened to at least the exact Clopper–Pearson interval at n originals,
     which holds near 0 and 1 where the bootstrap collapses to a point. ``stats`` keeps each
     statistic, so that two measures can be compared on the same resampled originals."""
+
     def add(metric, subset, stat, groups, note=""):
         groups = np.asarray(groups)
         out = metrics.grouped_bootstrap(stat, groups, cfg.n_boot, cfg.ci, seed, cfg.interval)
         value, lo, hi, n = out["value"], out["lo"], out["hi"], out["n"]
-        if (metric in PROPORTIONS or metric.startswith("R@")) and n and np.isfinite(value) \
-                and cfg.n_boot > 0 and 0 <= value <= 1:
+        if (
+            (metric in PROPORTIONS or metric.startswith("R@"))
+            and n
+            and np.isfinite(value)
+            and cfg.n_boot > 0
+            and 0 <= value <= 1
+        ):
             cp_lo, cp_hi = metrics.clopper_pearson(value * n, n, 1 - cfg.ci)
             lo, hi = (min(cp_lo, lo) if np.isfinite(lo) else cp_lo), (max(cp_hi, hi) if np.isfinite(hi) else cp_hi)
             note = note or "bootstrap widened to the exact interval at n originals"
         rows.append(dict(measure=name, metric=metric, subset=subset, value=value, lo=lo, hi=hi, n=n, note=note))
         if stats is not None:
             stats[(metric, subset)] = (stat, groups)
+
     return add
 
 
-def reference_metrics(name: str, sc: Scores, ref: str | None, pair_orig, is_pos, cfg, seed: int = 0,
-                      in_test=None) -> list[dict]:
+def reference_metrics(
+    name: str, sc: Scores, ref: str | None, pair_orig, is_pos, cfg, seed: int = 0, in_test=None
+) -> list[dict]:
     """MSE and MAE of the [0, 1] scores against the reference measure's, over every scored pair of a
     test original ('all', ``in_test``) and over (original, own derivative) pairs ('positive'), grouped
     by the pair's original; the MSE after an affine calibration (cross-fitted over originals) and the
@@ -149,9 +187,11 @@ def reference_metrics(name: str, sc: Scores, ref: str | None, pair_orig, is_pos,
     rows: list[dict] = []
     if ref is None or name == ref:
         note = "reference" if name == ref else "reference unavailable"
-        return [dict(measure=name, metric=m, subset=s, value=np.nan, lo=np.nan, hi=np.nan, n=0, note=note)
-                for m, s in [(m, s) for m in ("mse", "mae") for s in ("all", "positive")]
-                + [("mse_affine", "all"), ("spearman_ref", "all"), ("kendall_ref", "all")]]
+        return [
+            dict(measure=name, metric=m, subset=s, value=np.nan, lo=np.nan, hi=np.nan, n=0, note=note)
+            for m, s in [(m, s) for m in ("mse", "mae") for s in ("all", "positive")]
+            + [("mse_affine", "all"), ("spearman_ref", "all"), ("kendall_ref", "all")]
+        ]
     in_test = np.ones(len(is_pos), bool) if in_test is None else np.asarray(in_test, bool)
     add = _adder(rows, name, cfg, seed)
     for subset, keep in (("all", in_test), ("positive", is_pos & in_test)):
@@ -163,11 +203,32 @@ def reference_metrics(name: str, sc: Scores, ref: str | None, pair_orig, is_pos,
     add("mse_affine", "all", lambda i: metrics.mse(cal[i], r[i]), g, "affine fit on the other half of the originals")
     ok = np.isfinite(s) & np.isfinite(r)
     from scipy import stats as sstats
-    rows.append(dict(measure=name, metric="spearman_ref", subset="all", value=metrics.rank_correlation(s[ok], r[ok]),
-                     lo=np.nan, hi=np.nan, n=len(np.unique(g)), note="no interval"))
+
+    rows.append(
+        dict(
+            measure=name,
+            metric="spearman_ref",
+            subset="all",
+            value=metrics.rank_correlation(s[ok], r[ok]),
+            lo=np.nan,
+            hi=np.nan,
+            n=len(np.unique(g)),
+            note="no interval",
+        )
+    )
     tau = sstats.kendalltau(s[ok], r[ok]).statistic if ok.sum() > 1 else np.nan
-    rows.append(dict(measure=name, metric="kendall_ref", subset="all", value=float(tau), lo=np.nan, hi=np.nan,
-                     n=len(np.unique(g)), note="no interval"))
+    rows.append(
+        dict(
+            measure=name,
+            metric="kendall_ref",
+            subset="all",
+            value=float(tau),
+            lo=np.nan,
+            hi=np.nan,
+            n=len(np.unique(g)),
+            note="no interval",
+        )
+    )
     return rows
 
 
@@ -189,8 +250,9 @@ def affine_cross_fit(x, y, groups, seed: int = 0) -> np.ndarray:
     return out
 
 
-def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, copy=None,
-                    stats: dict | None = None) -> list[dict]:
+def measure_metrics(
+    name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, copy=None, stats: dict | None = None
+) -> list[dict]:
     """Every metric of one measure but MSE/MAE, as rows (metric, subset, value, lo, hi, n, note);
     ``copy`` (:func:`copy_ranking`) adds the copy-detection metrics, ``stats`` keeps the statistics."""
     rows: list[dict] = []
@@ -204,8 +266,12 @@ def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, 
     for subset, q in ranks.items():
         for col, metric in [(c, c) for c in q.columns if c.startswith("R@")] + [("rank", "median_rank"), ("rr", "mAP")]:
             v = q[col].to_numpy()
-            add(metric, subset, (lambda r, v=v: np.median(v[r])) if col == "rank" else (lambda r, v=v: v[r].mean()),
-                q["original_id"])
+            add(
+                metric,
+                subset,
+                (lambda r, v=v: np.median(v[r])) if col == "rank" else (lambda r, v=v: v[r].mean()),
+                q["original_id"],
+            )
     for subset, kinds in (("hard", HARD_KINDS), ("random", ("random",))):
         v = ver[ver["label"] | ver["kind"].isin(kinds)]
         s, lab = v["raw"].to_numpy(), v["label"].to_numpy()
@@ -216,13 +282,23 @@ def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, 
         keys = der.groupby(by, sort=True).size().index
         rho = metrics.per_group_spearman(der.assign(raw=np.nan_to_num(der["raw"], nan=-np.inf)), "strength", "raw", by)
         owner = keys.get_level_values(0).to_numpy()
-        add("spearman_within", subset, lambda r: float(np.nanmean(rho[r])) if np.isfinite(rho[r]).any() else np.nan,
-            owner, "ρ(strength, score) within each group, averaged (all-tied scores: 0)")
+        add(
+            "spearman_within",
+            subset,
+            lambda r: float(np.nanmean(rho[r])) if np.isfinite(rho[r]).any() else np.nan,
+            owner,
+            "ρ(strength, score) within each group, averaged (all-tied scores: 0)",
+        )
     if copy is not None and len(copy["has_truth"]):
         rp, groups = copy["ranking"], copy["groups"]
         add("µAP", "copy", lambda r: rp.micro_ap(r), groups, f"top {cfg.copy_topk} per query, absent originals")
-        add("recall_at_precision", "copy", lambda r: rp.recall_at_precision(cfg.precision_target, r), groups,
-            f"recall at precision {cfg.precision_target:g}")
+        add(
+            "recall_at_precision",
+            "copy",
+            lambda r: rp.recall_at_precision(cfg.precision_target, r),
+            groups,
+            f"recall at precision {cfg.precision_target:g}",
+        )
     mar = metrics.moderate_above_radical_per_original(der, score="raw")
     add("moderate_above_radical", "all", lambda r: float(np.mean(mar.to_numpy()[r])), mar.index.to_numpy())
     if (der["backend"] == "augment").any():
@@ -231,8 +307,18 @@ def measure_metrics(name: str, der, trip, ver, ranks: dict, cfg, seed: int = 0, 
         for fam, g in cal.groupby("family", sort=True):
             fs, fv = g["strength"].to_numpy(float), g["raw"].to_numpy()
             add("monotonicity_spearman", fam, lambda r: metrics.rank_correlation(fs[r], fv[r]), g["original_id"])
-            rows.append(dict(measure=name, metric="falling_steps", subset=fam, value=mono.loc[fam, "falling_steps"],
-                             lo=np.nan, hi=np.nan, n=int(mono.loc[fam, "levels"]), note="no interval"))
+            rows.append(
+                dict(
+                    measure=name,
+                    metric="falling_steps",
+                    subset=fam,
+                    value=mono.loc[fam, "falling_steps"],
+                    lo=np.nan,
+                    hi=np.nan,
+                    n=int(mono.loc[fam, "levels"]),
+                    note="no interval",
+                )
+            )
     return rows
 
 
@@ -243,12 +329,21 @@ def style_breakdown(name: str, der, trip, ver, q_all) -> pd.DataFrame:
         t, v, q = trip[trip["style"] == style], ver[ver["style"] == style], q_all[q_all["style"] == style]
         hard, vh = t[t["negative_kind"].isin(HARD_KINDS)], v[v["label"] | v["kind"].isin(HARD_KINDS)]
         # hard_triplets: a style whose test originals have no same-style/artist negative has an easier mix
-        rows.append(dict(measure=name, style=style, originals=d["original_id"].nunique(), derivatives=len(d),
-                         triplets=len(t), hard_triplets=len(hard),
-                         triplet_acc=metrics.triplet_accuracy(t["s_pos"], t["s_neg"]),
-                         triplet_acc_hard=metrics.triplet_accuracy(hard["s_pos"], hard["s_neg"]),
-                         **{"R@1": q["R@1"].mean() if len(q) else np.nan, "mAP": q["rr"].mean() if len(q) else np.nan},
-                         auc_hard=metrics.roc_auc(vh["raw"], vh["label"]), positive_s01=d["s01"].mean()))
+        rows.append(
+            dict(
+                measure=name,
+                style=style,
+                originals=d["original_id"].nunique(),
+                derivatives=len(d),
+                triplets=len(t),
+                hard_triplets=len(hard),
+                triplet_acc=metrics.triplet_accuracy(t["s_pos"], t["s_neg"]),
+                triplet_acc_hard=metrics.triplet_accuracy(hard["s_pos"], hard["s_neg"]),
+                **{"R@1": q["R@1"].mean() if len(q) else np.nan, "mAP": q["rr"].mean() if len(q) else np.nan},
+                auc_hard=metrics.roc_auc(vh["raw"], vh["label"]),
+                positive_s01=d["s01"].mean(),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -275,32 +370,57 @@ def text_image_binary(es: EvalSet, embed_images, embed_texts, captions: pd.DataF
     for kind in ["all", *sorted(t["negative_kind"].unique())]:
         sel = np.ones(len(t), bool) if kind == "all" else (t["negative_kind"] == kind).to_numpy()
         r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
-        rows.append(dict(negative_kind=kind, triplets=r["triplets"], originals=t.loc[sel, "anchor_id"].nunique(),
-                         i2t=r["i2t"], t2i=r["t2i"], chance=r["chance"]))
+        rows.append(
+            dict(
+                negative_kind=kind,
+                triplets=r["triplets"],
+                originals=t.loc[sel, "anchor_id"].nunique(),
+                i2t=r["i2t"],
+                t2i=r["t2i"],
+                chance=r["chance"],
+            )
+        )
     return pd.DataFrame(rows, columns=cols)
 
 
 # -- the whole evaluation ----------------------------------------------------------------------------------
-HEADLINE = [("µAP", "copy", "µAP copy"), ("recall_at_precision", "copy", "R@P90 copy"),
-            ("triplet_acc", "random", "acc random"),
-            ("triplet_acc", "same_style", "acc same style"), ("triplet_acc", "same_artist", "acc same artist"),
-            ("triplet_acc_query", "same_artist", "acc same artist (query)"),
-            ("R@k", "all", "R@k"), ("median_rank", "all", "median rank"), ("mAP", "all", "mAP"),
-            ("R@1", "dedup", "R@1 dedup"), ("R@1", "aspect", "R@1 same aspect"), ("auc", "hard", "AUC hard"),
-            ("spearman_within", "original_family", "ρ within original×family"),
-            ("spearman_strength", "all", "Spearman strength"), ("moderate_above_radical", "all", "moderate > radical"),
-            ("mse", "all", "MSE"), ("mse_affine", "all", "MSE affine"), ("mae", "all", "MAE"),
-            ("spearman_ref", "all", "ρ vs reference")]
+HEADLINE = [
+    ("µAP", "copy", "µAP copy"),
+    ("recall_at_precision", "copy", "R@P90 copy"),
+    ("triplet_acc", "random", "acc random"),
+    ("triplet_acc", "same_style", "acc same style"),
+    ("triplet_acc", "same_artist", "acc same artist"),
+    ("triplet_acc_query", "same_artist", "acc same artist (query)"),
+    ("R@k", "all", "R@k"),
+    ("median_rank", "all", "median rank"),
+    ("mAP", "all", "mAP"),
+    ("R@1", "dedup", "R@1 dedup"),
+    ("R@1", "aspect", "R@1 same aspect"),
+    ("auc", "hard", "AUC hard"),
+    ("spearman_within", "original_family", "ρ within original×family"),
+    ("spearman_strength", "all", "Spearman strength"),
+    ("moderate_above_radical", "all", "moderate > radical"),
+    ("mse", "all", "MSE"),
+    ("mse_affine", "all", "MSE affine"),
+    ("mae", "all", "MAE"),
+    ("spearman_ref", "all", "ρ vs reference"),
+]
 LOWER_IS_BETTER = {"median rank", "MSE", "MSE affine", "MAE", "Spearman strength", "ρ within original×family"}
 MEASURE_INFO = {
-    "ssim": "SSIM of grayscale thumbnails", "colour": "colour descriptors", "texture": "texture descriptors",
-    "edges": "edge descriptors", "shape": "shape descriptors",
+    "ssim": "SSIM of grayscale thumbnails",
+    "colour": "colour descriptors",
+    "texture": "texture descriptors",
+    "edges": "edge descriptors",
+    "shape": "shape descriptors",
     "descriptor": "weighted descriptor similarity (the study's, and the reference)",
-    "descriptor_fitted": "descriptor similarity, weights fitted on train", "clip": "raw CLIP cosine",
-    "resnet": "ResNet-50 cosine before fine-tuning", "resnet_finetuned": "ResNet-50 cosine after fine-tuning",
-    "clip_siamese": "CLIP siamese head", "resnet_siamese": "ResNet-50 siamese (triplet)",
+    "descriptor_fitted": "descriptor similarity, weights fitted on train",
+    "clip": "raw CLIP cosine",
+    "resnet": "ResNet-50 cosine before fine-tuning",
+    "resnet_finetuned": "ResNet-50 cosine after fine-tuning",
+    "clip_siamese": "CLIP siamese head",
+    "resnet_siamese": "ResNet-50 siamese (triplet)",
     "resnet_regression": "ResNet-50 siamese (regression score; trained on 0/1 labels, so its MSE to a continuous "
-                         "reference means little)",
+    "reference means little)",
     # issue 11: the pretrained EfficientNet-Lite0 and what stages 07/08 train on it (the smoke profile)
     "effnet_lite0": "EfficientNet-Lite0 (ImageNet) cosine, no training",
     "effnet_lite0_finetuned": "EfficientNet-Lite0 cosine after fine-tuning",
@@ -308,7 +428,8 @@ MEASURE_INFO = {
     "effnet_lite0_regression": "EfficientNet-Lite0 siamese (regression score)",
     "dinov2": "DINOv2 cosine of the pooled CLS feature (Somepalli et al.'s replication detector)",
     "sscd": "SSCD copy-detection descriptor (DISC21), cosine",
-    "geometry": "content-free baseline: aspect ratio and content box only"}
+    "geometry": "content-free baseline: aspect ratio and content box only",
+}
 
 
 @dataclass
@@ -317,9 +438,9 @@ class EvalResult:
 
     es: EvalSet
     scores: Scores
-    metrics: pd.DataFrame                 # long: measure, metric, subset, value, lo, hi, n, note
+    metrics: pd.DataFrame  # long: measure, metric, subset, value, lo, hi, n, note
     per_style: pd.DataFrame
-    skipped: pd.DataFrame                 # measure, reason
+    skipped: pd.DataFrame  # measure, reason
     cfg: config.EvaluationParams
     tables: dict = field(default_factory=dict)  # measure -> {derivatives, triplets, verification, queries, retrieval}
     measures: dict = field(default_factory=dict)  # name -> Measure (the figures reuse them)
@@ -337,15 +458,26 @@ class EvalResult:
 
     def columns(self) -> list[tuple[str, str, str]]:
         """(metric, subset, label) of the headline table, R@k expanded."""
-        return [c for m, s, lab in HEADLINE for c in
-                ([(f"R@{k}", s, f"R@{k}") for k in self.cfg.ks] if m == "R@k" else [(m, s, lab)])]
+        return [
+            c
+            for m, s, lab in HEADLINE
+            for c in ([(f"R@{k}", s, f"R@{k}") for k in self.cfg.ks] if m == "R@k" else [(m, s, lab)])
+        ]
 
     def chance(self) -> dict[str, float]:
         """What a constant measure scores on this test set (ties count at their expected value)."""
         es, q = self.es, len(self.es.queries)
-        out = {"acc random": .5, "acc same style": .5, "acc same artist": .5, "acc same artist (query)": .5,
-               "AUC hard": .5, "Spearman strength": 0.0, "moderate > radical": .5,
-               "ρ within original×family": 0.0, "ρ vs reference": 0.0}
+        out = {
+            "acc random": 0.5,
+            "acc same style": 0.5,
+            "acc same artist": 0.5,
+            "acc same artist (query)": 0.5,
+            "AUC hard": 0.5,
+            "Spearman strength": 0.0,
+            "moderate > radical": 0.5,
+            "ρ within original×family": 0.0,
+            "ρ vs reference": 0.0,
+        }
         for subset, excl in (("", None), (" dedup", es.exclude()), (" same aspect", es.same_bucket_exclude())):
             if subset == " same aspect" and excl is None:
                 continue
@@ -367,13 +499,15 @@ class EvalResult:
         m = self.metrics.set_index(["measure", "metric", "subset"])
         rows = {}
         for name in self.metrics["measure"].unique():
-            rows[name] = {lab: _cell(m.loc[(name, met, sub)] if (name, met, sub) in m.index else None, text)
-                          for met, sub, lab in self.columns()}
+            rows[name] = {
+                lab: _cell(m.loc[(name, met, sub)] if (name, met, sub) in m.index else None, text)
+                for met, sub, lab in self.columns()
+            }
         chance = self.chance()
-        rows["chance"] = {lab: _num(chance.get(lab)) if text else chance.get(lab, np.nan)
-                          for _, _, lab in self.columns()}
+        rows["chance"] = {
+            lab: _num(chance.get(lab)) if text else chance.get(lab, np.nan) for _, _, lab in self.columns()
+        }
         return pd.DataFrame.from_dict(rows, orient="index")
-
 
     def table(self, metrics: list[str], columns: str | list[str] = ("metric", "subset")) -> pd.DataFrame:
         """The rows of :attr:`metrics` whose metric is one of ``metrics``, one row per measure (in the
@@ -382,8 +516,9 @@ class EvalResult:
         reference's own MSE/MAE cells say 'reference'). The notebook's per-protocol tables."""
         m = self.metrics[self.metrics["metric"].isin(list(metrics))]
         cells = m.assign(cell=[ci_text(r.value, r.lo, r.hi, r.note) for r in m.itertuples()])
-        return cells.pivot(index="measure", columns=columns if isinstance(columns, str) else list(columns),
-                           values="cell").reindex(list(self.measures))
+        return cells.pivot(
+            index="measure", columns=columns if isinstance(columns, str) else list(columns), values="cell"
+        ).reindex(list(self.measures))
 
 
 def ci_text(value: float, lo: float, hi: float, note: str = "") -> str:
@@ -409,17 +544,20 @@ def _cell(row, text: bool):
     return _num(row["value"]) + ci
 
 
-def evaluate_set(es: EvalSet, measures: dict[str, Measure], cfg=None, seed: int = 0, skipped=None,
-                 cache_root=None, workers: int = 1) -> EvalResult:
+def evaluate_set(
+    es: EvalSet, measures: dict[str, Measure], cfg=None, seed: int = 0, skipped=None, cache_root=None, workers: int = 1
+) -> EvalResult:
     """Score ``es`` with every measure and compute every metric (no files written)."""
     cfg, t0 = cfg or config.EvaluationParams(), time.perf_counter()
     sc = score_all(es, measures, cache_root, workers)
     ref = cfg.reference if cfg.reference in measures else None
     n_orig = len(es.originals)
-    in_test = sc.pairs[:, 0] < n_orig                      # copy-detection pairs start at a distractor
+    in_test = sc.pairs[:, 0] < n_orig  # copy-detection pairs start at a distractor
     pair_orig = es.originals["id"].to_numpy()[np.minimum(sc.pairs[:, 0], max(n_orig - 1, 0))]
-    is_pos = np.isin(sc.pairs[:, 0] * sc.n_images + sc.pairs[:, 1],
-                     es.derivatives["orig"].to_numpy() * sc.n_images + es.derivatives["img"].to_numpy())
+    is_pos = np.isin(
+        sc.pairs[:, 0] * sc.n_images + sc.pairs[:, 1],
+        es.derivatives["orig"].to_numpy() * sc.n_images + es.derivatives["img"].to_numpy(),
+    )
     rows, styles, tables, stats = [], [], {}, {}
     q_orig = es.derivatives.iloc[es.queries]
     subsets = [("all", None), ("dedup", es.exclude())]
@@ -429,22 +567,49 @@ def evaluate_set(es: EvalSet, measures: dict[str, Measure], cfg=None, seed: int 
         der, trip = derivative_table(es, sc, name), triplet_table(es, sc, name)
         ver = verification_table(trip, der)
         sim = retrieval_matrix(es, sc, name)
-        ranks = {s: per_query(sim, es.truth, cfg.ks, ex).assign(original_id=q_orig["original_id"].to_numpy(),
-                                                                  style=q_orig["style"].to_numpy())
-                 for s, ex in subsets}
+        ranks = {
+            s: per_query(sim, es.truth, cfg.ks, ex).assign(
+                original_id=q_orig["original_id"].to_numpy(), style=q_orig["style"].to_numpy()
+            )
+            for s, ex in subsets
+        }
         copy = copy_ranking(es, sc, name, cfg.copy_topk)
         stats[name] = {}
         rows += reference_metrics(name, sc, ref, pair_orig, is_pos, cfg, seed, in_test)
         rows += measure_metrics(name, der, trip, ver, ranks, cfg, seed, copy, stats[name])
-        rows.append(dict(measure=name, metric="nan_scores", subset="all", value=float(metrics.count_nan(sc.raw[name])),
-                         lo=np.nan, hi=np.nan, n=len(sc.pairs), note="NaN scores of all scored pairs, ranked last"))
+        rows.append(
+            dict(
+                measure=name,
+                metric="nan_scores",
+                subset="all",
+                value=float(metrics.count_nan(sc.raw[name])),
+                lo=np.nan,
+                hi=np.nan,
+                n=len(sc.pairs),
+                note="NaN scores of all scored pairs, ranked last",
+            )
+        )
         styles.append(style_breakdown(name, der, trip, ver, ranks["all"]))
-        tables[name] = {"derivatives": der, "triplets": trip, "verification": ver, "queries": ranks["all"],
-                        "retrieval": sim, "copy": copy["sim"]}
+        tables[name] = {
+            "derivatives": der,
+            "triplets": trip,
+            "verification": ver,
+            "queries": ranks["all"],
+            "retrieval": sim,
+            "copy": copy["sim"],
+        }
     cols = ["measure", "metric", "subset", "value", "lo", "hi", "n", "note"]
     skipped = skipped if skipped is not None else pd.DataFrame(columns=["measure", "reason"])
-    result = EvalResult(es, sc, pd.DataFrame(rows, columns=cols), pd.concat(styles, ignore_index=True)
-                        if styles else pd.DataFrame(), skipped, cfg, tables, dict(measures))
+    result = EvalResult(
+        es,
+        sc,
+        pd.DataFrame(rows, columns=cols),
+        pd.concat(styles, ignore_index=True) if styles else pd.DataFrame(),
+        skipped,
+        cfg,
+        tables,
+        dict(measures),
+    )
     result.paired = paired_table(result, stats, cfg, seed)
     result.seconds = time.perf_counter() - t0
     return result
@@ -460,8 +625,9 @@ def paired_table(result: EvalResult, stats: dict, cfg, seed: int = 0) -> pd.Data
         if lab not in by_label or cfg.n_boot == 0:
             continue
         key = by_label[lab]
-        have = {n: st[key] for n, st in stats.items() if key in st and np.isfinite(st[key][0](
-            np.arange(len(st[key][1]))))}
+        have = {
+            n: st[key] for n, st in stats.items() if key in st and np.isfinite(st[key][0](np.arange(len(st[key][1]))))
+        }
         if len(have) < 2:
             continue
         lower = lab in LOWER_IS_BETTER
@@ -472,13 +638,32 @@ def paired_table(result: EvalResult, stats: dict, cfg, seed: int = 0) -> pd.Data
             if other == leader or len(g_other) != len(groups) or not np.array_equal(g_other, groups):
                 continue
             sign = -1.0 if lower else 1.0
-            d = metrics.paired_difference(lambda r, a=f_lead: sign * a(r), lambda r, b=f_other: sign * b(r),
-                                          groups, cfg.n_boot, cfg.ci, seed, cfg.interval)
-            rows.append(dict(label=lab, metric=key[0], subset=key[1], leader=leader, other=other,
-                             diff=sign * d["value"], lo=sign * (d["hi"] if lower else d["lo"]),
-                             hi=sign * (d["lo"] if lower else d["hi"]), n=d["n"], excludes_0=d["excludes_0"]))
-    return pd.DataFrame(rows, columns=["label", "metric", "subset", "leader", "other", "diff", "lo", "hi", "n",
-                                       "excludes_0"])
+            d = metrics.paired_difference(
+                lambda r, a=f_lead: sign * a(r),
+                lambda r, b=f_other: sign * b(r),
+                groups,
+                cfg.n_boot,
+                cfg.ci,
+                seed,
+                cfg.interval,
+            )
+            rows.append(
+                dict(
+                    label=lab,
+                    metric=key[0],
+                    subset=key[1],
+                    leader=leader,
+                    other=other,
+                    diff=sign * d["value"],
+                    lo=sign * (d["hi"] if lower else d["lo"]),
+                    hi=sign * (d["lo"] if lower else d["hi"]),
+                    n=d["n"],
+                    excludes_0=d["excludes_0"],
+                )
+            )
+    return pd.DataFrame(
+        rows, columns=["label", "metric", "subset", "leader", "other", "diff", "lo", "hi", "n", "excludes_0"]
+    )
 
 
 # -- leave one transformation family out ---------------------------------------------------------------------
@@ -491,14 +676,14 @@ def paired_table(result: EvalResult, stats: dict, cfg, seed: int = 0) -> pd.Data
 # "learnt this transformation" was worth. Nothing is written; the heads live in memory.
 def head_scores(model, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cosines of the refined embeddings: s(anchor, positive), s(anchor, negative) and
-    s(positive, negative) of every triplet of ``data`` (:class:`artsim_lib.stages.s08_siamese.TripletTensors`). # [T] x 3"""
+    s(positive, negative) of every triplet of ``data``
+    (:class:`artsim_lib.stages.s08_siamese.TripletTensors`). # [T] x 3"""
     import torch
 
     with torch.no_grad():
         z = torch.nn.functional.normalize(model.eval().embed(data.emb), dim=-1).numpy()  # [M, d]
     a, p, n = (t.numpy() for t in (data.a, data.p, data.n))
-    return (np.einsum("td,td->t", z[a], z[p]), np.einsum("td,td->t", z[a], z[n]),
-            np.einsum("td,td->t", z[p], z[n]))
+    return (np.einsum("td,td->t", z[a], z[p]), np.einsum("td,td->t", z[a], z[n]), np.einsum("td,td->t", z[p], z[n]))
 
 
 def family_table(held: str, test: pd.DataFrame, s_pos, s_neg, s_qneg) -> list[dict]:
@@ -506,16 +691,23 @@ def family_table(held: str, test: pd.DataFrame, s_pos, s_neg, s_qneg) -> list[di
     rows = []
     for fam, idx in test.groupby("family", sort=True).indices.items():
         hard = test["negative_kind"].to_numpy()[idx] != "random"
-        rows.append(dict(trained_without=held, family=fam, triplets=len(idx),
-                         originals=test["anchor_id"].iloc[idx].nunique(),
-                         acc=metrics.triplet_accuracy(s_pos[idx], s_neg[idx]),
-                         acc_query=metrics.query_anchored_accuracy(s_pos[idx], s_qneg[idx]),
-                         acc_query_hard=metrics.query_anchored_accuracy(s_pos[idx][hard], s_qneg[idx][hard])))
+        rows.append(
+            dict(
+                trained_without=held,
+                family=fam,
+                triplets=len(idx),
+                originals=test["anchor_id"].iloc[idx].nunique(),
+                acc=metrics.triplet_accuracy(s_pos[idx], s_neg[idx]),
+                acc_query=metrics.query_anchored_accuracy(s_pos[idx], s_qneg[idx]),
+                acc_query_hard=metrics.query_anchored_accuracy(s_pos[idx][hard], s_qneg[idx][hard]),
+            )
+        )
     return rows
 
 
-def leave_one_family_out(P, triplets: pd.DataFrame, table: pd.DataFrame, manifest: pd.DataFrame,
-                         families: list[str] | None = None) -> pd.DataFrame:
+def leave_one_family_out(
+    P, triplets: pd.DataFrame, table: pd.DataFrame, manifest: pd.DataFrame, families: list[str] | None = None
+) -> pd.DataFrame:
     """CLIP siamese heads trained without each family (and one with all, ``trained_without='none'``),
     each scored on the test triplets per family. ``table``: stage 08's cached CLIP embeddings
     (id, embedding). Rows: trained_without, family, triplets, originals, acc, acc_query,
@@ -559,9 +751,14 @@ def paired_drops(test: pd.DataFrame, scores: dict, n_boot: int, ci: float, seed:
         if fam not in scores:
             continue
         (ap, _, aq), (hp, _, hq) = scores["none"], scores[fam]
-        d = metrics.paired_difference(lambda r: metrics.query_anchored_accuracy(ap[idx][r], aq[idx][r]),
-                                      lambda r: metrics.query_anchored_accuracy(hp[idx][r], hq[idx][r]),
-                                      test["anchor_id"].to_numpy()[idx], n_boot, ci, seed)
+        d = metrics.paired_difference(
+            lambda r: metrics.query_anchored_accuracy(ap[idx][r], aq[idx][r]),
+            lambda r: metrics.query_anchored_accuracy(hp[idx][r], hq[idx][r]),
+            test["anchor_id"].to_numpy()[idx],
+            n_boot,
+            ci,
+            seed,
+        )
         rows.append(dict(family=fam, drop=d["value"], lo=d["lo"], hi=d["hi"], n=d["n"], excludes_0=d["excludes_0"]))
     return pd.DataFrame(rows, columns=["family", "drop", "lo", "hi", "n", "excludes_0"])
 
@@ -608,9 +805,13 @@ def check_inputs(P) -> pd.DataFrame:
     def need(stage: str, what: str, path, found: bool, current: bool = True, used_by=()) -> bool:
         ok = found and current
         covered.update(used_by)
-        rows.append({"input": f"{stage} {what}" + (f" ({', '.join(used_by)})" if used_by else ""),
-                     "status": "found" if ok else "made with other params" if found else "missing",
-                     "path": str(path)})
+        rows.append(
+            {
+                "input": f"{stage} {what}" + (f" ({', '.join(used_by)})" if used_by else ""),
+                "status": "found" if ok else "made with other params" if found else "missing",
+                "path": str(path),
+            }
+        )
         if not ok:
             missing.append(StageNotRunError(stage, what, path, stale=found))
         return ok
@@ -623,15 +824,26 @@ def check_inputs(P) -> pd.DataFrame:
     have_trip = current(s05_generation.triplets_path(P), s05_generation.triplet_meta(P), "05", "triplets")
     if "descriptor_fitted" in names and have_trip:  # stage 06's pair table: its feature cache and fitted weights
         trip = pd.read_parquet(s05_generation.triplets_path(P))
-        current(s06_descriptors.pair_similarity_path(P), s06_descriptors.stage_meta(P, trip), "06",
-                "descriptor pair table + fitted weights", ["descriptor_fitted"])
+        current(
+            s06_descriptors.pair_similarity_path(P),
+            s06_descriptors.stage_meta(P, trip),
+            "06",
+            "descriptor pair table + fitted weights",
+            ["descriptor_fitted"],
+        )
     kind = P.finetune.backbone  # stage 08's CNN siamese trains on stage 07's backbone
     cnn_trained = {trained.measure_name(k, v) for k in models.BACKBONE_KINDS for v in VARIANTS}
     cnn_trained |= {f"{k}_finetuned" for k in models.BACKBONE_KINDS}  # issue 11: one name per backbone
     if uses := [n for n in names if n in cnn_trained]:
         info = trained.finetuned_info(run_root) or {}
-        need("07", f"fine-tuned {kind}", trained.finetuned_dir(run_root) / trained.FINETUNE_INFO,
-             bool(info.get("complete")), info.get("key") == s07_finetune.finetune_key(P), uses)
+        need(
+            "07",
+            f"fine-tuned {kind}",
+            trained.finetuned_dir(run_root) / trained.FINETUNE_INFO,
+            bool(info.get("complete")),
+            info.get("key") == s07_finetune.finetune_key(P),
+            uses,
+        )
     if "clip_siamese" in names:
         head = trained.clip_head_dir(run_root, trained.split_name(P.siamese.train_splits[0])) / "head.safetensors"
         need("08", "CLIP siamese head", head, head.exists(), used_by=["clip_siamese"])
@@ -640,8 +852,13 @@ def check_inputs(P) -> pd.DataFrame:
             saved = trained.siamese_dir(run_root, kind, variant) / trained.SIAMESE_CONFIG
             need("08", f"{kind} siamese ({variant})", saved, saved.exists(), used_by=[name])
     if rest := [n for n in names if n not in covered]:
-        rows.append({"input": f"no stage's model ({', '.join(rest)})", "status": "loaded by stage 09; skipped "
-                     "with the reason when unavailable", "path": ""})
+        rows.append(
+            {
+                "input": f"no stage's model ({', '.join(rest)})",
+                "status": "loaded by stage 09; skipped with the reason when unavailable",
+                "path": "",
+            }
+        )
     if missing:
         raise missing[0]  # the earliest stage: running it (and what follows) makes the rest
     return pd.DataFrame(rows, columns=["input", "status", "path"])
@@ -665,8 +882,15 @@ def run(P, measures: dict[str, Measure] | None = None) -> EvalResult:
     es = test_set(manifest, pairs, trip, P.evaluation, P.seed, P.triplets.drop_flagged)
     if measures is None:
         measures, skipped = load_measures(P.evaluation.measures, P.run.root)
-    result = evaluate_set(es, measures, P.evaluation, P.seed, skipped, P.run.root / "descriptors" / "cache",
-                          worker_count(P.evaluation.workers))  # never more than the allocation
+    result = evaluate_set(
+        es,
+        measures,
+        P.evaluation,
+        P.seed,
+        skipped,
+        P.run.root / "descriptors" / "cache",
+        worker_count(P.evaluation.workers),
+    )  # never more than the allocation
     result.inputs = inputs
     write_outputs(result, P)
     return result
@@ -689,8 +913,13 @@ def write_outputs(result: EvalResult, P) -> dict:
     from artsim_lib.measures.base import measure_weights
 
     out, meta = P.run.sub("evaluation"), evaluation_meta(P)
-    files = {"metrics": metrics_path(P), "per_style": out / "per_style.parquet",
-             "scores": out / "scores.parquet", "paired": out / "paired.parquet", "json": out / "metrics.json"}
+    files = {
+        "metrics": metrics_path(P),
+        "per_style": out / "per_style.parquet",
+        "scores": out / "scores.parquet",
+        "paired": out / "paired.parquet",
+        "json": out / "metrics.json",
+    }
     paths.write_parquet(result.metrics, files["metrics"], meta)
     paths.write_parquet(result.paired, files["paired"], meta)
     paths.write_parquet(result.per_style, files["per_style"], meta)
@@ -698,29 +927,58 @@ def write_outputs(result: EvalResult, P) -> dict:
     paths.write_parquet(scores.drop(columns=["path", "prompt"], errors="ignore"), files["scores"], meta)
     values, text = result.headline(text=False), result.headline(text=True)
     cells = result.metrics.set_index(["measure", "metric", "subset"])
-    headline = {"columns": [lab for _, _, lab in result.columns()], "rows": [
-        {"measure": name, "weights": measure_weights(name, P),  # issue 11: real-pretrained / tiny-random / trained-here
-         "description": f"{MEASURE_INFO.get(name, '')} [{measure_weights(name, P)}]", "text": text.loc[name].to_dict(),
-         "cells": {lab: (cells.loc[(name, m, s)][["value", "lo", "hi", "n", "note"]].to_dict()
-                         if (name, m, s) in cells.index else None) for m, s, lab in result.columns()}}
-        for name in values.index if name != "chance"], "chance": text.loc["chance"].to_dict(),
+    headline = {
+        "columns": [lab for _, _, lab in result.columns()],
+        "rows": [
+            {
+                "measure": name,
+                "weights": measure_weights(name, P),  # issue 11: real-pretrained / tiny-random / trained-here
+                "description": f"{MEASURE_INFO.get(name, '')} [{measure_weights(name, P)}]",
+                "text": text.loc[name].to_dict(),
+                "cells": {
+                    lab: (
+                        cells.loc[(name, m, s)][["value", "lo", "hi", "n", "note"]].to_dict()
+                        if (name, m, s) in cells.index
+                        else None
+                    )
+                    for m, s, lab in result.columns()
+                },
+            }
+            for name in values.index
+            if name != "chance"
+        ],
+        "chance": text.loc["chance"].to_dict(),
         # 'best' only where the paired difference to every other measure excludes 0; never by MSE/MAE
-        "best": result.best(), "lower_is_better": sorted(LOWER_IS_BETTER)}
+        "best": result.best(),
+        "lower_is_better": sorted(LOWER_IS_BETTER),
+    }
     es = result.es
     nan = result.metrics[result.metrics["metric"] == "nan_scores"].set_index("measure")["value"]
-    doc = {"stage": "09-evaluation", "split": "test", "reference": P.evaluation.reference, "headline": headline,
-           "skipped": result.skipped.to_dict(orient="records"),
-           "test_set": {"originals": len(es.originals), "derivatives": len(es.derivatives),
-                        "triplets": len(es.triplets), "gallery": len(es.gallery), "queries": len(es.queries),
-                        "scored_pairs": len(result.scores.pairs),
-                        "artists": int(es.originals["artist"].nunique()) if "artist" in es.originals else None,
-                        "copy_gallery": len(es.copy_gallery), "copy_queries": len(es.copy_queries),
-                        "copy_queries_absent": int((es.copy_truth < 0).sum()),
-                        "copy_distractors": es.extra["kind"].value_counts().to_dict() if len(es.extra) else {}},
-           "nan_scores": nan.to_dict(),
-           "paired": result.paired.to_dict(orient="records"),
-           "seconds": {"total": round(result.seconds, 3), **{k: round(v, 3) for k, v in result.scores.seconds.items()}},
-           "params": P.evaluation.model_dump(mode="json"), "provenance": provenance(P)}
+    doc = {
+        "stage": "09-evaluation",
+        "split": "test",
+        "reference": P.evaluation.reference,
+        "headline": headline,
+        "skipped": result.skipped.to_dict(orient="records"),
+        "test_set": {
+            "originals": len(es.originals),
+            "derivatives": len(es.derivatives),
+            "triplets": len(es.triplets),
+            "gallery": len(es.gallery),
+            "queries": len(es.queries),
+            "scored_pairs": len(result.scores.pairs),
+            "artists": int(es.originals["artist"].nunique()) if "artist" in es.originals else None,
+            "copy_gallery": len(es.copy_gallery),
+            "copy_queries": len(es.copy_queries),
+            "copy_queries_absent": int((es.copy_truth < 0).sum()),
+            "copy_distractors": es.extra["kind"].value_counts().to_dict() if len(es.extra) else {},
+        },
+        "nan_scores": nan.to_dict(),
+        "paired": result.paired.to_dict(orient="records"),
+        "seconds": {"total": round(result.seconds, 3), **{k: round(v, 3) for k, v in result.scores.seconds.items()}},
+        "params": P.evaluation.model_dump(mode="json"),
+        "provenance": provenance(P),
+    }
     paths.atomic_write_text(files["json"], json.dumps(_finite(doc), indent=1, default=str))
     return files
 

@@ -4,14 +4,15 @@
 >>> plan, warnings = shard_plan(runner.discover_notebooks(), {"03": 4})   # {"03-captioning": 4}
 >>> snakemake_args("slurm")     # ['--workflow-profile', '.../workflow/profiles/slurm', ...]
 """
+
 from __future__ import annotations
 
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import yaml
 
@@ -134,13 +135,20 @@ def check_profile(profile: Mapping, notebooks: Sequence[Path], origin: str = "pr
             if m is None:
                 problems.append(f"{origin}: {key}: {name!r} is not a rule of this workflow")
             elif name not in rules[m.group(1)]:
-                problems.append(f"{origin}: {key}: no rule {name!r}; stage {m.group(1)}'s rules are "
-                                f"{', '.join(sorted(rules[m.group(1)]))}")
+                problems.append(
+                    f"{origin}: {key}: no rule {name!r}; stage {m.group(1)}'s rules are "
+                    f"{', '.join(sorted(rules[m.group(1)]))}"
+                )
     return problems
 
 
-def fit_profile(src: str | os.PathLike, dst: str | os.PathLike, cpus_per_task: int = 1,
-                mem_mb: int = 1000, status_check_seconds: int | None = None) -> Path:
+def fit_profile(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    cpus_per_task: int = 1,
+    mem_mb: int = 1000,
+    status_check_seconds: int | None = None,
+) -> Path:
     """A copy of a cluster profile whose jobs each ask for ``cpus_per_task`` CPUs and
     ``mem_mb`` MB (partitions, GPUs and runtimes kept), to try it on a small single-node
     SLURM (scripts/slurm/start-slurm.sh). ``status_check_seconds``: the first status check
@@ -161,8 +169,7 @@ def slurm_settings() -> dict[str, str]:
     if shutil.which("scontrol") is None:
         return {}
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                             timeout=20).stdout
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -177,8 +184,9 @@ def status_command(settings: Mapping[str, str]) -> str | None:
     return None
 
 
-def snakemake_args(cluster: str | os.PathLike, notebooks: Sequence[Path] | None = None,
-                   settings: Mapping[str, str] | None = None) -> list[str]:
+def snakemake_args(
+    cluster: str | os.PathLike, notebooks: Sequence[Path] | None = None, settings: Mapping[str, str] | None = None
+) -> list[str]:
     """The ``snakemake`` arguments for running on ``cluster`` (a profile name or folder);
     raises :class:`config.ParamsError` when the profile names rules the workflow lacks."""
     directory = profile_dir(cluster)
@@ -215,7 +223,8 @@ def write_dag(text: str, target: str | os.PathLike) -> tuple[Path, str]:
     dot_file = paths.atomic_write_text(target.with_suffix(".dot"), text)
     render = ["dot", f"-T{target.suffix.lower()[1:]}", str(dot_file), "-o", str(target)]
     if shutil.which("dot") is None:
-        return dot_file, (f"graphviz is not installed: wrote {dot_file}; draw it with "
-                          f"`{' '.join(render)}` (apt-get install graphviz)")
+        return dot_file, (
+            f"graphviz is not installed: wrote {dot_file}; draw it with `{' '.join(render)}` (apt-get install graphviz)"
+        )
     subprocess.run(render, check=True, capture_output=True, timeout=120)
     return target, f"wrote {target} (and {dot_file.name})"

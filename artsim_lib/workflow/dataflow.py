@@ -8,6 +8,7 @@ changed ``evaluation.*`` re-runs 09 alone.
 ['03', '05', '06', '07', '08']
 >>> stage_params(P, "06")  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,8 +44,9 @@ STAGES: dict[str, StageReads] = {
     "06": StageReads(("05",), ("descriptors",), ("seed", "num_workers")),
     "07": StageReads(("02",), ("finetune", "models"), GPU),
     "08": StageReads(("02", "03", "05", "07"), ("siamese", "finetune", "models"), GPU),
-    "09": StageReads(("03", "05", "06", "07", "08"),
-                     ("evaluation", "triplets", "descriptors", "finetune", "siamese", "models"), GPU),
+    "09": StageReads(
+        ("03", "05", "06", "07", "08"), ("evaluation", "triplets", "descriptors", "finetune", "siamese", "models"), GPU
+    ),
 }
 SCHEDULING = ("workflow",)  # decides how stages run, never what they compute
 
@@ -87,6 +89,8 @@ def stage_params_data(P: config.Params, number: str) -> dict:
 
 def stage_params(P: config.Params, number: str) -> str:
     """The text of ``<run>/params/<number>.yaml``: what stage ``number``'s rule depends on."""
-    head = (f"# the params stage {number} reads (artsim_lib/workflow/dataflow.py): its rule "
-            "re-runs when this file changes\n")
+    head = (
+        f"# the params stage {number} reads (artsim_lib/workflow/dataflow.py): its rule "
+        "re-runs when this file changes\n"
+    )
     return head + yaml.safe_dump(stage_params_data(P, number), sort_keys=False)

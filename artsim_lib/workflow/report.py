@@ -7,21 +7,21 @@ of each stage (the image of a cell tagged ``key-figure``, else the notebook's fi
 provenance (profile, seed, commit, package versions, wall time per stage) and the resolved params.
 Stages that have not run are shown as such.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Sequence
 
 from artsim_lib import config
 from artsim_lib.io import paths
 from artsim_lib.workflow import runner
 
-SMOKE_BANNER = ("data are synthetic and models are tiny and untrained, so the numbers test the "
-                "pipeline, not the science")
+SMOKE_BANNER = "data are synthetic and models are tiny and untrained, so the numbers test the pipeline, not the science"
 STAGE_DESCRIPTIONS = {  # stage number -> what it does, in one line
     "01": "Exploratory analysis of the raw collection: styles, artists, sizes, colour modes, defects.",
     "02": "Preprocessing: missing labels and phash duplicates dropped, EXIF, RGB, square resize, stratified split.",
@@ -169,11 +169,12 @@ def stages_table(stages: list[StageInfo]) -> str:
     """What was done: one row per stage with its outputs, description, status and summary."""
     rows = []
     for s in stages:
-        links = " · ".join(f'<a href="{escape(href)}">{escape(label)}</a>'
-                           for label, href in s.links.items()) or "—"
+        links = " · ".join(f'<a href="{escape(href)}">{escape(label)}</a>' for label, href in s.links.items()) or "—"
         css = s.status.replace(" ", "-")
-        rows.append(f"<tr><td>{escape(s.name)}</td><td>{links}</td><td>{escape(describe(s.name))}</td>"
-                    f'<td class="{css}">{escape(s.status)}</td><td>{_summary(s.summary)}</td></tr>')
+        rows.append(
+            f"<tr><td>{escape(s.name)}</td><td>{links}</td><td>{escape(describe(s.name))}</td>"
+            f'<td class="{css}">{escape(s.status)}</td><td>{_summary(s.summary)}</td></tr>'
+        )
     head = "<tr><th>stage</th><th>outputs</th><th>what it does</th><th>status</th><th>summary</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -191,39 +192,48 @@ def headline_html(doc: dict | None, link: str | None = None) -> str:
     """The headline table of ``evaluation/metrics.json`` (in bold: a measure whose paired difference
     to every other excludes 0), or a note."""
     if not doc or "headline" not in doc:
-        return ('<p class="note">Stage 09 (evaluation) has not run yet for this profile: there are no '
-                "results to show. Run <code>artsim run</code> to the end.</p>")
+        return (
+            '<p class="note">Stage 09 (evaluation) has not run yet for this profile: there are no '
+            "results to show. Run <code>artsim run</code> to the end.</p>"
+        )
     head, ts = doc["headline"], doc.get("test_set", {})
     cols, rows = head.get("columns", []), head.get("rows", [])
     best = {c: _best(head, c) for c in cols}
     th = "".join(f"<th>{escape(c)}</th>" for c in ["measure", "what it is", *cols])
     body = []
     for r in rows:
-        cells = "".join(f'<td class="num{" best" if r["measure"] in best[c] else ""}">'
-                        f'{escape(str(r.get("text", {}).get(c, "—")))}</td>' for c in cols)
+        cells = "".join(
+            f'<td class="num{" best" if r["measure"] in best[c] else ""}">'
+            f"{escape(str(r.get('text', {}).get(c, '—')))}</td>"
+            for c in cols
+        )
         body.append(f"<tr><td>{escape(r['measure'])}</td><td>{escape(r.get('description', ''))}</td>{cells}</tr>")
     chance = "".join(f'<td class="num">{escape(str(head.get("chance", {}).get(c, "—")))}</td>' for c in cols)
     body.append(f'<tr class="chance"><td>chance</td><td>a constant measure</td>{chance}</tr>')
     params = doc.get("params", {})
     split = escape(str(doc.get("split", "test")))
-    lines = [f"Held-out <b>{split}</b> split only: {ts.get('originals', '?')} originals, "
-             f"{ts.get('derivatives', '?')} derivatives, {ts.get('triplets', '?')} triplets; each derivative queries "
-             f"{ts.get('gallery', '?')} originals. Cells: value [95% interval], a bootstrap of "
-             f"{params.get('n_boot', '?')} draws resampling whole originals (proportions: at least the exact "
-             "interval at n originals). µAP copy: one global ranking of the copy queries "
-             f"({ts.get('copy_queries', '?')}, {ts.get('copy_queries_absent', '?')} of them with their original "
-             "absent) "
-             f"against {ts.get('copy_gallery', '?')} images of every split. MSE/MAE against "
-             f"<code>{escape(str(doc.get('reference')))}</code> (the reference) are shown as the seed asks, beside the "
-             "best constant (the chance row) and an affine calibration; they are never called best. "
-             "Spearman: negative is right. <code>geometry</code> sees only the frame and the content box: what "
-             "it scores, no measure earns by looking at the painting. In bold: the one measure whose paired "
-             "difference to every other measure, on the same test originals, excludes 0; no bold means no "
-             "measure is separable from the runner-up."]
+    lines = [
+        f"Held-out <b>{split}</b> split only: {ts.get('originals', '?')} originals, "
+        f"{ts.get('derivatives', '?')} derivatives, {ts.get('triplets', '?')} triplets; each derivative queries "
+        f"{ts.get('gallery', '?')} originals. Cells: value [95% interval], a bootstrap of "
+        f"{params.get('n_boot', '?')} draws resampling whole originals (proportions: at least the exact "
+        "interval at n originals). µAP copy: one global ranking of the copy queries "
+        f"({ts.get('copy_queries', '?')}, {ts.get('copy_queries_absent', '?')} of them with their original "
+        "absent) "
+        f"against {ts.get('copy_gallery', '?')} images of every split. MSE/MAE against "
+        f"<code>{escape(str(doc.get('reference')))}</code> (the reference) are shown as the seed asks, beside the "
+        "best constant (the chance row) and an affine calibration; they are never called best. "
+        "Spearman: negative is right. <code>geometry</code> sees only the frame and the content box: what "
+        "it scores, no measure earns by looking at the painting. In bold: the one measure whose paired "
+        "difference to every other measure, on the same test originals, excludes 0; no bold means no "
+        "measure is separable from the runner-up."
+    ]
     skipped = doc.get("skipped") or []
     if skipped:
-        lines.append("Skipped (stage not run): " + "; ".join(
-            f"<code>{escape(k['measure'])}</code> ({escape(str(k.get('reason', '')))})" for k in skipped))
+        lines.append(
+            "Skipped (stage not run): "
+            + "; ".join(f"<code>{escape(k['measure'])}</code> ({escape(str(k.get('reason', '')))})" for k in skipped)
+        )
     if link:
         lines.append(f'Details, figures and every metric: <a href="{escape(link)}">the evaluation notebook</a>.')
     notes = "".join(f'<p class="note">{line}</p>' for line in lines)
@@ -232,33 +242,42 @@ def headline_html(doc: dict | None, link: str | None = None) -> str:
 
 def figures(stages: list[StageInfo]) -> str:
     """The key figure of each stage, captioned with the stage and what it does."""
-    figs = [f'<figure><img alt="key figure of {escape(s.name)}" '
-            f'src="data:image/png;base64,{s.figure}">'
-            f'<figcaption><b>{escape(s.name)}</b> · {escape(describe(s.name))}</figcaption></figure>'
-            for s in stages if s.figure]
+    figs = [
+        f'<figure><img alt="key figure of {escape(s.name)}" '
+        f'src="data:image/png;base64,{s.figure}">'
+        f"<figcaption><b>{escape(s.name)}</b> · {escape(describe(s.name))}</figcaption></figure>"
+        for s in stages
+        if s.figure
+    ]
     return "".join(figs) or "<p>No figures yet.</p>"
 
 
 def walltime_html(stages: list[StageInfo]) -> str:
     """Wall time per stage: the stage's own record and the whole notebook run."""
-    rows = "".join(f'<tr><td>{escape(s.name)}</td><td class="num">{_fmt_s(s.wall_s)}</td>'
-                   f'<td class="num">{_fmt_s(s.notebook_s)}</td></tr>' for s in stages)
+    rows = "".join(
+        f'<tr><td>{escape(s.name)}</td><td class="num">{_fmt_s(s.wall_s)}</td>'
+        f'<td class="num">{_fmt_s(s.notebook_s)}</td></tr>'
+        for s in stages
+    )
     total = sum(s.notebook_s or 0 for s in stages)
-    return (f"<h3>Wall time per stage</h3><table><tr><th>stage</th><th>stage wall (s)</th>"
-            f"<th>notebook wall (s)</th></tr>{rows}<tr><th>all</th><td></td>"
-            f'<td class="num">{_fmt_s(total)}</td></tr></table>')
+    return (
+        f"<h3>Wall time per stage</h3><table><tr><th>stage</th><th>stage wall (s)</th>"
+        f"<th>notebook wall (s)</th></tr>{rows}<tr><th>all</th><td></td>"
+        f'<td class="num">{_fmt_s(total)}</td></tr></table>'
+    )
 
 
 def provenance_html(prov: dict) -> str:
     if not prov:
         return "<p>No provenance recorded yet (no stage has started).</p>"
     keys = ("profile", "seed", "git_commit", "updated", "run_dir", "platform", "hostname")
-    rows = "".join(f"<tr><th>{k}</th><td>{escape(str(prov[k]))}</td></tr>"
-                   for k in keys if k in prov)
-    pkgs = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>"
-                   for k, v in (prov.get("packages") or {}).items())
-    return (f"<table>{rows}</table><h3>Package versions</h3>"
-            f"<table><tr><th>package</th><th>version</th></tr>{pkgs}</table>")
+    rows = "".join(f"<tr><th>{k}</th><td>{escape(str(prov[k]))}</td></tr>" for k in keys if k in prov)
+    pkgs = "".join(
+        f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in (prov.get("packages") or {}).items()
+    )
+    return (
+        f"<table>{rows}</table><h3>Package versions</h3><table><tr><th>package</th><th>version</th></tr>{pkgs}</table>"
+    )
 
 
 def is_synthetic(P: config.Params) -> bool:
@@ -273,12 +292,14 @@ def _evaluation_link(stages: list[StageInfo]) -> str | None:
     return None
 
 
-def render(P: config.Params, stages: list[StageInfo], prov: dict, params_text: str,
-           evaluation: dict | None = None) -> str:
+def render(
+    P: config.Params, stages: list[StageInfo], prov: dict, params_text: str, evaluation: dict | None = None
+) -> str:
     """The whole index page as one string."""
     title = f"artsim — {P.profile}"
-    banner = (f'<p class="banner">The {escape(P.profile)} profile: {escape(SMOKE_BANNER)}.</p>'
-              if is_synthetic(P) else "")
+    banner = (
+        f'<p class="banner">The {escape(P.profile)} profile: {escape(SMOKE_BANNER)}.</p>' if is_synthetic(P) else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -303,14 +324,23 @@ CLIP and ResNet-50 features and siamese networks then measure how much of each p
 """
 
 
-def build_index(profile_or_params: str | os.PathLike | config.Params,
-                overrides: Sequence[str] = (), notebooks: Sequence[Path] | None = None) -> Path:
+def build_index(
+    profile_or_params: str | os.PathLike | config.Params,
+    overrides: Sequence[str] = (),
+    notebooks: Sequence[Path] | None = None,
+) -> Path:
     """Write ``reports/<run name>/index.html`` (the run directory's name) (atomically) and return its path."""
-    P = (profile_or_params if isinstance(profile_or_params, config.Params)
-         else config.load_params(profile_or_params, overrides))
+    P = (
+        profile_or_params
+        if isinstance(profile_or_params, config.Params)
+        else config.load_params(profile_or_params, overrides)
+    )
     params_file = P.run.params_file
-    params_text = (params_file.read_text(encoding="utf-8") if params_file.exists()
-                   else f"# {params_file} not written yet; resolved now:\n{P.to_yaml()}")
+    params_text = (
+        params_file.read_text(encoding="utf-8")
+        if params_file.exists()
+        else f"# {params_file} not written yet; resolved now:\n{P.to_yaml()}"
+    )
     evaluation = _read_json(P.run.root / "evaluation" / "metrics.json") or None
     page = render(P, collect_stages(P, notebooks), _read_json(P.run.provenance_file), params_text, evaluation)
     return paths.atomic_write_text(runner.reports_dir(P) / "index.html", page)

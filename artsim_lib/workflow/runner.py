@@ -3,6 +3,7 @@
 >>> nbs = discover_notebooks()           # notebooks/NN-name.ipynb, in stage order
 >>> execute(nbs[0], reports_dir(P) / "01-eda.ipynb", "smoke", ["preprocess.size=96"])
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from artsim_lib.io import paths
 
@@ -125,17 +127,25 @@ def _kernel_manager_class(stderr_path: str | os.PathLike | None = None):
 
 
 # -- execution -----------------------------------------------------------------
-def notebook_parameters(profile: str, overrides: Sequence[str] = (),
-                        parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+def notebook_parameters(
+    profile: str, overrides: Sequence[str] = (), parameters: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The values injected into a notebook's ``parameters`` cell."""
     return {"profile": str(profile), "overrides": list(overrides), **(parameters or {})}
 
 
-def execute(notebook: str | os.PathLike, out_ipynb: str | os.PathLike, profile: str,
-            overrides: Sequence[str] = (), parameters: dict[str, Any] | None = None,
-            log_dir: str | os.PathLike | None = None, html: bool = True,
-            timeout: float | None = None, log_output: bool = False,
-            kernel_stderr: str | os.PathLike | None = None) -> StageResult:
+def execute(
+    notebook: str | os.PathLike,
+    out_ipynb: str | os.PathLike,
+    profile: str,
+    overrides: Sequence[str] = (),
+    parameters: dict[str, Any] | None = None,
+    log_dir: str | os.PathLike | None = None,
+    html: bool = True,
+    timeout: float | None = None,
+    log_output: bool = False,
+    kernel_stderr: str | os.PathLike | None = None,
+) -> StageResult:
     """Execute ``notebook`` with papermill (cwd: its folder) into ``out_ipynb``.
 
     The output appears only on success. On failure the executed notebook is kept as
@@ -153,19 +163,33 @@ def execute(notebook: str | os.PathLike, out_ipynb: str | os.PathLike, profile: 
     with paths.atomic_path(out_ipynb) as tmp:
         try:
             pm.execute_notebook(
-                str(notebook), str(tmp), parameters=params, kernel_name=KERNEL_NAME,
-                language="python", cwd=str(notebook.parent), progress_bar=False,
-                log_output=log_output, execution_timeout=timeout,
+                str(notebook),
+                str(tmp),
+                parameters=params,
+                kernel_name=KERNEL_NAME,
+                language="python",
+                cwd=str(notebook.parent),
+                progress_bar=False,
+                log_output=log_output,
+                execution_timeout=timeout,
                 kernel_manager_class=_kernel_manager_class(kernel_stderr),
-                shutdown_kernel="immediate")  # outputs are in; skip the graceful wait
+                shutdown_kernel="immediate",
+            )  # outputs are in; skip the graceful wait
         except pm.PapermillExecutionError as err:
             raise _keep_failed(tmp, notebook, log_dir, stage, _cell_error(err)) from None
         except Exception as err:  # a dead kernel, a timeout, a broken notebook file
             what = f"with {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
             raise _keep_failed(tmp, notebook, log_dir, stage, what) from err
         wall = round(time.perf_counter() - t0, 3)
-        _stamp(tmp, out_ipynb, stage=stage, profile=str(profile), overrides=list(overrides),
-               wall_s=wall, python=sys.executable)
+        _stamp(
+            tmp,
+            out_ipynb,
+            stage=stage,
+            profile=str(profile),
+            overrides=list(overrides),
+            wall_s=wall,
+            python=sys.executable,
+        )
     failed_notebook(log_dir, stage).unlink(missing_ok=True)
     failed_notebook(log_dir, stage).with_suffix(".html").unlink(missing_ok=True)
     out_html = None
@@ -248,6 +272,7 @@ _LINK_RE = re.compile(r"<link\b[^>]*>", re.I)
 def strip_external(html: str) -> str:
     """Drop ``<script>``/``<link>`` tags that load anything from the network (require.js,
     MathJax, mermaid from a CDN) or nothing at all (``src=""``): the page reads the same offline."""
+
     def script(m: re.Match) -> str:
         attrs, body = m.group(1), m.group(2)
         if _EXTERNAL_ATTR_RE.search(attrs) or re.search(r"import\(\s*[\"']https?://", body):
@@ -262,8 +287,9 @@ def strip_external(html: str) -> str:
     return html.replace("<!-- Load mathjax -->\n", "")
 
 
-def export_html(ipynb: str | os.PathLike, out_html: str | os.PathLike,
-                source_dir: str | os.PathLike | None = None) -> Path:
+def export_html(
+    ipynb: str | os.PathLike, out_html: str | os.PathLike, source_dir: str | os.PathLike | None = None
+) -> Path:
     """Export an executed notebook to one self-contained HTML file (images embedded)."""
     import nbformat
     from nbconvert import HTMLExporter

@@ -1,4 +1,5 @@
 """Shared builders of the stage tests (tests/stages/). To move into tests/conftest.py once that exists."""
+
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,10 @@ def _hue_shift(img: Image.Image, shift: float = 0.33) -> Image.Image:
 def tiny_triplets(paintings, tmp_path) -> pd.DataFrame:
     """Six originals (train/test), derivatives by PIL edits, negatives from the same split: a
     stand-in for stage 05's triplets table."""
-    edits = {"moderate": lambda im: im.filter(ImageFilter.GaussianBlur(1)),
-             "radical": lambda im: _hue_shift(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))}
+    edits = {
+        "moderate": lambda im: im.filter(ImageFilter.GaussianBlur(1)),
+        "radical": lambda im: _hue_shift(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+    }
     origs = paintings[:6]
     split = ["train"] * 4 + ["test"] * 2
     rows = []
@@ -50,11 +53,25 @@ def tiny_triplets(paintings, tmp_path) -> pd.DataFrame:
             edit(Image.open(p)).save(d)
             mates = [j for j in range(6) if j != i and split[j] == split[i]]
             for kind, j in zip(("random", "same_style"), (mates[0], mates[-1])):
-                rows.append(dict(triplet_id=f"{p.stem}:{level}:{kind}", anchor_id=p.stem, anchor_path=str(p),
-                                 positive_id=f"{p.stem}:{level}", positive_path=str(d),
-                                 negative_id=origs[j].stem, negative_path=str(origs[j]), negative_kind=kind,
-                                 level=level, family="test", strength=0.3 if level == "moderate" else 0.8,
-                                 backend="augment", split=split[i], style="S", artist="A"))
+                rows.append(
+                    dict(
+                        triplet_id=f"{p.stem}:{level}:{kind}",
+                        anchor_id=p.stem,
+                        anchor_path=str(p),
+                        positive_id=f"{p.stem}:{level}",
+                        positive_path=str(d),
+                        negative_id=origs[j].stem,
+                        negative_path=str(origs[j]),
+                        negative_kind=kind,
+                        level=level,
+                        family="test",
+                        strength=0.3 if level == "moderate" else 0.8,
+                        backend="augment",
+                        split=split[i],
+                        style="S",
+                        artist="A",
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -73,11 +90,11 @@ def upstream_on_demand(monkeypatch):
             except StageNotRunError:
                 make(P)
                 return load(P)
+
         return patched
 
     monkeypatch.setattr(s02_preprocess, "load", on_demand(s02_preprocess.load, s02_preprocess.run))
     monkeypatch.setattr(s03_captioning, "load", on_demand(s03_captioning.load, s03_captioning.run))
     monkeypatch.setattr(s04_prompting, "load", on_demand(s04_prompting.load, s04_prompting.run))
     monkeypatch.setattr(s05_generation, "load", on_demand(s05_generation.load, s05_generation.run))
-    monkeypatch.setattr(s05_generation, "load_triplets", on_demand(s05_generation.load_triplets,
-                                                                    s05_generation.run))
+    monkeypatch.setattr(s05_generation, "load_triplets", on_demand(s05_generation.load_triplets, s05_generation.run))

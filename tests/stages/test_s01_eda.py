@@ -1,5 +1,6 @@
 """Stage 01 on a few SynthArt paintings: the raw manifest is written and described, and load reads it
 back without ever making it."""
+
 import pytest
 
 from artsim_lib import config

@@ -1,4 +1,5 @@
 """Stage 02 on hand-made images: every defect case, the resize modes, the split, resumption."""
+
 import io
 import os
 
@@ -71,8 +72,8 @@ def test_exif_orientation_is_applied(files, tmp_path):
     # After rotation the picture is portrait, so letterboxing pads left and right, not top and bottom.
     _, dst = _run(files["exif"], tmp_path, pad=(255, 0, 0))
     arr = np.asarray(Image.open(dst))
-    assert (arr[:, 0] == [255, 0, 0]).all()                    # left column is padding
-    assert not (arr[0, 32] == [255, 0, 0]).all()               # top centre is picture
+    assert (arr[:, 0] == [255, 0, 0]).all()  # left column is padding
+    assert not (arr[0, 32] == [255, 0, 0]).all()  # top centre is picture
 
 
 @pytest.mark.parametrize("case,reason", [("truncated", "unreadable"), ("missing", "missing file")])
@@ -105,8 +106,14 @@ def test_existing_outputs_are_reused(files, tmp_path):
 
 
 def test_drop_missing_counts_per_column_and_drops_once():
-    df = pd.DataFrame({"id": list("abcd"), "artist": ["x", None, "", "y"],
-                       "style": ["s", None, "s", "s"], "subset": ["train", "train", "test", None]})
+    df = pd.DataFrame(
+        {
+            "id": list("abcd"),
+            "artist": ["x", None, "", "y"],
+            "style": ["s", None, "s", "s"],
+            "subset": ["train", "train", "test", None],
+        }
+    )
     kept, counts, dropped = pp.drop_missing(df, ["artist", "style", "subset"])
     assert list(kept["id"]) == ["a"]
     assert dict(zip(counts["column"], counts["missing"])) == {"artist": 2, "style": 1, "subset": 1}
@@ -182,11 +189,17 @@ def test_stratified_split_is_seeded_and_keeps_every_class_in_train():
 
 def test_preprocess_end_to_end(files, run_dir, tmp_path):
     cases = ["rgb", "gray", "cmyk", "rgba", "exif", "truncated"]
-    raw = pd.DataFrame({
-        "id": cases, "path": [str(files[c]) for c in cases], "filename": [f"S/{c}.jpg" for c in cases],
-        "artist": ["a", "b", None, "d", "e", "f"], "style": ["S", "S", "S", "T", "T", "T"],
-        "subset": ["train"] * 6, "phash": [None] * 6,
-    })
+    raw = pd.DataFrame(
+        {
+            "id": cases,
+            "path": [str(files[c]) for c in cases],
+            "filename": [f"S/{c}.jpg" for c in cases],
+            "artist": ["a", "b", None, "d", "e", "f"],
+            "style": ["S", "S", "S", "T", "T", "T"],
+            "subset": ["train"] * 6,
+            "phash": [None] * 6,
+        }
+    )
     P = config.load_params("smoke", ["preprocess.size=32", "preprocess.workers=1", "preprocess.resize_mode=letterbox"])
     res = pp.preprocess(P, raw)
     assert sorted(res.manifest["id"]) == ["exif", "gray", "rgb", "rgba"]
@@ -194,8 +207,8 @@ def test_preprocess_end_to_end(files, run_dir, tmp_path):
     saved = pd.read_parquet(P.run.manifest)
     assert set(saved["split"]) <= {"train", "val", "test"} and saved["path"].map(os.path.exists).all()
     assert (P.run.root / "preprocess" / "skipped.csv").exists()
-    rgb = saved.set_index("id").loc["rgb"]     # every row records its painting's box in the square
-    assert (rgb["src_width"], rgb["src_height"]) == (300, 150)   # 300x150 into 32: 32x16, 8 px bars
+    rgb = saved.set_index("id").loc["rgb"]  # every row records its painting's box in the square
+    assert (rgb["src_width"], rgb["src_height"]) == (300, 150)  # 300x150 into 32: 32x16, 8 px bars
     assert tuple(rgb[["content_x0", "content_y0", "content_x1", "content_y1"]]) == (0, 8, 32, 24)
     # each written image's fingerprint is in the manifest, computed from the bytes it wrote
     from artsim_lib.io import paths
@@ -241,6 +254,7 @@ def test_load_reads_a_current_manifest_and_refuses_a_stale_one(run_dir):
     rebuilt = pp.run(P2).manifest
     assert P.run.manifest.stat().st_mtime_ns != mtime
     from PIL import Image
+
     assert Image.open(rebuilt["path"].iloc[0]).size == (20, 20)
 
 
@@ -248,8 +262,7 @@ def test_a_rerun_on_cached_images_writes_the_same_manifest_byte_for_byte(run_dir
     """A rerun reuses every normalised image; it used to write orig_mode None for them."""
     from artsim_lib.io import manifest as data
 
-    P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24",
-                                     "preprocess.workers=1"])
+    P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24", "preprocess.workers=1"])
     first = pp.preprocess(P, data.load_manifest(P))
     out = P.run.root / "preprocess"
     files = [P.run.manifest] + [out / f"{n}.csv" for n in ("missing", "dropped", "duplicates", "skipped")]
@@ -257,6 +270,7 @@ def test_a_rerun_on_cached_images_writes_the_same_manifest_byte_for_byte(run_dir
     again = pp.preprocess(P, data.load_manifest(P))
     assert first.manifest["orig_mode"].notna().all() and again.manifest["orig_mode"].notna().all()
     assert {f: f.read_bytes() for f in files} == before
+
 
 @pytest.mark.parametrize("w,h,size", [(200, 100, 50), (100, 301, 64), (333, 250, 128), (12, 1000, 64), (90, 90, 32)])
 def test_content_box_is_where_fit_puts_the_picture(w, h, size):
@@ -272,7 +286,7 @@ def test_stretch_fills_the_square_without_padding():
 
 
 def test_source_geometry_reads_the_rotated_sides(files):
-    geo = pp.source_geometry(str(files["exif"]), 64, "letterbox")   # 200x100 stored, EXIF-rotated to portrait
+    geo = pp.source_geometry(str(files["exif"]), 64, "letterbox")  # 200x100 stored, EXIF-rotated to portrait
     assert (geo["src_width"], geo["src_height"]) == (100, 200)
     assert (geo["content_x0"], geo["content_x1"], geo["content_y0"], geo["content_y1"]) == (16, 48, 0, 64)
     assert np.isnan(pp.source_geometry(str(files["missing"]), 64, "letterbox")["src_width"])
@@ -282,24 +296,33 @@ def test_grouped_split_keeps_every_artist_in_one_split():
     df = pd.DataFrame({"artist": [f"a{i % 12}" for i in range(120)] + [None, ""], "style": "s"})
     split = pp.grouped_split(df, {"train": 0.7, "val": 0.15, "test": 0.15}, "artist", seed=3)
     per_artist = pd.crosstab(df["artist"], split)
-    assert ((per_artist > 0).sum(1) == 1).all()                         # one split per artist
+    assert ((per_artist > 0).sum(1) == 1).all()  # one split per artist
     shares = split.value_counts(normalize=True)
     assert abs(shares["train"] - 0.7) < 0.1 and shares["test"] > 0 and shares["val"] > 0
     assert split.equals(pp.grouped_split(df, {"train": 0.7, "val": 0.15, "test": 0.15}, "artist", seed=3))
     styled = df.assign(style=[f"s{i % 12 // 3}" for i in range(120)] + ["s0", "s0"])  # 3 artists per style
     for seed in range(5):
         split = pp.grouped_split(styled, {"train": 0.4, "val": 0.3, "test": 0.3}, "artist", seed, by="style")
-        assert (pd.crosstab(styled["style"], split)["train"] > 0).all()   # every style keeps a train artist
+        assert (pd.crosstab(styled["style"], split)["train"] > 0).all()  # every style keeps a train artist
 
 
 def test_near_copies_across_splits_leave_val_and_test():
-    df = pd.DataFrame({"id": list("abcde"), "split": ["train", "test", "val", "test", "train"],
-                       "phash": ["0000000000000000", "0000000000000007",   # b: 3 bits from a (train)
-                                 "ffffffffffffffff", "fffffffffffffff0",   # d: 4 bits from c (val)
-                                 "00000000ffffffff"]})                     # e: far from all
+    df = pd.DataFrame(
+        {
+            "id": list("abcde"),
+            "split": ["train", "test", "val", "test", "train"],
+            "phash": [
+                "0000000000000000",
+                "0000000000000007",  # b: 3 bits from a (train)
+                "ffffffffffffffff",
+                "fffffffffffffff0",  # d: 4 bits from c (val)
+                "00000000ffffffff",
+            ],
+        }
+    )  # e: far from all
     cross = pp.cross_split_duplicates(df, 4)
     assert cross[["id", "duplicate_of", "distance"]].values.tolist() == [["b", "a", 3], ["d", "c", 4]]
     assert pp.cross_split_duplicates(df, 3)["id"].tolist() == ["b"]
     assert pp.cross_split_duplicates(df, None).empty
-    same = df.assign(split="test")                                       # within one split: not this check
+    same = df.assign(split="test")  # within one split: not this check
     assert pp.cross_split_duplicates(same, 8).empty

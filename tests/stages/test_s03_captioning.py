@@ -1,20 +1,26 @@
 """Stage 03 on a dozen SynthArt paintings with the tiny BLIP-2: the artifact, sharding, resumption,
 seeded sampling, the query-token check and the 'existing' backend."""
+
 import json
 import shutil
 
 import pandas as pd
 import pytest
 
-from artsim_lib.stages import s03_captioning as captioning
 from artsim_lib import config
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import StageNotRunError
 from artsim_lib.stages import s02_preprocess
+from artsim_lib.stages import s03_captioning as captioning
 from artsim_lib.stages.s03_captioning import MissingCaptionsError
 
-SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=160", "preprocess.size=32",
-         "captioning.batch_size=3", "captioning.max_new_tokens=5"]
+SMALL = [
+    "data.synthart.num_images=16",
+    "data.synthart.max_side=160",
+    "preprocess.size=32",
+    "captioning.batch_size=3",
+    "captioning.max_new_tokens=5",
+]
 
 
 def _params(*overrides):
@@ -30,6 +36,7 @@ def base(tmp_path_factory):
         P = _params()
         manifest = s02_preprocess.run(P).manifest
         from artsim_lib import models
+
         models.ensure_tiny_checkpoints(P, ["blip2"])
     return root, manifest
 
@@ -179,16 +186,23 @@ def test_processor_and_model_must_agree_on_query_tokens(run):
 
 def _existing_table(manifest, key, skip=2):
     rows = manifest.sort_values("id").iloc[skip:]
-    return pd.DataFrame({key: rows["id"] if key == "id" else rows["filename"],
-                         "text": [f"existing caption {i}" for i in range(len(rows))]}), rows
+    return pd.DataFrame(
+        {
+            key: rows["id"] if key == "id" else rows["filename"],
+            "text": [f"existing caption {i}" for i in range(len(rows))],
+        }
+    ), rows
 
 
 def test_existing_captions_by_id_with_each_missing_policy(base, run):
     manifest = base[1]
     table, rows = _existing_table(manifest, "id")
     table.to_csv(run / "captions.csv", index=False)
-    opts = [f"captioning.existing={run / 'captions.csv'}", "captioning.backend=existing",
-            "captioning.existing_column=text"]
+    opts = [
+        f"captioning.existing={run / 'captions.csv'}",
+        "captioning.backend=existing",
+        "captioning.existing_column=text",
+    ]
     missing = sorted(manifest["id"])[:2]
     with pytest.raises(MissingCaptionsError, match=f"2 of {len(manifest)} images") as err:
         captioning.run(_params(*opts))
@@ -206,8 +220,11 @@ def test_existing_captions_by_filename_and_by_bare_file_name(base, run):
     table, rows = _existing_table(manifest, "filename", skip=0)
     table["filename"] = "wikiart/" + table["filename"]  # any prefix: matched on Style/file
     table.to_parquet(run / "captions.parquet")
-    P = _params(f"captioning.existing={run / 'captions.parquet'}", "captioning.backend=existing",
-                "captioning.existing_column=text")
+    P = _params(
+        f"captioning.existing={run / 'captions.parquet'}",
+        "captioning.backend=existing",
+        "captioning.existing_column=text",
+    )
     caps = captioning.run(P).captions
     assert dict(zip(caps["id"], caps["caption"])) == dict(zip(rows["id"], table["text"]))
     bare = pd.DataFrame({"file_name": ["x.jpg", manifest["filename"].iloc[0].split("/")[-1]], "caption": ["a", "b"]})

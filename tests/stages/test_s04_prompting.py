@@ -1,5 +1,6 @@
 """Stage 04: token budget with the tiny checkpoint's real CLIP tokenizer, family balance, levels,
 determinism, the clause-aware compressor on hand cases, and the llm/summarize backends."""
+
 import random
 
 import numpy as np
@@ -8,20 +9,24 @@ import pytest
 
 from artsim_lib import config
 from artsim_lib.core import prompt_compress, prompt_grammar
-from artsim_lib.models import prompt_llm, tiny_lm
-from artsim_lib.stages import s04_prompting as prompting
-from artsim_lib.io import shards
-from artsim_lib.models import build_tiny
 from artsim_lib.core.prompt_compress import Clause, compress
 from artsim_lib.core.prompt_grammar import MODERATE_FAMILIES, RADICAL_FAMILIES
+from artsim_lib.io import shards
+from artsim_lib.models import build_tiny, prompt_llm, tiny_lm
+from artsim_lib.stages import s04_prompting as prompting
 
 CAPTIONS = [
-    "a painting of a woman in a red dress sitting on a chair", "an oil painting of a landscape with trees and a river",
-    "a painting of boats on the water at sunset", "arafed man with a beard wearing a black hat",
-    "a drawing of a group of people standing in front of a building", "a painting of a vase of flowers on a table",
-    "a black and white sketch of a horse", "a painting of a church in a snowy village",
+    "a painting of a woman in a red dress sitting on a chair",
+    "an oil painting of a landscape with trees and a river",
+    "a painting of boats on the water at sunset",
+    "arafed man with a beard wearing a black hat",
+    "a drawing of a group of people standing in front of a building",
+    "a painting of a vase of flowers on a table",
+    "a black and white sketch of a horse",
+    "a painting of a church in a snowy village",
     "mist bott quite flower clear salvador natural photo",  # what the tiny BLIP-2 writes
-    "", "a very long caption " + " ".join(f"word{i}" for i in range(60)),  # empty; over-long
+    "",
+    "a very long caption " + " ".join(f"word{i}" for i in range(60)),  # empty; over-long
 ]
 STYLES = ["Impressionism", "Cubism", "Baroque", "Ukiyo_e"]
 
@@ -52,9 +57,15 @@ def tokenizer(models_dir):
 
 
 def _params(models_dir, *overrides):
-    return config.load_params("smoke", [f"models.sdxl_refiner={models_dir / 'refiner'}",
-                                        f"prompting.llm={models_dir / 'lm'}",
-                                        f"prompting.summarizer={models_dir / 'summarizer'}", *overrides])
+    return config.load_params(
+        "smoke",
+        [
+            f"models.sdxl_refiner={models_dir / 'refiner'}",
+            f"prompting.llm={models_dir / 'lm'}",
+            f"prompting.summarizer={models_dir / 'summarizer'}",
+            *overrides,
+        ],
+    )
 
 
 def _build(models_dir, *overrides, n=60):
@@ -133,17 +144,24 @@ def _words(texts):  # a hand-countable tokenizer: one token per word, plus start
 
 
 def test_compression_drops_the_least_important_trailing_clause_first():
-    clauses = [Clause("a red boat on a lake", 0), Clause("in evening light", 1),
-               Clause("rich textures", 4), Clause("museum quality", 4), Clause("calm mood", 3)]
+    clauses = [
+        Clause("a red boat on a lake", 0),
+        Clause("in evening light", 1),
+        Clause("rich textures", 4),
+        Clause("museum quality", 4),
+        Clause("calm mood", 3),
+    ]
     # 15 words + 2 = 17 tokens; then without 'museum quality' (rank 4, trailing) 15, 'rich textures' 13,
     # 'calm mood' (rank 3) 11, 'in evening light' 8; the subject (rank 0) always stays.
     out = compress(clauses, _words, target=15, limit=20)
-    assert out == prompt_compress.Compressed("a red boat on a lake, in evening light, rich textures, calm mood", 15,
-                                             "clauses")
+    assert out == prompt_compress.Compressed(
+        "a red boat on a lake, in evening light, rich textures, calm mood", 15, "clauses"
+    )
     out = compress(clauses, _words, target=12, limit=20)  # 13 and 11 are equally close: the longer one wins
     assert out.text == "a red boat on a lake, in evening light, calm mood" and out.tokens == 13
     assert compress(clauses, _words, target=30, limit=40) == prompt_compress.Compressed(
-        prompt_grammar.render(clauses), 17, "none")
+        prompt_grammar.render(clauses), 17, "none"
+    )
     only_core = compress(clauses, _words, target=3, limit=10)
     assert only_core.text == "a red boat on a lake" and only_core.tokens == 8
 
@@ -171,8 +189,10 @@ def test_split_clauses_and_article_agreement():
     parts = prompt_compress.split_clauses("A harbour at dawn, pale mist; gulls overhead. Boats - sails down")
     assert [c.text for c in parts] == ["A harbour at dawn", "pale mist", "gulls overhead", "Boats", "sails down"]
     assert [c.rank for c in parts] == [0, 1, 2, 3, 4]
-    assert prompt_grammar.fix_articles("a amber glow, an blue sky, an hour, a one-off, An oak") == \
-        "an amber glow, a blue sky, an hour, a one-off, An oak"
+    assert (
+        prompt_grammar.fix_articles("a amber glow, an blue sky, an hour, a one-off, An oak")
+        == "an amber glow, a blue sky, an hour, a one-off, An oak"
+    )
 
 
 def test_captions_are_cleaned_before_prompting():
@@ -201,8 +221,15 @@ def test_llm_output_is_cleaned_or_rejected():
     want = "a harbour at dawn, pale mist, gulls"
     assert clean(f'Sure! Here is the prompt: "{want}"') == want
     assert clean(f"Here are two options:\n1. **{want}**\n2. other") == want
-    for bad in ["", None, "I'm sorry, I cannot help with that request.", "a harbour", "mist mist mist mist mist",
-                "a\x10 harbour at dawn, mist", "harbour \ufffd at dawn with mist"]:
+    for bad in [
+        "",
+        None,
+        "I'm sorry, I cannot help with that request.",
+        "a harbour",
+        "mist mist mist mist mist",
+        "a\x10 harbour at dawn, mist",
+        "harbour \ufffd at dawn with mist",
+    ]:
         assert clean(bad) is None, bad
 
 
@@ -211,8 +238,9 @@ def test_llm_backend_with_the_tiny_lm_records_its_fallbacks(models_dir):
     starved = _build(models_dir, "prompting.backend=llm", "prompting.llm_max_new_tokens=1", n=8)
     assert starved["llm_fallback"].all() and set(starved["backend"]) == {"template"}
     assert list(starved["prompt"]) == list(template["prompt"])  # the fallback is the template prompt
-    out = _build(models_dir, "prompting.backend=llm", "prompting.llm_temperature=0", "prompting.llm_max_new_tokens=24",
-                 n=8)
+    out = _build(
+        models_dir, "prompting.backend=llm", "prompting.llm_temperature=0", "prompting.llm_max_new_tokens=24", n=8
+    )
     assert (out["llm_fallback"] == out["backend"].eq("template")).all()
     assert out["backend"].eq("llm").any() and out["llm_fallback"].any()  # the tiny LM babbles: both happen
     assert out["tokens"].max() <= 77
@@ -253,8 +281,12 @@ def test_load_reads_current_prompts_and_never_builds_them(models_dir, run_dir):
     from artsim_lib.io.artifacts import StageNotRunError
     from artsim_lib.stages import s02_preprocess, s03_captioning
 
-    small = ["data.synthart.num_images=16", "data.synthart.max_side=160", "preprocess.size=32",
-             "captioning.max_new_tokens=6"]
+    small = [
+        "data.synthart.num_images=16",
+        "data.synthart.max_side=160",
+        "preprocess.size=32",
+        "captioning.max_new_tokens=6",
+    ]
     P = _params(models_dir, *small)
     with pytest.raises(StageNotRunError, match="run stage 02 first"):
         prompting.run(P)  # no manifest yet: stage 04 says which stage to run, it runs none

@@ -1,5 +1,6 @@
 """Stage 05: the three backends, flags, determinism, sharding and resumption; the triplets: every
 original of a triplet in one split, negatives of the kind they claim."""
+
 import hashlib
 import shutil
 from pathlib import Path
@@ -12,16 +13,25 @@ from PIL import Image
 from artsim_lib import config
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import StageNotRunError
-from artsim_lib.stages import s02_preprocess, s04_prompting as prompting, s05_generation as generation
+from artsim_lib.stages import s02_preprocess
+from artsim_lib.stages import s04_prompting as prompting
+from artsim_lib.stages import s05_generation as generation
 
 # Stage 05 starts from stage 02's manifest: made on demand for these tests' bare run directories.
 pytestmark = pytest.mark.usefixtures("upstream_on_demand")
 LOAD, LOAD_TRIPLETS = generation.load, generation.load_triplets  # the library's own, never on demand
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "precomputed"
-SMALL = ["data.synthart.num_images=16", "data.synthart.max_side=96", "preprocess.size=32", "preprocess.workers=1",
-         "generation.backend=augment", "generation.augment_families=[photometric,geometric]",
-         "generation.augment_strengths=[0.5,1.0]", "generation.batch_size=5"]
+SMALL = [
+    "data.synthart.num_images=16",
+    "data.synthart.max_side=96",
+    "preprocess.size=32",
+    "preprocess.workers=1",
+    "generation.backend=augment",
+    "generation.augment_families=[photometric,geometric]",
+    "generation.augment_strengths=[0.5,1.0]",
+    "generation.batch_size=5",
+]
 
 
 def _params(*extra):
@@ -39,6 +49,7 @@ def _table_hash(pairs):
 
 
 # -- flags ------------------------------------------------------------------------------------
+
 
 def test_flags_on_hand_made_arrays():
     bright = np.full((4, 4, 3), 0.6, np.float32)
@@ -62,16 +73,29 @@ def test_to_uint8_by_hand():
 
 # -- precomputed ------------------------------------------------------------------------------
 
+
 def _fixture_manifest(tmp_path, size=32):
-    names = ["Cubism/anna-kovac_broken-still-life-1912.jpg", "Impressionism/claude-monet_water-lilies-1916.jpg",
-             "Baroque/pieter-claesz_vanitas-1630.jpg", "Realism/ilya-repin_no-derivative-1880.jpg"]
+    names = [
+        "Cubism/anna-kovac_broken-still-life-1912.jpg",
+        "Impressionism/claude-monet_water-lilies-1916.jpg",
+        "Baroque/pieter-claesz_vanitas-1630.jpg",
+        "Realism/ilya-repin_no-derivative-1880.jpg",
+    ]
     rows = []
     for k, name in enumerate(names):
         path = tmp_path / f"orig{k}.png"
         Image.new("RGB", (size, size), (k * 40, 100, 100)).save(path)
         style = name.split("/")[0]
-        rows.append({"id": name.lower().replace("/", "__")[:-4], "path": str(path), "filename": name, "style": style,
-                     "artist": name.split("/")[1].split("_")[0], "split": ["train", "val", "test", "train"][k]})
+        rows.append(
+            {
+                "id": name.lower().replace("/", "__")[:-4],
+                "path": str(path),
+                "filename": name,
+                "style": style,
+                "artist": name.split("/")[1].split("_")[0],
+                "split": ["train", "val", "test", "train"][k],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -86,11 +110,15 @@ def test_match_precomputed_fixture(tmp_path):
     manifest = _fixture_manifest(tmp_path)
     with pytest.warns(UserWarning, match="3 of 5 row"):
         jobs, unmatched = generation.match_precomputed(FIXTURE, manifest, {"moderate": 0.35, "radical": 0.65})
-    assert sorted(jobs["pair_id"]) == ["cubism__anna-kovac_broken-still-life-1912:moderate",
-                                       "impressionism__claude-monet_water-lilies-1916:moderate"]
+    assert sorted(jobs["pair_id"]) == [
+        "cubism__anna-kovac_broken-still-life-1912:moderate",
+        "impressionism__claude-monet_water-lilies-1916:moderate",
+    ]
     assert set(jobs["level"]) == {"moderate"} and set(jobs["strength"]) == {0.35}
-    assert jobs.set_index("original_id").loc["cubism__anna-kovac_broken-still-life-1912", "prompt"] == \
-        "a cubist still life, in warm evening light"
+    assert (
+        jobs.set_index("original_id").loc["cubism__anna-kovac_broken-still-life-1912", "prompt"]
+        == "a cubist still life, in warm evening light"
+    )
     reasons = dict(zip(unmatched["generated_image"], unmatched["reason"]))
     assert reasons["images/Baroque/pieter-claesz_vanitas-1630_resize768_generated.jpg"] == "file missing"
     assert reasons["images/Cubism/nobody_no-such-painting_resize768_generated.jpg"].startswith("no original")
@@ -108,8 +136,9 @@ def test_precomputed_level_column_and_duplicates(tmp_path):
     with pytest.warns(UserWarning):
         jobs, _ = generation.match_precomputed(folder, _fixture_manifest(tmp_path), {"moderate": 0.3, "radical": 0.7})
     cub = "cubism__anna-kovac_broken-still-life-1912"
-    assert sorted(jobs["pair_id"]) == sorted([f"{cub}:radical", f"{cub}:radical:1",
-                                              "impressionism__claude-monet_water-lilies-1916:moderate"])
+    assert sorted(jobs["pair_id"]) == sorted(
+        [f"{cub}:radical", f"{cub}:radical:1", "impressionism__claude-monet_water-lilies-1916:moderate"]
+    )
     assert jobs.set_index("pair_id").loc[f"{cub}:radical", "strength"] == 0.7
 
 
@@ -133,6 +162,7 @@ def test_precomputed_backend_end_to_end(run_dir, tmp_path, monkeypatch):
 
 
 # -- augment: contract, determinism, shards, resumption ----------------------------------------
+
 
 def test_augment_pairs_follow_the_contract(run_dir):
     P = _params()
@@ -213,6 +243,7 @@ def test_other_params_get_a_fresh_work_dir(run_dir):
 
 # -- sdxl (the tiny pipeline) -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_sdxl(tmp_path_factory):
     from artsim_lib.models import build_tiny
@@ -221,16 +252,21 @@ def tiny_sdxl(tmp_path_factory):
 
 
 def _sdxl_params(tiny_sdxl, *extra):
-    return _params("generation.backend=sdxl", f"models.sdxl_refiner={tiny_sdxl}", "generation.steps=2",
-                   "generation.strength={moderate: 0.5, radical: 1.0}", "generation.size=64", *extra)
+    return _params(
+        "generation.backend=sdxl",
+        f"models.sdxl_refiner={tiny_sdxl}",
+        "generation.steps=2",
+        "generation.strength={moderate: 0.5, radical: 1.0}",
+        "generation.size=64",
+        *extra,
+    )
 
 
 def test_the_generation_key_names_what_was_made_not_where(tiny_sdxl, run_dir):
     """GPU shard jobs in float16 and a CPU merge job in float32 must find the same work folder,
     and so must later CPU stages: device, dtype and batch size are not part of the key."""
     ref = _sdxl_params(tiny_sdxl)
-    for other in (["dtype=float16"], ["dtype=bfloat16", "device=cpu"], ["generation.batch_size=7"],
-                  ["num_workers=8"]):
+    for other in (["dtype=float16"], ["dtype=bfloat16", "device=cpu"], ["generation.batch_size=7"], ["num_workers=8"]):
         Q = _sdxl_params(tiny_sdxl, *other)
         assert generation.generation_meta(Q) == generation.generation_meta(ref), other
         assert generation.work_dir(Q) == generation.work_dir(ref)
@@ -240,9 +276,14 @@ def test_the_generation_key_names_what_was_made_not_where(tiny_sdxl, run_dir):
 def _prompts(manifest, n=2):
     """Prompts for ``n`` originals: the last one from shard 1 of 2, the others from shard 0."""
     ids = sorted(manifest["id"], key=lambda i: (shards.shard_of(i, 2), i))
-    ids = sorted(ids[:n - 1] + ids[-1:])
-    return pd.DataFrame([{"prompt_id": f"{i}:{lv}", "id": i, "level": lv, "family": fam, "prompt": f"{lv} {i}"}
-                         for i in ids for lv, fam in (("moderate", "colour"), ("radical", "surreal"))])
+    ids = sorted(ids[: n - 1] + ids[-1:])
+    return pd.DataFrame(
+        [
+            {"prompt_id": f"{i}:{lv}", "id": i, "level": lv, "family": fam, "prompt": f"{lv} {i}"}
+            for i in ids
+            for lv, fam in (("moderate", "colour"), ("radical", "surreal"))
+        ]
+    )
 
 
 def test_sdxl_seeds_are_per_item(tiny_sdxl, run_dir):
@@ -305,14 +346,22 @@ def test_sdxl_nan_output_is_flagged_and_saved_black(tiny_sdxl, run_dir, monkeypa
 
 # -- triplets ---------------------------------------------------------------------------------
 
+
 def _manifest():
     """Originals by split, style and artist, built so that some kinds run out of candidates:
     in val, artist 'solo' has one painting; in test, every painting is in style A."""
     rows = [  # id, split, style, artist
-        ("t1", "train", "A", "ann"), ("t2", "train", "A", "ann"), ("t3", "train", "A", "bob"),
-        ("t4", "train", "B", "bob"), ("t5", "train", "B", "cy"), ("t6", "train", "C", "ann"),
-        ("v1", "val", "A", "solo"), ("v2", "val", "B", "dee"), ("v3", "val", "B", "dee"),
-        ("s1", "test", "A", "eve"), ("s2", "test", "A", "eve"),
+        ("t1", "train", "A", "ann"),
+        ("t2", "train", "A", "ann"),
+        ("t3", "train", "A", "bob"),
+        ("t4", "train", "B", "bob"),
+        ("t5", "train", "B", "cy"),
+        ("t6", "train", "C", "ann"),
+        ("v1", "val", "A", "solo"),
+        ("v2", "val", "B", "dee"),
+        ("v3", "val", "B", "dee"),
+        ("s1", "test", "A", "eve"),
+        ("s2", "test", "A", "eve"),
     ]
     m = pd.DataFrame(rows, columns=["id", "split", "style", "artist"])
     return m.assign(path=[f"/orig/{i}.png" for i in m["id"]])
@@ -323,9 +372,22 @@ def _pairs(manifest, flag=()):
     for r in manifest.itertuples():
         for level, s in (("moderate", 0.35), ("radical", 0.65)):
             pid = f"{r.id}:{level}"
-            rows.append({"pair_id": pid, "original_id": r.id, "level": level, "family": "colour", "strength": s,
-                         "path": f"/gen/{r.id}-{level}.png", "nan_flag": False, "black_flag": pid in flag,
-                         "backend": "sdxl", "split": r.split, "style": r.style, "artist": r.artist})
+            rows.append(
+                {
+                    "pair_id": pid,
+                    "original_id": r.id,
+                    "level": level,
+                    "family": "colour",
+                    "strength": s,
+                    "path": f"/gen/{r.id}-{level}.png",
+                    "nan_flag": False,
+                    "black_flag": pid in flag,
+                    "backend": "sdxl",
+                    "split": r.split,
+                    "style": r.style,
+                    "artist": r.artist,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -385,8 +447,14 @@ def test_per_kind_draws_distinct_negatives_and_flagged_positives_are_dropped():
 
 
 def test_draws_are_seeded():
-    m = pd.DataFrame({"id": [f"o{i}" for i in range(60)], "split": "train", "style": ["A", "B", "C"] * 20,
-                      "artist": [f"a{i % 7}" for i in range(60)]}).assign(path="/x.png")
+    m = pd.DataFrame(
+        {
+            "id": [f"o{i}" for i in range(60)],
+            "split": "train",
+            "style": ["A", "B", "C"] * 20,
+            "artist": [f"a{i % 7}" for i in range(60)],
+        }
+    ).assign(path="/x.png")
     pairs = _pairs(m)
     a = generation.build_triplets(pairs, m, seed=5).triplets
     assert shards.content_hash(a) == shards.content_hash(generation.build_triplets(pairs, m, seed=5).triplets)
@@ -397,8 +465,14 @@ def test_draws_are_seeded():
 
 
 def test_the_stage_writes_pairs_and_triplets_and_load_reads_them_back(run_dir):
-    params = ["data.synthart.num_images=40", "data.synthart.max_side=96", "preprocess.size=32", "preprocess.workers=1",
-              "generation.augment_families=[degradation]", "generation.augment_strengths=[0.5,1.0]"]
+    params = [
+        "data.synthart.num_images=40",
+        "data.synthart.max_side=96",
+        "preprocess.size=32",
+        "preprocess.workers=1",
+        "generation.augment_families=[degradation]",
+        "generation.augment_strengths=[0.5,1.0]",
+    ]
     P = config.load_params("smoke", params)
     with pytest.raises(StageNotRunError, match="the generated pairs .* is missing: run stage 05 first"):
         LOAD(P)  # nothing is made behind a getter

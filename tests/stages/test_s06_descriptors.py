@@ -1,6 +1,7 @@
 """Stage 06: the runner over a run directory -- the pair table and the fitted weights it writes,
 streamed in parts, read back by load (or "run stage 06 first"). The similarity functions themselves
 are tested in tests/test_descriptors.py."""
+
 import json
 import shutil
 
@@ -9,10 +10,12 @@ import pandas as pd
 import pytest
 
 from artsim_lib import config
-from artsim_lib.core import descriptor_similarity as dsim, descriptors as features
+from artsim_lib.core import descriptor_similarity as dsim
+from artsim_lib.core import descriptors as features
 from artsim_lib.io import paths
 from artsim_lib.io.artifacts import StageNotRunError
-from artsim_lib.stages import s05_generation as generation, s06_descriptors as descriptors
+from artsim_lib.stages import s05_generation as generation
+from artsim_lib.stages import s06_descriptors as descriptors
 
 CFG = config.DescriptorParams()
 
@@ -65,8 +68,7 @@ def test_streamed_parts_score_as_all_features_in_memory(tiny_triplets, tmp_path,
     # Parts of at most 4 images (an anchor, its 2 derivatives, its negatives: 4-5 each).
     sizes = []
     real = features.extract_many
-    monkeypatch.setattr(features, "extract_many",
-                        lambda imgs, *a, **k: sizes.append(len(imgs)) or real(imgs, *a, **k))
+    monkeypatch.setattr(features, "extract_many", lambda imgs, *a, **k: sizes.append(len(imgs)) or real(imgs, *a, **k))
     parts = dsim.pair_parts(unique, max_images=4)
     assert len(parts) > 3 and sorted(np.concatenate(parts).tolist()) == list(range(len(unique)))
     streamed = dsim.stream_pair_scores(unique, CFG, tmp_path / "cache", workers=1, max_images=4, progress=False)
@@ -95,7 +97,9 @@ def test_load_reads_the_current_table_and_never_recomputes(tiny_triplets, run_di
     made = descriptors.run(P, progress=False)
     assert len(made.pairs) == 2 * len(trip)
     pd.testing.assert_frame_equal(descriptors.load(P).reset_index(drop=True), made.pairs.reset_index(drop=True))
-    assert descriptors.load_fitted_weights(P.run.root) == json.loads(descriptors.fitted_weights_path(P.run.root).read_text())
+    assert descriptors.load_fitted_weights(P.run.root) == json.loads(
+        descriptors.fitted_weights_path(P.run.root).read_text()
+    )
     # Other triplets (one dropped): the table on disk is stale, and load says so instead of recomputing.
     paths.write_parquet(trip.iloc[1:], generation.triplets_path(P), generation.triplet_meta(P))
     with pytest.raises(StageNotRunError, match="made with other params: run stage 06 first"):

@@ -1,4 +1,5 @@
 """Stage 07 on tiny images: head swap, class weights, metrics, the loop, the checkpoint round trip."""
+
 import json
 
 import numpy as np
@@ -10,11 +11,10 @@ from PIL import Image
 from artsim_lib import config
 from artsim_lib.io.artifacts import StageNotRunError
 from artsim_lib.measures import trained
-from artsim_lib.stages import s07_finetune as finetune
-from artsim_lib.models import training
+from artsim_lib.models import build_tiny, load_resnet, training
 from artsim_lib.models.heads import CNNClassifier, resnet_embed
 from artsim_lib.models.image_batches import ImageTransform, make_loader
-from artsim_lib.models import build_tiny, load_resnet
+from artsim_lib.stages import s07_finetune as finetune
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
 
@@ -39,14 +39,24 @@ def tiny_manifest(folder, per_class=(8, 3, 3)) -> pd.DataFrame:
             for i in range(n):
                 path = folder / f"s{k}-{split}-{i}.png"
                 _image(colour, seed=100 * k + 10 * len(rows) + i).save(path)
-                rows.append({"id": path.stem, "path": str(path), "split": split, "style": f"style_{k}",
-                             "artist": f"artist_{k}_{i % 2}", "genre": None})
+                rows.append(
+                    {
+                        "id": path.stem,
+                        "path": str(path),
+                        "split": split,
+                        "style": f"style_{k}",
+                        "artist": f"artist_{k}_{i % 2}",
+                        "genre": None,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def _params(overrides=()):
-    return config.load_params("smoke", ["finetune.image_size=32", "finetune.batch_size=8", "finetune.lr=0.01",
-                                        "finetune.epochs=3", *overrides])
+    return config.load_params(
+        "smoke",
+        ["finetune.image_size=32", "finetune.batch_size=8", "finetune.lr=0.01", "finetune.epochs=3", *overrides],
+    )
 
 
 # -- labels, head, weights, metrics ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Stage 08: the CLIP siamese (shared weights, frozen CLIP, the head, τ, training, splits, retrieval, saving),
 the CNN siamese on tiny colour triplets (what trains, both variants, save/load) and the stage's run/load."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,8 +20,20 @@ STYLES, ARTISTS = ["Cubism", "Baroque", "Ukiyo_e"], ["ann", "bob", "cyd", "dee"]
 
 
 def cfg(**kw):
-    base = {"kind": "mlp", "in_dim": 16, "hidden": [32], "out_dim": 8, "dropout": 0.0, "tokens": 4,
-            "layers": 1, "heads": 2, "tau": 0.1, "learn_tau": False, "tau_min": 0.01, "tau_max": 1.0}
+    base = {
+        "kind": "mlp",
+        "in_dim": 16,
+        "hidden": [32],
+        "out_dim": 8,
+        "dropout": 0.0,
+        "tokens": 4,
+        "layers": 1,
+        "heads": 2,
+        "tau": 0.1,
+        "learn_tau": False,
+        "tau_min": 0.01,
+        "tau_max": 1.0,
+    }
     return {**base, **kw}
 
 
@@ -31,12 +44,17 @@ def params(**kw):
 
 # -- a tiny study: originals on disk, PIL derivatives, triplets with the stage-06 contract ------------
 
+
 def make_manifest(n=40, seed=0, root=None):
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"id": [f"o{i:03d}" for i in range(n)],
-                       "style": [STYLES[i % 3] for i in range(n)],
-                       "artist": [ARTISTS[i % 4] for i in range(n)],
-                       "split": rng.choice(["train", "val", "test"], n, p=[0.7, 0.15, 0.15])})
+    df = pd.DataFrame(
+        {
+            "id": [f"o{i:03d}" for i in range(n)],
+            "style": [STYLES[i % 3] for i in range(n)],
+            "artist": [ARTISTS[i % 4] for i in range(n)],
+            "split": rng.choice(["train", "val", "test"], n, p=[0.7, 0.15, 0.15]),
+        }
+    )
     df["path"] = [str(root / f"{i}.png") if root else f"/x/{i}.png" for i in df["id"]]
     if root:
         for i, p in enumerate(df["path"]):
@@ -50,18 +68,35 @@ def make_triplets(manifest, seed=0):
     rng, rows = np.random.default_rng(seed), []
     for o in manifest.itertuples():
         same = manifest[(manifest["split"] == o.split) & (manifest["id"] != o.id)]
-        pools = {"random": same[same["style"] != o.style], "same_style": same[same["style"] == o.style],
-                 "same_artist": same[same["artist"] == o.artist]}
+        pools = {
+            "random": same[same["style"] != o.style],
+            "same_style": same[same["style"] == o.style],
+            "same_artist": same[same["artist"] == o.artist],
+        }
         for d in range(2):
             pid = f"{o.id}:{d}"
             for kind, pool in pools.items():
                 if len(pool):
                     neg = pool.iloc[rng.integers(len(pool))]
-                    rows.append({"triplet_id": f"{pid}:{kind}", "anchor_id": o.id, "anchor_path": o.path,
-                                 "positive_id": pid, "positive_path": o.path.replace(".png", f"-{d}.png"),
-                                 "negative_id": neg["id"], "negative_path": neg["path"], "negative_kind": kind,
-                                 "level": "moderate", "family": "photometric", "strength": 0.25,
-                                 "backend": "augment", "split": o.split, "style": o.style, "artist": o.artist})
+                    rows.append(
+                        {
+                            "triplet_id": f"{pid}:{kind}",
+                            "anchor_id": o.id,
+                            "anchor_path": o.path,
+                            "positive_id": pid,
+                            "positive_path": o.path.replace(".png", f"-{d}.png"),
+                            "negative_id": neg["id"],
+                            "negative_path": neg["path"],
+                            "negative_kind": kind,
+                            "level": "moderate",
+                            "family": "photometric",
+                            "strength": 0.25,
+                            "backend": "augment",
+                            "split": o.split,
+                            "style": o.style,
+                            "artist": o.artist,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -72,6 +107,7 @@ def write_derivatives(triplets):
 
 
 # -- weight sharing, frozen CLIP, the head, τ --------------------------------------------------------------
+
 
 def test_the_three_branches_share_one_head_and_its_gradients_add_up():
     torch.manual_seed(0)
@@ -176,8 +212,9 @@ def test_training_on_a_separable_set_raises_triplet_accuracy():
 
 def test_training_is_reproducible_with_a_seed():
     data, S = separable(seed=2), params(epochs=5, in_batch_negatives=True)
-    runs = [siamese.fit_head(data, np.arange(90), np.arange(90, 120), cfg(learn_tau=True), S, seed=s)
-            for s in (3, 3, 4)]
+    runs = [
+        siamese.fit_head(data, np.arange(90), np.arange(90, 120), cfg(learn_tau=True), S, seed=s) for s in (3, 3, 4)
+    ]
     same = [r.history.drop(columns="seconds") for r in runs]
     pd.testing.assert_frame_equal(same[0], same[1])
     assert not same[0].equals(same[2])
@@ -203,6 +240,7 @@ def test_in_batch_negatives_of_the_same_painting_are_masked():
 
 # -- retrieval -------------------------------------------------------------------------------------------------
 
+
 def test_text_image_accuracy_on_hand_made_cases():
     eye = np.eye(6)
     assert metrics.retrieval_accuracy(eye, eye) == (1.0, 1.0)
@@ -219,14 +257,22 @@ def test_text_image_accuracy_on_hand_made_cases():
 
 
 def seed_ti_case():
-    r = 2 ** -0.5
-    table = pd.DataFrame({"id": ["o0", "o1", "o2", "o3"],
-                          "embedding": [np.array([1.0, 0]), np.array([0, 1.0]), np.array([r, r]), np.array([1.0, 0])]})
+    r = 2**-0.5
+    table = pd.DataFrame(
+        {
+            "id": ["o0", "o1", "o2", "o3"],
+            "embedding": [np.array([1.0, 0]), np.array([0, 1.0]), np.array([r, r]), np.array([1.0, 0])],
+        }
+    )
     texts = {"pa": [1.0, 0], "pb": [1.0, 0], "pc": [0, 1.0], "c0": [1.0, 0], "c1": [0, 1.0]}
     captions = pd.DataFrame({"id": ["o0", "o1", "o2"], "caption": ["c0", "c1", "c2"]})  # o3 has none
-    rows = [("o0", "o1", "train", "random", "d0"), ("o1", "o0", "train", "same_style", "d1"),
-            ("o2", "o0", "val", "random", "d2"), ("o2", "o3", "val", "same_artist", "d3"),
-            ("o2", "o1", "val", "random", "d4")]
+    rows = [
+        ("o0", "o1", "train", "random", "d0"),
+        ("o1", "o0", "train", "same_style", "d1"),
+        ("o2", "o0", "val", "random", "d2"),
+        ("o2", "o3", "val", "same_artist", "d3"),
+        ("o2", "o1", "val", "random", "d4"),
+    ]
     triplets = pd.DataFrame(rows, columns=["anchor_id", "negative_id", "split", "negative_kind", "positive_id"])
     prompts = pd.Series({"d0": "pa", "d1": "pb", "d2": None, "d3": "pc", "d4": "pc"})
     return table, triplets, prompts, captions, (lambda ts: np.array([texts[t] for t in ts]).reshape(-1, 2))
@@ -239,8 +285,13 @@ def test_seed_binary_text_image_accuracy_by_hand():
     # d0: i2t cos(o0,pa)=1 > cos(o0,c1)=0, t2i cos(pa,o0)=1 > cos(pa,o1)=0      -> 1, 1
     # d1: i2t cos(o1,pb)=0 = cos(o1,c0)=0,  t2i cos(pb,o1)=0 < cos(pb,o0)=1      -> 1/2, 0
     # d4: i2t cos(o2,pc)=.71 = cos(o2,c1),  t2i cos(pc,o2)=.71 < cos(pc,o1)=1    -> 1/2, 0
-    assert list(zip(out["split"], out["negative_kind"])) == [("train", "all"), ("train", "random"),
-                                                             ("train", "same_style"), ("val", "all"), ("val", "random")]
+    assert list(zip(out["split"], out["negative_kind"])) == [
+        ("train", "all"),
+        ("train", "random"),
+        ("train", "same_style"),
+        ("val", "all"),
+        ("val", "random"),
+    ]
     assert list(out["triplets"]) == [2, 1, 1, 1, 1] and list(out["originals"]) == [2, 1, 1, 1, 1]
     assert out["i2t"].tolist() == pytest.approx([0.75, 1, 0.5, 0.5, 0.5])
     assert out["t2i"].tolist() == pytest.approx([0.5, 1, 0, 0, 0])
@@ -267,6 +318,7 @@ def test_text_image_table_shows_both_forms_with_their_chance():
 
 # -- the seed's 80/20 and 40/60 splits ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("share", [0.8, 0.4])
 def test_resplitting_keeps_proportions_per_original_and_nothing_leaks(share):
     manifest = make_manifest(90, seed=3)
@@ -276,7 +328,9 @@ def test_resplitting_keeps_proportions_per_original_and_nothing_leaks(share):
     assert (labels[manifest.set_index("id")["split"].eq("test")] == "test").all()
     assert (tv == "train").mean() == pytest.approx(share, abs=0.05)
     assert set(trip["split"]) == {"train", "val"}
-    side = {s: set(trip.loc[trip["split"] == s, ["anchor_id", "negative_id"]].to_numpy().ravel()) for s in ("train", "val")}
+    side = {
+        s: set(trip.loc[trip["split"] == s, ["anchor_id", "negative_id"]].to_numpy().ravel()) for s in ("train", "val")
+    }
     assert not side["train"] & side["val"]  # no original is seen on both sides, as anchor or negative
     assert not set(trip["anchor_id"]) & set(manifest.loc[manifest["split"] == "test", "id"])
     assert (trip["split"] == trip["anchor_id"].map(labels)).all()
@@ -300,11 +354,20 @@ def test_the_two_splits_differ():
 
 # -- end to end: cache -> training -> saved head -> measure -----------------------------------------------------
 
+
 def test_train_save_and_load_the_clip_siamese(run_dir):
     from artsim_lib.io import provenance
 
-    P = load_params("smoke", ["siamese.hidden=[16]", "siamese.out_dim=8", "siamese.epochs=3",
-                              "siamese.batch_size=8", "siamese.embed_batch_size=8"])
+    P = load_params(
+        "smoke",
+        [
+            "siamese.hidden=[16]",
+            "siamese.out_dim=8",
+            "siamese.epochs=3",
+            "siamese.batch_size=8",
+            "siamese.embed_batch_size=8",
+        ],
+    )
     provenance.start_stage("08-siamese", P)  # writes params.resolved.yaml, which the loader reads
     (run_dir / "img").mkdir()
     manifest = make_manifest(24, seed=1, root=run_dir / "img")
@@ -380,16 +443,37 @@ def cnn_triplets(tmp_path_factory):
                     other = (k + 1 + int(rng.integers(len(COLOURS) - 1))) % len(COLOURS)
                     neg = d / f"{split}-{other}-{i}-{kind}-n.png"
                     _colour_image(COLOURS[other], rng.integers(1 << 30)).save(neg)
-                    rows.append({"triplet_id": f"{a.stem}:{kind}", "anchor_id": a.stem, "anchor_path": str(a),
-                                 "positive_id": p.stem, "positive_path": str(p), "negative_id": neg.stem,
-                                 "negative_path": str(neg), "negative_kind": kind, "split": split})
+                    rows.append(
+                        {
+                            "triplet_id": f"{a.stem}:{kind}",
+                            "anchor_id": a.stem,
+                            "anchor_path": str(a),
+                            "positive_id": p.stem,
+                            "positive_path": str(p),
+                            "negative_id": neg.stem,
+                            "negative_path": str(neg),
+                            "negative_kind": kind,
+                            "split": split,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
 def _cnn_params(overrides=()):
-    return config.load_params("smoke", ["siamese.hidden=[16]", "siamese.out_dim=8", "siamese.batch_size=16",
-                                        "siamese.lr=0.01", "siamese.dropout=0.0", "siamese.resnet_epochs=4",
-                                        "siamese.patience=4", "siamese.resnet_backbone_lr=0.01", *overrides])
+    return config.load_params(
+        "smoke",
+        [
+            "siamese.hidden=[16]",
+            "siamese.out_dim=8",
+            "siamese.batch_size=16",
+            "siamese.lr=0.01",
+            "siamese.dropout=0.0",
+            "siamese.resnet_epochs=4",
+            "siamese.patience=4",
+            "siamese.resnet_backbone_lr=0.01",
+            *overrides,
+        ],
+    )
 
 
 def _cnn_model(backbone_dir, variant="triplet", dropout=0.0):
@@ -403,8 +487,10 @@ def _cnn_model(backbone_dir, variant="triplet", dropout=0.0):
 def test_the_three_branches_are_one_module(backbone_dir):
     model = _cnn_model(backbone_dir).set_unfreeze("all").eval()  # eval: batch norm uses fixed statistics
     n_params = sum(p.numel() for p in model.parameters())
-    assert n_params == sum(p.numel() for p in model.backbone.parameters()) + \
-        sum(p.numel() for p in model.head.parameters()) + 1  # + log_tau: no per-branch copies
+    assert (
+        n_params
+        == sum(p.numel() for p in model.backbone.parameters()) + sum(p.numel() for p in model.head.parameters()) + 1
+    )  # + log_tau: no per-branch copies
     torch.manual_seed(1)
     x = [torch.randn(4, 3, 32, 32) for _ in range(3)]
     w = model.head[0].weight
@@ -459,7 +545,10 @@ def test_layer4_unfreeze_changes_only_layer4(run_dir, backbone_dir, cnn_triplets
     # in-batch negatives on: the training loop's per-batch original groups take that path too
     P = _cnn_params(["siamese.resnet_unfreeze=layer4", "siamese.resnet_epochs=2", "siamese.in_batch_negatives=true"])
     siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=backbone_dir, variant="triplet", progress=False)
-    before, after = _backbone_state(backbone_dir), trained.load_resnet_siamese(P.run.root, "triplet").backbone.state_dict()
+    before, after = (
+        _backbone_state(backbone_dir),
+        trained.load_resnet_siamese(P.run.root, "triplet").backbone.state_dict(),
+    )
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("net.encoder.stages.3.") for k in changed)  # batch-norm stats included
     assert any(k.endswith("running_mean") for k in changed)  # layer 4 did train (its statistics moved)
@@ -467,7 +556,9 @@ def test_layer4_unfreeze_changes_only_layer4(run_dir, backbone_dir, cnn_triplets
 
 def test_regression_variant_scores_in_unit_interval(run_dir, backbone_dir, cnn_triplets):
     P = _cnn_params(["siamese.resnet_epochs=6", "siamese.patience=6"])
-    result = siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
+    result = siamese.train_resnet_siamese(
+        P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False
+    )
     train = result.history[result.history["split"] == "train"]["loss"].to_numpy()
     assert train[-1] < train[0]
     model = trained.load_resnet_siamese(result.model_dir, "regression")
@@ -526,7 +617,9 @@ def test_loaded_model_matches_the_trained_one(run_dir, backbone_dir, cnn_triplet
 
 def test_missing_split_is_an_error(run_dir, backbone_dir, cnn_triplets):
     with pytest.raises(ValueError, match="val"):
-        siamese.train_resnet_siamese(_cnn_params(), cnn_triplets[cnn_triplets["split"] == "train"], backbone_dir=backbone_dir)
+        siamese.train_resnet_siamese(
+            _cnn_params(), cnn_triplets[cnn_triplets["split"] == "train"], backbone_dir=backbone_dir
+        )
 
 
 # -- the same siamese on stage 07's EfficientNet-Lite0 (the smoke profile's backbone) ---------------------
@@ -546,8 +639,14 @@ def effnet_dir(tmp_path_factory):
 def test_effnet_siamese_trains_its_last_stage_and_is_named_after_it(run_dir, effnet_dir, cnn_triplets):
     from artsim_lib.models import load_backbone
 
-    P = _cnn_params(["finetune.backbone=effnet_lite0", "siamese.resnet_unfreeze=layer4", "siamese.resnet_epochs=1",
-                 "evaluation.batch_size=4"])
+    P = _cnn_params(
+        [
+            "finetune.backbone=effnet_lite0",
+            "siamese.resnet_unfreeze=layer4",
+            "siamese.resnet_epochs=1",
+            "evaluation.batch_size=4",
+        ]
+    )
     result = siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=effnet_dir, variant="triplet", progress=False)
     assert result.model_dir == P.run.root / "siamese" / "effnet_lite0-triplet"
     assert result.metrics["backbone"] == "effnet_lite0"
@@ -560,8 +659,9 @@ def test_effnet_siamese_trains_its_last_stage_and_is_named_after_it(run_dir, eff
     P.run.params_file.write_text(P.to_yaml())
     m = compare.load_measure("effnet_lite0_siamese", P.run.root)
     imgs = list(cnn_triplets["anchor_path"][:3])
-    assert [m.raw_from_features(a, b) for a, b in zip(m.features(imgs), m.features(imgs))] == \
-        pytest.approx([1.0] * 3, abs=1e-5)
+    assert [m.raw_from_features(a, b) for a, b in zip(m.features(imgs), m.features(imgs))] == pytest.approx(
+        [1.0] * 3, abs=1e-5
+    )
     with pytest.raises(compare.MeasureUnavailableError, match="resnet_siamese"):
         compare.load_measure("resnet_siamese", P.run.root)  # this run has no ResNet siamese
 
@@ -572,13 +672,19 @@ def test_the_second_variant_reuses_the_frozen_features(run_dir, backbone_dir, cn
     monkeypatch.setattr(siamese, "_backbone_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     siamese._FEATURES.clear()
     P = _cnn_params(["siamese.resnet_unfreeze=none", "siamese.resnet_epochs=1"])
-    first = siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
-    again = siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
+    first = siamese.train_resnet_siamese(
+        P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False
+    )
+    again = siamese.train_resnet_siamese(
+        P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False
+    )
     siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=backbone_dir, variant="triplet", progress=False)
     assert len(calls) == 1  # one extraction for three trainings on the same frozen backbone and images
     assert first.history["loss"].tolist() == again.history["loss"].tolist()  # the cache changes nothing
     siamese._FEATURES.clear()
-    fresh = siamese.train_resnet_siamese(P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False)
+    fresh = siamese.train_resnet_siamese(
+        P, cnn_triplets, backbone_dir=backbone_dir, variant="regression", progress=False
+    )
     assert len(calls) == 2 and fresh.history["loss"].tolist() == pytest.approx(first.history["loss"].tolist())
 
 
@@ -591,9 +697,17 @@ def test_run_needs_stage_07_then_trains_every_model_and_load_finds_them(run_dir,
 
     from artsim_lib.stages import s07_finetune
 
-    overrides = ["siamese.hidden=[16]", "siamese.out_dim=8", "siamese.epochs=2", "siamese.batch_size=8",
-                 "siamese.embed_batch_size=8", "siamese.resnet_epochs=1", "siamese.train_splits=[0.8,0.4]",
-                 "finetune.backbone=effnet_lite0", "siamese.resnet_unfreeze=none"]
+    overrides = [
+        "siamese.hidden=[16]",
+        "siamese.out_dim=8",
+        "siamese.epochs=2",
+        "siamese.batch_size=8",
+        "siamese.embed_batch_size=8",
+        "siamese.resnet_epochs=1",
+        "siamese.train_splits=[0.8,0.4]",
+        "finetune.backbone=effnet_lite0",
+        "siamese.resnet_unfreeze=none",
+    ]
     P = load_params("smoke", overrides)
     (run_dir / "img").mkdir(parents=True)
     manifest = make_manifest(30, seed=2, root=run_dir / "img")

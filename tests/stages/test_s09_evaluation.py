@@ -1,5 +1,6 @@
 """Stage 09 through its own functions on small studies built by hand: perfect, constant, random and
 tied measures against hand-computed values, the test split and nothing else, skipped measures, files."""
+
 import hashlib
 import json
 
@@ -25,7 +26,6 @@ FAMILIES = ("photometric", "geometric")
 STRENGTHS = (0.25, 1.0)
 
 
-
 class _AnyName(set):
     def __contains__(self, name):
         return True
@@ -39,19 +39,46 @@ def _test_measures(monkeypatch):
 
     monkeypatch.setattr(params_schema, "EXTRA_MEASURES", _AnyName())
 
+
 def study(n_test=6, n_other=4, styles=2, seed=0):
     """Manifest, pairs and triplets frames: ``n_test`` test originals and ``n_other`` each in train and val,
     with one derivative per (family, strength). Paths are names only: these measures never open a file."""
     rng = np.random.default_rng(seed)
-    rows = [{"id": f"{split}-{i:02d}", "path": f"/img/{split}-{i:02d}.png", "style": f"S{i % styles}",
-             "artist": f"A{i % (styles + 1)}", "phash": f"{int(rng.integers(1 << 62)):016x}", "split": split}
-            for split, n in (("test", n_test), ("train", n_other), ("val", n_other)) for i in range(n)]
+    rows = [
+        {
+            "id": f"{split}-{i:02d}",
+            "path": f"/img/{split}-{i:02d}.png",
+            "style": f"S{i % styles}",
+            "artist": f"A{i % (styles + 1)}",
+            "phash": f"{int(rng.integers(1 << 62)):016x}",
+            "split": split,
+        }
+        for split, n in (("test", n_test), ("train", n_other), ("val", n_other))
+        for i in range(n)
+    ]
     manifest = pd.DataFrame(rows)
-    pairs = pd.DataFrame([{"pair_id": f"{o.id}:{f}:{s}", "original_id": o.id, "family": f, "strength": s,
-                           "level": "moderate" if s <= 0.5 else "radical", "path": f"/img/{o.id}-{f}-{s}.png",
-                           "prompt": None, "nan_flag": False, "black_flag": False, "backend": "augment",
-                           "split": o.split, "style": o.style, "artist": o.artist}
-                          for o in manifest.itertuples() for f in FAMILIES for s in STRENGTHS])
+    pairs = pd.DataFrame(
+        [
+            {
+                "pair_id": f"{o.id}:{f}:{s}",
+                "original_id": o.id,
+                "family": f,
+                "strength": s,
+                "level": "moderate" if s <= 0.5 else "radical",
+                "path": f"/img/{o.id}-{f}-{s}.png",
+                "prompt": None,
+                "nan_flag": False,
+                "black_flag": False,
+                "backend": "augment",
+                "split": o.split,
+                "style": o.style,
+                "artist": o.artist,
+            }
+            for o in manifest.itertuples()
+            for f in FAMILIES
+            for s in STRENGTHS
+        ]
+    )
     return manifest, pairs, build_triplets(pairs, manifest, seed=seed).triplets
 
 
@@ -73,7 +100,7 @@ def original_of(es):
     """image path -> the id of its original (itself for an original)."""
     out = dict(zip(es.originals["path"], es.originals["id"]))
     out.update(zip(es.derivatives["path"], es.derivatives["original_id"]))
-    out.update(zip(es.extra["path"], es.extra["original_id"]))   # copy-detection distractors
+    out.update(zip(es.extra["path"], es.extra["original_id"]))  # copy-detection distractors
     return out
 
 
@@ -81,14 +108,15 @@ def one_hot_oracle(es):
     """Every image embeds as the one-hot vector of its original: derivative == its original exactly."""
     ids = {o: i for i, o in enumerate(sorted(set(original_of(es).values())))}
     orig = original_of(es)
-    return EmbeddingMeasure("oracle", lambda imgs: np.eye(len(ids))[[ids[orig[p]] for p in imgs]],
-                            pass_sources=True)
+    return EmbeddingMeasure("oracle", lambda imgs: np.eye(len(ids))[[ids[orig[p]] for p in imgs]], pass_sources=True)
 
 
 def random_measure(dim=64):
     def embed(imgs):
-        return np.stack([np.random.default_rng(int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)).normal(size=dim)
-                         for p in imgs])
+        return np.stack(
+            [np.random.default_rng(int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)).normal(size=dim) for p in imgs]
+        )
+
     return EmbeddingMeasure("random", embed, pass_sources=True)
 
 
@@ -111,12 +139,22 @@ def test_perfect_measure_scores_one_everywhere():
     es = evaluation.test_set(*study())
     r = evaluate(es, {"oracle": one_hot_oracle(es)})
     n = es.originals["id"].nunique()
-    for metric, subset in [("triplet_acc", "random"), ("triplet_acc", "same_style"), ("triplet_acc", "same_artist"),
-                           ("triplet_acc_query", "same_artist"), ("R@1", "all"), ("R@1", "dedup"), ("mAP", "all"),
-                           ("auc", "hard"), ("auc", "random"), ("µAP", "copy"), ("recall_at_precision", "copy")]:
+    for metric, subset in [
+        ("triplet_acc", "random"),
+        ("triplet_acc", "same_style"),
+        ("triplet_acc", "same_artist"),
+        ("triplet_acc_query", "same_artist"),
+        ("R@1", "all"),
+        ("R@1", "dedup"),
+        ("mAP", "all"),
+        ("auc", "hard"),
+        ("auc", "random"),
+        ("µAP", "copy"),
+        ("recall_at_precision", "copy"),
+    ]:
         row = r.metrics.set_index(["metric", "subset"]).loc[(metric, subset)]
         assert (row["value"], row["hi"]) == (1, 1), (metric, subset)
-        if metric.startswith(("triplet", "R@")):   # a proportion: at least the exact interval at n originals
+        if metric.startswith(("triplet", "R@")):  # a proportion: at least the exact interval at n originals
             assert row["lo"] <= metrics.clopper_pearson(row["n"], row["n"])[0] + 1e-12 and row["n"] <= n
         else:
             assert row["lo"] == 1
@@ -136,7 +174,7 @@ def test_constant_measure_scores_exactly_chance():
     assert value(r, "const", "auc", "hard") == 0.5
     assert value(r, "const", "moderate_above_radical", "all") == 0.5
     assert np.isnan(value(r, "const", "spearman_strength", "all"))
-    assert value(r, "const", "spearman_within", "original_family") == 0   # all tied: the expected ρ, 0
+    assert value(r, "const", "spearman_within", "original_family") == 0  # all tied: the expected ρ, 0
     chance = r.chance()
     assert chance["R@1"] == pytest.approx(1 / n) and chance["mAP"] == pytest.approx(value(r, "const", "mAP", "all"))
 
@@ -154,22 +192,63 @@ def test_random_measure_is_near_chance():
 # -- ties and hand-computed values ----------------------------------------------------------------------
 def hand_study():
     """Three test originals A, B (same style) and C, one derivative each, explicit triplets."""
-    manifest = pd.DataFrame({"id": ["A", "B", "C"], "path": ["A", "B", "C"], "style": ["s1", "s1", "s2"],
-                             "artist": ["a", "b", "c"], "phash": ["00000000", "ffffffff", "0000ffff"], "split": "test"})
-    pairs = pd.DataFrame({"pair_id": ["A'", "B'", "C'"], "original_id": ["A", "B", "C"], "path": ["A'", "B'", "C'"],
-                          "level": ["moderate", "radical", "moderate"], "family": "photometric",
-                          "strength": [0.25, 1.0, 0.5], "prompt": None, "nan_flag": False, "black_flag": False,
-                          "backend": "augment", "split": "test", "style": ["s1", "s1", "s2"],
-                          "artist": ["a", "b", "c"]})
-    trip = pd.DataFrame({"triplet_id": ["t1", "t2", "t3"], "anchor_id": ["A", "B", "C"],
-                         "positive_id": ["A'", "B'", "C'"],
-                         "negative_id": ["B", "A", "A"], "negative_kind": ["same_style", "same_style", "random"],
-                         "level": ["moderate", "radical", "moderate"], "family": "photometric",
-                         "strength": [0.25, 1.0, 0.5], "backend": "augment", "split": "test",
-                         "style": ["s1", "s1", "s2"], "artist": ["a", "b", "c"]})
-    table = {frozenset(k): v for k, v in [(("A", "A'"), 0.9), (("B", "A'"), 0.9), (("C", "A'"), 0.1),
-                                          (("A", "B'"), 0.8), (("B", "B'"), 0.5), (("C", "B'"), 0.2),
-                                          (("C", "C'"), 0.7), (("A", "B"), 0.9), (("A", "C"), 0.3)]}
+    manifest = pd.DataFrame(
+        {
+            "id": ["A", "B", "C"],
+            "path": ["A", "B", "C"],
+            "style": ["s1", "s1", "s2"],
+            "artist": ["a", "b", "c"],
+            "phash": ["00000000", "ffffffff", "0000ffff"],
+            "split": "test",
+        }
+    )
+    pairs = pd.DataFrame(
+        {
+            "pair_id": ["A'", "B'", "C'"],
+            "original_id": ["A", "B", "C"],
+            "path": ["A'", "B'", "C'"],
+            "level": ["moderate", "radical", "moderate"],
+            "family": "photometric",
+            "strength": [0.25, 1.0, 0.5],
+            "prompt": None,
+            "nan_flag": False,
+            "black_flag": False,
+            "backend": "augment",
+            "split": "test",
+            "style": ["s1", "s1", "s2"],
+            "artist": ["a", "b", "c"],
+        }
+    )
+    trip = pd.DataFrame(
+        {
+            "triplet_id": ["t1", "t2", "t3"],
+            "anchor_id": ["A", "B", "C"],
+            "positive_id": ["A'", "B'", "C'"],
+            "negative_id": ["B", "A", "A"],
+            "negative_kind": ["same_style", "same_style", "random"],
+            "level": ["moderate", "radical", "moderate"],
+            "family": "photometric",
+            "strength": [0.25, 1.0, 0.5],
+            "backend": "augment",
+            "split": "test",
+            "style": ["s1", "s1", "s2"],
+            "artist": ["a", "b", "c"],
+        }
+    )
+    table = {
+        frozenset(k): v
+        for k, v in [
+            (("A", "A'"), 0.9),
+            (("B", "A'"), 0.9),
+            (("C", "A'"), 0.1),
+            (("A", "B'"), 0.8),
+            (("B", "B'"), 0.5),
+            (("C", "B'"), 0.2),
+            (("C", "C'"), 0.7),
+            (("A", "B"), 0.9),
+            (("A", "C"), 0.3),
+        ]
+    }
     return evaluation.test_set(manifest, pairs, trip), table
 
 
@@ -194,7 +273,7 @@ def test_ties_and_every_metric_by_hand():
     scored = [0.9, 0.9, 0.1, 0.8, 0.5, 0.2, 0.1, 0.1, 0.7, 0.9, 0.9, 0.3]
     assert value(r, "table", "mse", "all") == pytest.approx(np.mean((np.array(scored) - 0.5) ** 2))
     assert value(r, "table", "mae", "all") == pytest.approx(np.mean(np.abs(np.array(scored) - 0.5)))
-    assert value(r, "table", "mse", "positive") == pytest.approx((0.4 ** 2 + 0 + 0.2 ** 2) / 3)
+    assert value(r, "table", "mse", "positive") == pytest.approx((0.4**2 + 0 + 0.2**2) / 3)
     ref = r.metrics[(r.metrics["measure"] == "half") & (r.metrics["metric"] == "mse")]
     assert ref["value"].isna().all() and (ref["note"] == "reference").all()  # not a meaningless 0
     assert r.headline().loc["half", "MSE"] == "reference"
@@ -224,8 +303,9 @@ def test_ordering_metrics_by_hand():
 def test_near_duplicates_are_left_out_of_dedup_retrieval():
     es, table = hand_study()
     es.near_dup[:] = scoring.hamming(["0000", "0001", "ffff"]) <= 1  # A and B near-copies
-    r = evaluation.evaluate_set(es, {"table": Table(table)}, config.EvaluationParams(
-        n_boot=0, measures=["table"], reference="table", ks=[1]))
+    r = evaluation.evaluate_set(
+        es, {"table": Table(table)}, config.EvaluationParams(n_boot=0, measures=["table"], reference="table", ks=[1])
+    )
     assert value(r, "table", "R@1", "all") == pytest.approx(0.5)
     assert value(r, "table", "R@1", "dedup") == pytest.approx(1)  # without each other, A' and B' find their own
 
@@ -242,8 +322,9 @@ def test_only_test_images_are_scored_and_each_described_once():
     rec = Table()
     evaluate(es, {"rec": rec})
     test_ids = set(manifest.loc[manifest["split"] == "test", "id"])
-    allowed = (set(manifest.loc[manifest["split"] == "test", "path"])
-               | set(pairs.loc[pairs["original_id"].isin(test_ids), "path"]))
+    allowed = set(manifest.loc[manifest["split"] == "test", "path"]) | set(
+        pairs.loc[pairs["original_id"].isin(test_ids), "path"]
+    )
     distractors = set(es.extra["path"])  # other splits: copy-detection gallery items, nothing else
     assert set(rec.seen) == allowed | distractors and not (allowed & distractors)
     assert len(rec.seen) == len(set(rec.seen))  # each image's features once
@@ -285,8 +366,9 @@ def test_pair_head_measure_scores_in_batches_as_one_by_one():
     import torch
 
     emb = {f"i{k}": np.random.default_rng(k).normal(size=4) for k in range(5)}
-    m = scoring.PairHeadMeasure("ph", lambda imgs: np.stack([emb[i] for i in imgs]),
-                                   lambda a, b: torch.sigmoid((a * b).sum(-1)), chunk=3)
+    m = scoring.PairHeadMeasure(
+        "ph", lambda imgs: np.stack([emb[i] for i in imgs]), lambda a, b: torch.sigmoid((a * b).sum(-1)), chunk=3
+    )
     f = m.features(list(emb))
     a, b = np.array([0, 1, 2, 3, 4, 0]), np.array([1, 2, 3, 4, 0, 0])
     batch = m.raw_pairs(np.stack(f)[a], np.stack(f)[b])
@@ -331,11 +413,29 @@ def test_shared_descriptor_pass_equals_each_measure_alone(image_study, monkeypat
 
 # -- a run: skipped measures, registered loaders, files -----------------------------------------------------------
 def test_unavailable_measures_are_skipped_and_listed(run_dir):
-    loaded, skipped = scoring.load_measures(["descriptor", "descriptor_fitted", "clip", "clip_siamese", "resnet",
-                                                "resnet_finetuned", "resnet_siamese", "resnet_regression"], run_dir)
+    loaded, skipped = scoring.load_measures(
+        [
+            "descriptor",
+            "descriptor_fitted",
+            "clip",
+            "clip_siamese",
+            "resnet",
+            "resnet_finetuned",
+            "resnet_siamese",
+            "resnet_regression",
+        ],
+        run_dir,
+    )
     assert list(loaded) == ["descriptor"]
-    assert list(skipped["measure"]) == ["descriptor_fitted", "clip", "clip_siamese", "resnet", "resnet_finetuned",
-                                        "resnet_siamese", "resnet_regression"]
+    assert list(skipped["measure"]) == [
+        "descriptor_fitted",
+        "clip",
+        "clip_siamese",
+        "resnet",
+        "resnet_finetuned",
+        "resnet_siamese",
+        "resnet_regression",
+    ]
     assert skipped["reason"].str.len().gt(10).all()
     with pytest.raises(MeasureUnavailableError):
         compare.load_measure("resnet_finetuned", run_dir)
@@ -366,8 +466,11 @@ def test_resnet_measures_from_a_run(run_dir, image_study):
         torch.manual_seed(0)
         model = heads.ResNetSiamese(clf.resnet, [8], 4, 0.0, variant)
         model.processor = proc
-        trained.save_resnet_siamese(model, P.run.root / "siamese" / f"resnet-{variant}", {
-            "variant": variant, "hidden": [8], "out_dim": 4, "dropout": 0.0, "tau": 0.07, "learn_tau": False})
+        trained.save_resnet_siamese(
+            model,
+            P.run.root / "siamese" / f"resnet-{variant}",
+            {"variant": variant, "hidden": [8], "out_dim": 4, "dropout": 0.0, "tau": 0.07, "learn_tau": False},
+        )
         m = compare.load_measure(name, run_dir)
         direct = model.eval().similarity(imgs, imgs[::-1]).numpy()
         fa, fb = m.features(imgs), m.features(imgs[::-1])
@@ -377,9 +480,13 @@ def test_resnet_measures_from_a_run(run_dir, image_study):
 def test_outputs_have_the_promised_columns(run_dir):
     P = config.load_params("smoke", ["evaluation.n_boot=20"])
     es, table = hand_study()
-    r = evaluation.evaluate_set(es, {"descriptor": Table(default=0.5, name="d"), "table": Table(table)},
-                                P.evaluation.model_copy(update={"measures": ["descriptor", "table"]}), P.seed,
-                                skipped=pd.DataFrame({"measure": ["clip"], "reason": ["no model"]}))
+    r = evaluation.evaluate_set(
+        es,
+        {"descriptor": Table(default=0.5, name="d"), "table": Table(table)},
+        P.evaluation.model_copy(update={"measures": ["descriptor", "table"]}),
+        P.seed,
+        skipped=pd.DataFrame({"measure": ["clip"], "reason": ["no model"]}),
+    )
     files = evaluation.write_outputs(r, P)
     long = pd.read_parquet(files["metrics"])
     assert {"measure", "metric", "value", "lo", "hi", "n", "subset"} <= set(long.columns)
@@ -408,9 +515,15 @@ def test_figures_draw_and_show_the_worst_retrievals():
     assert es.derivatives["pair_id"].iloc[es.queries[cases["q"].iloc[1]]] == "B'"
     groups = eplots.pair_groups(r, "table")
     assert sorted(set(groups["group"])) == ["moderate", "negative: random", "negative: same_style", "radical"]
-    figs = [eplots.forest(r), eplots.score_distributions(r), eplots.similarity_heatmaps(r, ["table"], 2),
-            eplots.retrieval_examples(r, "table", 1, top=2), eplots.example_pairs(r, ["A'", "B'"]),
-            eplots.style_bars(r), eplots.strength_curves(r)]  # images that do not exist show as red tiles
+    figs = [
+        eplots.forest(r),
+        eplots.score_distributions(r),
+        eplots.similarity_heatmaps(r, ["table"], 2),
+        eplots.retrieval_examples(r, "table", 1, top=2),
+        eplots.example_pairs(r, ["A'", "B'"]),
+        eplots.style_bars(r),
+        eplots.strength_curves(r),
+    ]  # images that do not exist show as red tiles
     assert all(isinstance(f, plt.Figure) for f in figs)
     plt.close("all")
 
@@ -445,9 +558,9 @@ def test_geometry_alone_wins_with_padding_and_is_chance_without(tmp_path, mode):
     cfg = config.EvaluationParams(n_boot=0, measures=["geometry"], reference="geometry", copy_absent_share=0)
     r = evaluation.evaluate_set(es, {"geometry": GeometryMeasure()}, cfg)
     r1, chance = value(r, "geometry", "R@1", "all"), 1 / len(es.gallery)
-    if mode == "letterbox":   # the pictures are noise: only the bars can tell the originals apart
+    if mode == "letterbox":  # the pictures are noise: only the bars can tell the originals apart
         assert r1 == 1
-    else:                     # no bars: every image has the same geometry, a constant measure
+    else:  # no bars: every image has the same geometry, a constant measure
         assert r1 == pytest.approx(chance)
         assert value(r, "geometry", "triplet_acc", "random") == 0.5
 
@@ -462,14 +575,15 @@ def test_copy_detection_constant_is_chance_and_paired_marks_need_a_real_differen
     r = evaluation.evaluate_set(es, ms, cfg)
     assert value(r, "const", "µAP", "copy") == pytest.approx(r.chance()["µAP copy"])
     assert value(r, "const", "recall_at_precision", "copy") == r.chance()["R@P90 copy"] == 0
-    assert value(r, "oracle", "µAP", "copy") == 1      # absent queries' best matches are distractors, all below
+    assert value(r, "oracle", "µAP", "copy") == 1  # absent queries' best matches are distractors, all below
     n = r.metrics.set_index(["measure", "metric", "subset"])["n"]
     assert len(es.queries) == 48 and n[("oracle", "R@1", "all")] == 12  # independent originals, not queries
-    assert n[("oracle", "µAP", "copy")] == 12                           # absent originals' queries count too
+    assert n[("oracle", "µAP", "copy")] == 12  # absent originals' queries count too
     # oracle and twin are equal: no 'best' although both beat const everywhere
     assert all(v == [] for v in r.best().values())
-    r2 = evaluation.evaluate_set(es, {"oracle": ms["oracle"], "const": const},
-                                 cfg.model_copy(update={"measures": ["oracle", "const"]}))
+    r2 = evaluation.evaluate_set(
+        es, {"oracle": ms["oracle"], "const": const}, cfg.model_copy(update={"measures": ["oracle", "const"]})
+    )
     assert r2.best()["µAP copy"] == ["oracle"] and r2.best()["R@1"] == ["oracle"]
     assert r2.paired["excludes_0"].all() and (r2.paired["diff"] > 0).all()
 
@@ -479,8 +593,8 @@ def test_copy_detection_uses_only_the_sampled_test_originals():
     cfg = config.EvaluationParams(retrieval_originals=4, copy_absent_share=0.25, copy_queries_per_original=1)
     es = evaluation.test_set(manifest, pairs, trip, cfg, seed=3)
     owners = es.derivatives["orig"].to_numpy()[es.copy_queries]
-    assert set(owners) == set(es.gallery) and len(es.copy_queries) == 4      # one query per sampled original
-    assert (es.copy_truth < 0).sum() == 1                                     # a quarter of 4 left absent
+    assert set(owners) == set(es.gallery) and len(es.copy_queries) == 4  # one query per sampled original
+    assert (es.copy_truth < 0).sum() == 1  # a quarter of 4 left absent
     present = es.copy_gallery[es.copy_gallery < len(es.originals)]
     assert set(present) < set(es.gallery) and len(present) == 3
 
@@ -488,12 +602,12 @@ def test_copy_detection_uses_only_the_sampled_test_originals():
 def test_nan_scores_are_counted_and_never_win():
     es, table = hand_study()
     table = dict(table)
-    table[frozenset(("B", "B'"))] = float("nan")     # B' against its own original: NaN
+    table[frozenset(("B", "B'"))] = float("nan")  # B' against its own original: NaN
     cfg = config.EvaluationParams(n_boot=0, measures=["table"], reference="table", ks=[1])
     r = evaluation.evaluate_set(es, {"table": Table(table)}, cfg)
     assert value(r, "table", "nan_scores", "all") == 1
     q = r.tables["table"]["queries"]
-    assert q["rank"].iloc[1] == 3                    # B' ranks its NaN original last, never first
+    assert q["rank"].iloc[1] == 3  # B' ranks its NaN original last, never first
 
 
 def test_seed_text_image_accuracy_on_prompted_derivatives_only():
@@ -507,7 +621,7 @@ def test_seed_text_image_accuracy_on_prompted_derivatives_only():
     # only t1 (A, A' prompted "a red sky", negative B captioned "sea"): i2t and t2i both right
     assert out.set_index("negative_kind").loc["all", ["triplets", "i2t", "t2i", "chance"]].tolist() == [1, 1, 1, 0.5]
     es.derivatives["prompt"] = None
-    assert evaluation.text_image_binary(es, None, None, captions).empty          # augment: no prompts
+    assert evaluation.text_image_binary(es, None, None, captions).empty  # augment: no prompts
 
 
 # -- leave one family out: on synthetic embeddings, a family whose derivatives only a head trained on it
@@ -522,18 +636,32 @@ def lofo_study(n_orig=80, dim=8, seed=0):
     base = rng.normal(size=(n_orig, dim))
     for i in range(n_orig):
         oid = f"o{i:02d}"
-        ids.append(oid); emb.append(base[i])
+        ids.append(oid)
+        emb.append(base[i])
         man.append(dict(id=oid, style=f"s{i % 2}", artist=f"a{i % 5}", split=split[i], path=oid))
     for i in range(n_orig):
         for fam in ("easy", "hidden"):
             pid = f"o{i:02d}:{fam}"
             v = base[i] + rng.normal(0, 0.3, dim) if fam == "easy" else rot @ base[i]
-            ids.append(pid); emb.append(v)
+            ids.append(pid)
+            emb.append(v)
             same = [j for j in range(n_orig) if split[j] == split[i] and j != i]
             j = same[rng.integers(len(same))]
-            trip.append(dict(triplet_id=f"t{i}{fam}", anchor_id=f"o{i:02d}", positive_id=pid, negative_id=f"o{j:02d}",
-                             negative_kind="random", family=fam, backend="augment", split=split[i],
-                             style=f"s{i % 2}", artist=f"a{i % 5}", negative_path=f"o{j:02d}"))
+            trip.append(
+                dict(
+                    triplet_id=f"t{i}{fam}",
+                    anchor_id=f"o{i:02d}",
+                    positive_id=pid,
+                    negative_id=f"o{j:02d}",
+                    negative_kind="random",
+                    family=fam,
+                    backend="augment",
+                    split=split[i],
+                    style=f"s{i % 2}",
+                    artist=f"a{i % 5}",
+                    negative_path=f"o{j:02d}",
+                )
+            )
     table = pd.DataFrame({"id": ids, "embedding": [np.asarray(e, np.float32) for e in emb]})
     return pd.DataFrame(trip), table, pd.DataFrame(man)
 
@@ -542,13 +670,22 @@ def test_a_family_only_training_can_teach_drops_when_held_out():
     import torch
 
     trip, table, manifest = lofo_study()
-    P = config.load_params("smoke", ["siamese.epochs=40", "siamese.hidden=[32]", "siamese.out_dim=8",
-                                     "siamese.dropout=0.0", "evaluation.n_boot=100", "siamese.patience=40"])
+    P = config.load_params(
+        "smoke",
+        [
+            "siamese.epochs=40",
+            "siamese.hidden=[32]",
+            "siamese.out_dim=8",
+            "siamese.dropout=0.0",
+            "evaluation.n_boot=100",
+            "siamese.patience=40",
+        ],
+    )
     torch.manual_seed(0)
     tab = evaluation.leave_one_family_out(P, trip, table, manifest)
     assert set(tab["trained_without"]) == {"none", "easy", "hidden"} and tab["held_out"].sum() == 2
     drop = evaluation.held_out_drop(tab)
-    assert drop.loc["hidden", "drop"] > 0.1 and drop.loc["hidden", "excludes_0"]   # learnt, not seen
+    assert drop.loc["hidden", "drop"] > 0.1 and drop.loc["hidden", "excludes_0"]  # learnt, not seen
     assert drop.loc["hidden", "drop"] > drop.loc["easy", "drop"]
     assert {"lo", "hi", "n"} <= set(drop.columns) and (drop["n"] == 20).all()  # 20 test originals
 
@@ -560,8 +697,15 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     from artsim_lib.measures import trained
     from artsim_lib.stages import s02_preprocess, s05_generation, s06_descriptors, s07_finetune
 
-    measures = ["descriptor", "descriptor_fitted", "effnet_lite0_finetuned", "clip_siamese", "effnet_lite0_siamese",
-                "resnet_regression", "sscd"]
+    measures = [
+        "descriptor",
+        "descriptor_fitted",
+        "effnet_lite0_finetuned",
+        "clip_siamese",
+        "effnet_lite0_siamese",
+        "resnet_regression",
+        "sscd",
+    ]
     P = config.load_params("smoke", [f"evaluation.measures={json.dumps(measures)}", "finetune.backbone=effnet_lite0"])
 
     def stage_asked():
@@ -578,21 +722,24 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     with pytest.raises(StageNotRunError, match="made with other params: run stage 05 first"):
         evaluation.check_inputs(P)
     paths.write_parquet(trip, s05_generation.triplets_path(P), s05_generation.triplet_meta(P))
-    assert stage_asked() == "06"                                  # descriptor_fitted: stage 06's pair table
-    paths.write_parquet(pd.DataFrame({"x": [1]}), P.run.root / "descriptors" / "pair_similarity.parquet",
-                        s06_descriptors.stage_meta(P, trip))
-    assert stage_asked() == "07"                                  # the fine-tuned and siamese CNN rows
+    assert stage_asked() == "06"  # descriptor_fitted: stage 06's pair table
+    paths.write_parquet(
+        pd.DataFrame({"x": [1]}),
+        P.run.root / "descriptors" / "pair_similarity.parquet",
+        s06_descriptors.stage_meta(P, trip),
+    )
+    assert stage_asked() == "07"  # the fine-tuned and siamese CNN rows
     info = trained.finetuned_dir(P.run.root) / trained.FINETUNE_INFO
     info.parent.mkdir(parents=True)
     info.write_text(json.dumps({"complete": True, "key": {"other": "params"}}))
     with pytest.raises(StageNotRunError, match="made with other params: run stage 07"):
         evaluation.check_inputs(P)
     info.write_text(json.dumps({"complete": True, "key": s07_finetune.finetune_key(P)}, default=str))
-    assert stage_asked() == "08"                                  # the CLIP head
+    assert stage_asked() == "08"  # the CLIP head
     head = trained.clip_head_dir(P.run.root, trained.split_name(P.siamese.train_splits[0]))
     head.mkdir(parents=True)
     (head / "head.safetensors").write_bytes(b"")
-    assert stage_asked() == "08"                                  # the CNN siamese on stage 07's backbone
+    assert stage_asked() == "08"  # the CNN siamese on stage 07's backbone
     saved = trained.siamese_dir(P.run.root, "effnet_lite0", "triplet")
     saved.mkdir(parents=True)
     (saved / trained.SIAMESE_CONFIG).write_text("{}")
@@ -601,8 +748,8 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     # resnet_regression (another backbone) and sscd are no stage's model here: skipped when they cannot load
     assert table["input"].iloc[-1] == "no stage's model (descriptor, sscd)"
     stage07 = table.loc[table["input"].str.startswith("07"), "input"].item()
-    assert "resnet_regression" in stage07                          # reads stage 07, as before; skipped at load
-    assert not (P.run.root / "models").exists()                   # nothing was built or trained
+    assert "resnet_regression" in stage07  # reads stage 07, as before; skipped at load
+    assert not (P.run.root / "models").exists()  # nothing was built or trained
 
 
 def test_load_reads_the_written_metrics_or_says_run_09(run_dir):
@@ -612,8 +759,12 @@ def test_load_reads_the_written_metrics_or_says_run_09(run_dir):
     with pytest.raises(StageNotRunError, match="run stage 09 first"):
         evaluation.load(P)
     es, table = hand_study()
-    r = evaluation.evaluate_set(es, {"descriptor": Table(default=0.5, name="d"), "table": Table(table)},
-                                P.evaluation.model_copy(update={"measures": ["descriptor", "table"]}), P.seed)
+    r = evaluation.evaluate_set(
+        es,
+        {"descriptor": Table(default=0.5, name="d"), "table": Table(table)},
+        P.evaluation.model_copy(update={"measures": ["descriptor", "table"]}),
+        P.seed,
+    )
     evaluation.write_outputs(r, P)
     pd.testing.assert_frame_equal(evaluation.load(P), r.metrics)
     other = config.load_params("smoke", ["evaluation.n_boot=6"])
