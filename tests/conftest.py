@@ -8,17 +8,17 @@ here, never from each other.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import nbformat
 import pytest
+from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+import helpers
+from artsim_lib.io import synthart
 
 
 # -- models and params --------------------------------------------------------------------------
@@ -58,74 +58,12 @@ def smoke_params(run_dir, tiny_models) -> Callable[..., object]:
     return make
 
 
-# -- a throwaway project that `artsim` runs on ----------------------------------------------------
-def _write_notebook(path, stage, body="", parameters=""):
-    """A notebook following the contract: parameters cell, load_params + start_stage, finish."""
-    params = nbformat.v4.new_code_cell('profile = "smoke"\noverrides = []\n' + parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        params,
-        nbformat.v4.new_code_cell(
-            "from artsim_lib import config\n"
-            "from artsim_lib.io import provenance\n"
-            "P = config.load_params(profile, overrides)\n"
-            f"stage = provenance.start_stage({stage!r}, P)"
-        ),
-        nbformat.v4.new_code_cell(body or "pass"),
-        nbformat.v4.new_code_cell("stage.finish(size=P.preprocess.size)"),
-    ]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
-
-
-def _make_project(root, stages=("01-a", "02-b"), bodies=None, notebooks=None):
-    """A minimal project tree: params/smoke.yaml and notebooks/NN-name.ipynb, one per stage (with
-    ``notebooks="study"``: a copy of the study's own notebooks instead)."""
-    root = Path(root)
-    (root / "params").mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "params" / "smoke.yaml", root / "params" / "smoke.yaml")
-    if notebooks == "study":
-        shutil.copytree(REPO / "notebooks", root / "notebooks")
-        return root
-    bodies = bodies or {}
-    for stage in stages:
-        _write_notebook(root / "notebooks" / f"{stage}.ipynb", stage, bodies.get(stage, ""))
-    return root
-
-
-def _project_env(root):
-    """The environment for a subprocess working on the project at ``root``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ARTSIM_RUN_DIR", "ARTSIM_NOTEBOOKS_DIR")}
-    env["ARTSIM_ROOT"] = str(root)
-    return env
-
-
-def _artsim(root, *args, check=True):
-    """Run ``python -m artsim_lib ARGS`` against the project at ``root``."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "artsim_lib", *args],
-        cwd=root,
-        env=_project_env(root),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"artsim {' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
-
-
+# -- a throwaway project that `artsim` runs on (helpers.py has the builders) ---------------------
 @pytest.fixture
 def write_notebook():
     """``write_notebook(path, stage, body="", parameters="")``: a notebook that follows the stage
     contract (parameters cell, load_params + start_stage, ``body``, finish)."""
-    return _write_notebook
+    return helpers.write_notebook
 
 
 @pytest.fixture
@@ -133,17 +71,61 @@ def make_project():
     """``make_project(root, stages=("01-a", "02-b"), bodies=None, notebooks=None)``: a project
     tree with params/smoke.yaml and one small notebook per stage (``notebooks="study"``: the
     study's own notebooks)."""
-    return _make_project
+    return helpers.make_project
 
 
 @pytest.fixture
 def project_env():
     """``project_env(root)``: the environment of a subprocess working on the project at ``root``."""
-    return _project_env
+    return helpers.project_env
 
 
 @pytest.fixture
 def artsim():
     """``artsim(root, *args, check=True)``: ``python -m artsim_lib ARGS`` on the project at ``root``
     (raises with its output when it fails and ``check``)."""
-    return _artsim
+    return helpers.artsim
+
+
+# -- images ----------------------------------------------------------------------------------
+SKIP = ("truncated", "grayscale", "phash_duplicate")  # unreadable, colourless, a copy
+
+
+@pytest.fixture(scope="session")
+def paintings(tmp_path_factory) -> list[Path]:
+    """Twelve distinct colour SynthArt paintings as 128² PNGs, made once per session (read them,
+    never change them)."""
+    root = tmp_path_factory.mktemp("synthart")
+    synthart.generate(root / "raw", num_images=20, seed=5, max_side=300)
+    bad = {f for k in SKIP for f in synthart.defects(root / "raw")[k]}
+    files = [p for p in sorted((root / "raw").rglob("*.jpg")) if p.relative_to(root / "raw").as_posix() not in bad]
+    out = []
+    for i, src in enumerate(files[:12]):
+        dst = root / "img" / f"p{i:02d}.png"
+        dst.parent.mkdir(exist_ok=True)
+        Image.open(src).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS).save(dst)
+        out.append(dst)
+    assert len(out) == 12
+    return out
+
+
+# -- a single-node SLURM ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm():
+    """A single-node SLURM on this machine (started, and stopped again, unless it was up). The
+    tests install nothing: `make slurm-up` (or .ci/run) installs Debian's SLURM packages."""
+    if os.geteuid() != 0:
+        pytest.skip("the single-node SLURM needs root")
+    with open("/tmp/artsim-slurm.lock", "w") as lock:  # one SLURM test at a time on a machine
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        was_up = shutil.which("scontrol") is not None and helpers.sh("scontrol", "ping").returncode == 0
+        start = helpers.sh(str(helpers.SCRIPTS / "start-slurm.sh"), timeout=300)
+        if start.returncode == 3:
+            pytest.skip(f"no SLURM here: {start.stderr.strip()}")
+        assert start.returncode == 0, start.stdout + start.stderr
+        try:
+            yield
+        finally:
+            if not was_up:
+                stop = helpers.sh(str(helpers.SCRIPTS / "stop-slurm.sh"))
+                assert stop.returncode == 0, stop.stderr

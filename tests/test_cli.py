@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from artsim_lib import cli
-from test_workflow import artsim, make_project, write_notebook
+from helpers import artsim, make_project, write_notebook
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 family's invariants, the weighted total, the cache, parallel extraction, the weight fit and the
 triplet accuracy. Stage 06's runner is tested in tests/stages/test_s06_descriptors.py."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,27 +11,8 @@ from skimage import color, filters
 from artsim_lib import config
 from artsim_lib.core import descriptor_similarity as dsim
 from artsim_lib.core import descriptors
-from artsim_lib.io import synthart
 
 CFG = config.compare_descriptor_params()  # 128 px (the schema defaults: the full study's 256)
-SKIP = ("truncated", "grayscale", "phash_duplicate")  # unreadable, colourless, a copy
-
-
-@pytest.fixture(scope="module")
-def paintings(tmp_path_factory) -> list[Path]:
-    """Twelve distinct colour SynthArt paintings as 128² PNGs."""
-    root = tmp_path_factory.mktemp("synthart")
-    synthart.generate(root / "raw", num_images=20, seed=5, max_side=300)
-    bad = {f for k in SKIP for f in synthart.defects(root / "raw")[k]}
-    files = [p for p in sorted((root / "raw").rglob("*.jpg")) if p.relative_to(root / "raw").as_posix() not in bad]
-    out = []
-    for i, src in enumerate(files[:12]):
-        dst = root / "img" / f"p{i:02d}.png"
-        dst.parent.mkdir(exist_ok=True)
-        Image.open(src).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS).save(dst)
-        out.append(dst)
-    assert len(out) == 12
-    return out
 
 
 def hue_shift(img: Image.Image, shift: float = 0.33) -> Image.Image:

@@ -19,9 +19,7 @@ import pytest
 from artsim_lib import config
 from artsim_lib.io import worklog
 from artsim_lib.workflow import cluster
-from test_slurm import PROFILE, slurm  # noqa: F401  (the fixture)
-from test_workflow import REPO, project_env
-from test_workflow_sharding import artifact_hashes, make_study
+from helpers import PROFILE, REPO, artifact_hashes, make_study, project_env
 
 pytestmark = pytest.mark.slow
 PILOT = 24  # `artsim run --pilot 24`, as the README tells a new user to start: 24 of SynthArt's 40

@@ -1,51 +1,14 @@
 """The index page and the HTML export: sections, working links, nothing loaded from the
 network. Executed notebooks are made by hand here (no papermill), so these tests are fast."""
 
-import base64
 import json
 import re
-import struct
-import zlib
 
-import nbformat
 import pytest
 
 from artsim_lib import config
 from artsim_lib.workflow import report, runner
-from test_workflow import make_project
-
-
-def tiny_png() -> bytes:
-    """A valid 2x2 red PNG."""
-
-    def chunk(kind, data):
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
-
-
-PNG_B64 = base64.b64encode(tiny_png()).decode()
-
-
-def executed_notebook(path, with_png=True):
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("plot()")
-    if with_png:
-        cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": PNG_B64})]
-    else:
-        cell.outputs = [nbformat.v4.new_output("error", ename="KeyError", evalue="'style'", traceback=[])]
-    nb.cells = [nbformat.v4.new_markdown_cell("$x^2$ and math"), cell]
-    nb.metadata["papermill"] = {"duration": 1.25}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
+from helpers import PNG_B64, executed_notebook, make_project
 
 
 @pytest.fixture

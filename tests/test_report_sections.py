@@ -14,9 +14,7 @@ import yaml
 from artsim_lib import config
 from artsim_lib.stages import s09_evaluation as evaluation
 from artsim_lib.workflow import report, runner
-from stages.test_s09_evaluation import Table, hand_study
-from test_report import PNG_B64, executed_notebook, tiny_png
-from test_workflow import make_project
+from helpers import PNG_B64, Table, executed_notebook, hand_study, make_project, tiny_png
 
 STAGES = ("01-eda", "06-descriptors", "09-evaluation")
 KEY_PNG = base64.b64encode(tiny_png() + b"\0").decode()  # a different image than the first one

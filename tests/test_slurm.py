@@ -3,29 +3,30 @@ study's plan) and a smoke study through a real single-node SLURM started on this
 scripts/slurm/start-slurm.sh: sharded stages as separate sbatch jobs, a failed shard with its
 logs kept, a rerun of only what failed, and the artifacts of the local run."""
 
-import fcntl
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from artsim_lib import config
 from artsim_lib.workflow import cluster, runner
-from test_workflow import REPO, artsim, make_project, write_notebook
-from test_workflow_sharding import (
+from helpers import (
+    PROFILE,
+    REPO,
     SHARD_PARAMETERS,
     artifact_hashes,
+    artsim,
     job_counts,
+    make_project,
     make_study,
     output,
+    sh,
     shard_sets,
+    write_notebook,
     write_toy_notebooks,
 )
 
-SCRIPTS = REPO / "scripts" / "slurm"
-PROFILE = REPO / "workflow" / "profiles" / "slurm"
 STUDY = (
     "01-eda",
     "02-preprocessing",
@@ -166,35 +167,9 @@ def test_fit_profile_cuts_requests_and_keeps_placement(tmp_path):
         assert kept.items() <= res.items(), rule  # partition, gres, runtime as in the profile
 
 
-# -- a real SLURM --------------------------------------------------------------------------
-def _sh(*args, timeout=120):
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    """A single-node SLURM on this machine (started, and stopped again, unless it was up). The
-    tests install nothing: `make slurm-up` (or .ci/run) installs Debian's SLURM packages."""
-    if os.geteuid() != 0:
-        pytest.skip("the single-node SLURM needs root")
-    with open("/tmp/artsim-slurm.lock", "w") as lock:  # one SLURM test at a time on a machine
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        was_up = shutil.which("scontrol") is not None and _sh("scontrol", "ping").returncode == 0
-        start = _sh(str(SCRIPTS / "start-slurm.sh"), timeout=300)
-        if start.returncode == 3:
-            pytest.skip(f"no SLURM here: {start.stderr.strip()}")
-        assert start.returncode == 0, start.stdout + start.stderr
-        try:
-            yield
-        finally:
-            if not was_up:
-                stop = _sh(str(SCRIPTS / "stop-slurm.sh"))
-                assert stop.returncode == 0, stop.stderr
-
-
 def slurm_jobs(run_ids):
     """``[(comment, partition, gres, state)]`` of these runs' jobs (squeue keeps them 300 s)."""
-    out = _sh("squeue", "--states=all", "-h", "-o", "%j|%k|%P|%b|%T").stdout
+    out = sh("squeue", "--states=all", "-h", "-o", "%j|%k|%P|%b|%T").stdout
     rows = [line.split("|") for line in out.splitlines()]
     return [tuple(row[1:]) for row in rows if row[0] in run_ids]
 

@@ -1,79 +1,17 @@
 """End to end: `artsim run` on a throwaway project with two tiny notebooks (Snakemake +
-papermill), incremental reruns, and a failing stage. The helpers here are shared with
-test_cli.py and test_report.py."""
+papermill), incremental reruns, a failing stage, the rerun sets, and notebooks that read as reports."""
 
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-# -- helpers -------------------------------------------------------------------
-def write_notebook(path, stage, body="", parameters=""):
-    """A notebook following the contract: parameters cell, load_params + start_stage, finish."""
-    params = nbformat.v4.new_code_cell('profile = "smoke"\noverrides = []\n' + parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        params,
-        nbformat.v4.new_code_cell(
-            "from artsim_lib import config\n"
-            "from artsim_lib.io import provenance\n"
-            "P = config.load_params(profile, overrides)\n"
-            f"stage = provenance.start_stage({stage!r}, P)"
-        ),
-        nbformat.v4.new_code_cell(body or "pass"),
-        nbformat.v4.new_code_cell("stage.finish(size=P.preprocess.size)"),
-    ]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
-
-
-def make_project(root, stages=("01-a", "02-b"), bodies=None):
-    """A minimal project tree: params/smoke.yaml and notebooks/NN-name.ipynb."""
-    root = Path(root)
-    (root / "params").mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "params" / "smoke.yaml", root / "params" / "smoke.yaml")
-    bodies = bodies or {}
-    for stage in stages:
-        write_notebook(root / "notebooks" / f"{stage}.ipynb", stage, bodies.get(stage, ""))
-    return root
-
-
-def project_env(root):
-    """The environment for a subprocess working on the project at ``root``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ARTSIM_RUN_DIR", "ARTSIM_NOTEBOOKS_DIR")}
-    env["ARTSIM_ROOT"] = str(root)
-    return env
-
-
-def artsim(root, *args, check=True):
-    """Run ``python -m artsim_lib ARGS`` against the project at ``root``."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "artsim_lib", *args],
-        cwd=root,
-        env=project_env(root),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"artsim {' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
-
+from helpers import REPO, artsim, make_project, write_notebook
 
 # What the kernel's libraries write while a stage runs (transformers' bars, tqdm's IProgress
 # warning, torchvision fallbacks, log lines): the stage log's, never the notebook's.

@@ -1,128 +1,25 @@
 """Sharded stages in the workflow: shardable notebooks are found by their parameters, fan out
 into shard jobs and one merge job, give the artifacts of an unsharded run, and a rerun after a
-failed shard runs only that shard (and what follows). The helpers here build throwaway
-projects of sharded notebooks; test_slurm.py runs the same study through a real SLURM."""
+failed shard runs only that shard (and what follows). The toy study of sharded notebooks is built
+by tests/helpers.py; test_slurm.py runs the same study through a real SLURM."""
 
-import hashlib
-import re
 import shutil
-from pathlib import Path
 
-import nbformat
-import pandas as pd
 import pytest
 
 from artsim_lib import config
-from artsim_lib.io import shards
 from artsim_lib.workflow import cluster, dataflow
-from test_workflow import artsim, make_project, write_notebook
-
-SHARDED = ("03-captioning", "05-generation")  # the toy study: two sharded stages in a row
-SHARD_PARAMETERS = "num_shards = 1  # shard jobs\nshard_index = 0  # this job's shard; -1: merge only\n"
-
-# A sharded stage following the contract: its shard's items not done yet, in batches, each item
-# seeded by its id; once every shard is done (or as the merge job) the merged table. Stage 05
-# reads stage 03's table, so the stages depend on each other as the real ones do.
-TOY_BODY = """
-import random
-import pandas as pd
-from artsim_lib.io import paths, shards
-{source}
-root = P.run.sub("toy", "{stage}")
-if shard_index != -1:
-    store = shards.ShardStore(root, num_shards, shard_index)
-    mine = shards.select_shard(items, num_shards, shard_index)
-    todo = mine[~mine["id"].isin(store.done())]
-    for chunk in shards.batches(todo.to_dict("records"), 3):
-        store.append([{{"id": r["id"], "seconds": random.random(),
-                        "value": r["value"] + random.Random(shards.item_seed(P.seed, r["id"], "{stage}")).random()}}
-                      for r in chunk])
-done = set().union(*(shards.ShardStore(root, num_shards, k).done() for k in range(num_shards)))
-if shard_index == -1 and not done >= set(items["id"]):
-    raise RuntimeError(f"merge: {{len(set(items['id']) - done)}} items have no result yet")
-if done >= set(items["id"]):
-    merged = shards.merge(root)
-    paths.write_parquet(merged, P.run.root / "toy" / "{stage}.parquet", meta={{"seed": P.seed}})
-    print(f"merged {{len(merged)}} items")
-"""
-FIRST_ITEMS = 'items = pd.DataFrame({{"id": [f"item-{{i:02d}}" for i in range({n})], "value": 0.0}})'
-NEXT_ITEMS = 'items = pd.read_parquet(P.run.root / "toy" / "{previous}.parquet")[["id", "value"]]'
-
-# Put after the parameters cell of every shardable notebook (toy or real): shard 1 of stage NN
-# fails while the file fail-NN.1 exists in the project, so removing it changes no notebook.
-FAIL_HOOK = """import os as _os, pathlib as _pathlib
-if shard_index == 1 and (_pathlib.Path(_os.environ["ARTSIM_ROOT"]) / "fail-{number}.1").exists():
-    raise RuntimeError("shard 1 of {number} fails on purpose (the test's marker file)")"""
-
-
-TIMING = re.compile(r"^(seconds|wall_s|.*_per_s|.*_seconds)$")  # columns that vary run to run
-
-
-# -- helpers (shared with test_slurm.py) ---------------------------------------------------
-def write_toy_notebooks(directory, stages=SHARDED, num_items=12):
-    """The toy study's sharded notebooks in ``directory``; returns it."""
-    directory = Path(directory)
-    previous = None
-    for stage in stages:
-        source = FIRST_ITEMS.format(n=num_items) if previous is None else NEXT_ITEMS.format(previous=previous)
-        write_notebook(
-            directory / f"{stage}.ipynb",
-            stage,
-            TOY_BODY.format(source=source, stage=stage),
-            parameters=SHARD_PARAMETERS,
-        )
-        previous = stage
-    return directory
-
-
-def add_fail_hook(notebook):
-    """Insert :data:`FAIL_HOOK` after the parameters cell of a shardable notebook."""
-    nb = nbformat.read(notebook, as_version=4)
-    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    hook = nbformat.v4.new_code_cell(FAIL_HOOK.format(number=cluster.stage_number(notebook)))
-    nb.cells.insert(at + 1, hook)
-    nbformat.write(nb, notebook)
-
-
-def make_study(root, notebooks):
-    """A project at ``root`` running copies of ``notebooks`` (a folder), the fail hook added
-    to each shardable one."""
-    root = make_project(root, stages=())
-    (root / "notebooks").mkdir(exist_ok=True)
-    for nb in sorted(Path(notebooks).glob("[0-9][0-9]-*.ipynb")):
-        copy = Path(shutil.copy(nb, root / "notebooks" / nb.name))
-        if cluster.is_shardable(copy):
-            add_fail_hook(copy)
-    return root
-
-
-def shard_sets(stage_shards):
-    """``--set`` arguments giving ``{"03": 2, ...}`` shard jobs."""
-    return [a for number, n in stage_shards.items() for a in ("--set", f"workflow.shards.{number}={n}")]
-
-
-def artifact_hashes(run_dir):
-    """Every result of a run, by content: merged parquet tables (content_hash without timing
-    columns, paths relative to the run) and images (bytes); per-shard parts and the rest are
-    left out."""
-    run_dir = Path(run_dir)
-    out = {}
-    for f in sorted(run_dir.rglob("*")):
-        rel = f.relative_to(run_dir)
-        if not f.is_file() or any(p.startswith("shard-") for p in rel.parts):
-            continue
-        if f.suffix == ".parquet":
-            df = pd.read_parquet(f)
-            for c in [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]:
-                df[c] = df[c].map(lambda v: v.replace(f"{run_dir}/", "<run>/") if isinstance(v, str) else v)
-            out[str(rel)] = shards.content_hash(df, ignore=[c for c in df.columns if TIMING.match(c)])
-        elif f.suffix.lower() in (".png", ".jpg", ".jpeg"):
-            out[str(rel)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def output(proc):
-    return proc.stdout + proc.stderr
+from helpers import (
+    SHARD_PARAMETERS,
+    artifact_hashes,
+    artsim,
+    job_counts,
+    make_study,
+    output,
+    shard_sets,
+    write_notebook,
+    write_toy_notebooks,
+)
 
 
 @pytest.fixture
@@ -162,13 +59,6 @@ def test_stage_params_leave_out_the_workflow_section():
             one, number
         )
     assert one.to_yaml() != two.to_yaml()
-
-
-# -- the plan ------------------------------------------------------------------------------
-def job_counts(text):
-    """``{rule: count}`` from Snakemake's 'Job stats' table."""
-    table = text[text.index("Job stats:") :].split("total", 1)[0].splitlines()[3:]
-    return {line.split()[0]: int(line.split()[1]) for line in table if line.strip()}
 
 
 def test_fan_out_and_merge_plan(toy_study):

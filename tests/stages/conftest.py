@@ -1,33 +1,10 @@
-"""Shared builders of the stage tests (tests/stages/). To move into tests/conftest.py once that exists."""
-
-from pathlib import Path
+"""Fixtures of the stage tests (tests/stages/): tiny triplets, and the earlier stages made on demand."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 from skimage import color
-
-from artsim_lib.io import synthart
-
-SKIP = ("truncated", "grayscale", "phash_duplicate")  # unreadable, colourless, a copy
-
-
-@pytest.fixture(scope="module")
-def paintings(tmp_path_factory) -> list[Path]:
-    """Twelve distinct colour SynthArt paintings as 128² PNGs (as in tests/test_descriptors.py)."""
-    root = tmp_path_factory.mktemp("synthart")
-    synthart.generate(root / "raw", num_images=20, seed=5, max_side=300)
-    bad = {f for k in SKIP for f in synthart.defects(root / "raw")[k]}
-    files = [p for p in sorted((root / "raw").rglob("*.jpg")) if p.relative_to(root / "raw").as_posix() not in bad]
-    out = []
-    for i, src in enumerate(files[:12]):
-        dst = root / "img" / f"p{i:02d}.png"
-        dst.parent.mkdir(exist_ok=True)
-        Image.open(src).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS).save(dst)
-        out.append(dst)
-    assert len(out) == 12
-    return out
 
 
 def _hue_shift(img: Image.Image, shift: float = 0.33) -> Image.Image:

@@ -16,11 +16,11 @@ from artsim_lib.measures import scoring
 from artsim_lib.measures.base import (
     DescriptorMeasure,
     EmbeddingMeasure,
-    Measure,
     MeasureUnavailableError,
 )
 from artsim_lib.stages import s09_evaluation as evaluation
 from artsim_lib.stages.s05_generation import build_triplets
+from helpers import Table, hand_study
 
 FAMILIES = ("photometric", "geometric")
 STRENGTHS = (0.25, 1.0)
@@ -120,20 +120,6 @@ def random_measure(dim=64):
     return EmbeddingMeasure("random", embed, pass_sources=True)
 
 
-class Table(Measure):
-    """Scores looked up in a symmetric table (default 0.1); records every image it was asked to describe."""
-
-    def __init__(self, table=None, default=0.1, name="table"):
-        self.table, self.default, self.name, self.seen = table or {}, default, name, []
-
-    def features(self, images):
-        self.seen += list(images)
-        return list(images)
-
-    def raw_from_features(self, fa, fb):
-        return self.table.get(frozenset((fa, fb)), self.default)
-
-
 # -- perfect, constant, random ---------------------------------------------------------------------------
 def test_perfect_measure_scores_one_everywhere():
     es = evaluation.test_set(*study())
@@ -187,69 +173,6 @@ def test_random_measure_is_near_chance():
     assert abs(value(r, "random", "auc", "hard") - 0.5) < 0.12
     lo, hi = r.metrics.set_index(["metric", "subset"]).loc[("triplet_acc", "random"), ["lo", "hi"]]
     assert lo < 0.5 + 0.12 and hi > 0.5 - 0.12 and lo < hi
-
-
-# -- ties and hand-computed values ----------------------------------------------------------------------
-def hand_study():
-    """Three test originals A, B (same style) and C, one derivative each, explicit triplets."""
-    manifest = pd.DataFrame(
-        {
-            "id": ["A", "B", "C"],
-            "path": ["A", "B", "C"],
-            "style": ["s1", "s1", "s2"],
-            "artist": ["a", "b", "c"],
-            "phash": ["00000000", "ffffffff", "0000ffff"],
-            "split": "test",
-        }
-    )
-    pairs = pd.DataFrame(
-        {
-            "pair_id": ["A'", "B'", "C'"],
-            "original_id": ["A", "B", "C"],
-            "path": ["A'", "B'", "C'"],
-            "level": ["moderate", "radical", "moderate"],
-            "family": "photometric",
-            "strength": [0.25, 1.0, 0.5],
-            "prompt": None,
-            "nan_flag": False,
-            "black_flag": False,
-            "backend": "augment",
-            "split": "test",
-            "style": ["s1", "s1", "s2"],
-            "artist": ["a", "b", "c"],
-        }
-    )
-    trip = pd.DataFrame(
-        {
-            "triplet_id": ["t1", "t2", "t3"],
-            "anchor_id": ["A", "B", "C"],
-            "positive_id": ["A'", "B'", "C'"],
-            "negative_id": ["B", "A", "A"],
-            "negative_kind": ["same_style", "same_style", "random"],
-            "level": ["moderate", "radical", "moderate"],
-            "family": "photometric",
-            "strength": [0.25, 1.0, 0.5],
-            "backend": "augment",
-            "split": "test",
-            "style": ["s1", "s1", "s2"],
-            "artist": ["a", "b", "c"],
-        }
-    )
-    table = {
-        frozenset(k): v
-        for k, v in [
-            (("A", "A'"), 0.9),
-            (("B", "A'"), 0.9),
-            (("C", "A'"), 0.1),
-            (("A", "B'"), 0.8),
-            (("B", "B'"), 0.5),
-            (("C", "B'"), 0.2),
-            (("C", "C'"), 0.7),
-            (("A", "B"), 0.9),
-            (("A", "C"), 0.3),
-        ]
-    }
-    return evaluation.test_set(manifest, pairs, trip), table
 
 
 def test_ties_and_every_metric_by_hand():
