@@ -65,6 +65,9 @@ class Measure:
 
     name: str = "measure"
     mapping: str = "raw"  # how similarity01 follows from the raw value, in words
+    # similarity01(a, a) == 1 for every image: true of a similarity of features (a cosine, a
+    # histogram overlap), not of a learnt score of a pair (PairHeadMeasure)
+    self_similarity_is_one: bool = True
 
     def features(self, images: Sequence[ImageLike]) -> list:
         raise NotImplementedError
@@ -219,6 +222,7 @@ class PairHeadMeasure(Measure):
     ``[N, D]``, ``score_fn(ea [B, D], eb [B, D])`` -> ``[B]`` in [0, 1] (torch tensors)."""
 
     mapping = "the pair head's sigmoid score, already in [0, 1]"
+    self_similarity_is_one = False  # a pair of equal images scores what training made it, not 1 by construction
 
     def __init__(self, name: str, embed_fn, score_fn, chunk: int = 65536):
         self.name, self.embed_fn, self.score_fn, self.chunk = name, embed_fn, score_fn, chunk
