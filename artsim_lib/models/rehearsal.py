@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from artsim_lib.io import paths
-from artsim_lib.models import bpe
+from artsim_lib.models import bpe, tiny
 from artsim_lib.models.tiny import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, KINDS
 
 REHEARSAL_VERSION = 2  # bump when a layout changes: existing rehearsal dirs are rebuilt
@@ -171,26 +171,7 @@ def build_blip2(target: Path) -> None:
     _write_json(target / "processor_config.json", BLIP2_PROCESSOR)
 
 
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=1024,
-        scaling_factor=0.13025,
-        force_upcast=False,
-    )
-
-
 def build_sdxl_refiner(target: Path) -> None:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     tok_dir = target.parent / f".{target.name}.tokenizer"
@@ -211,41 +192,9 @@ def build_sdxl_refiner(target: Path) -> None:
         pad_token_id=tokenizer_2.pad_token_id,
     )
     text_encoder_2 = CLIPTextModelWithProjection(text)
-    unet = UNet2DConditionModel(
-        sample_size=128,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        cross_attention_dim=64,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=16,
-        projection_class_embeddings_input_dim=5 * 16 + 64,
-    )  # 5 time ids (aesthetic score too) + pooled text
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
-    pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=_vae(),
-        text_encoder=None,
-        text_encoder_2=text_encoder_2,
-        tokenizer=None,
-        tokenizer_2=tokenizer_2,
-        unet=unet,
-        scheduler=scheduler,
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,
-    )
+    # the refiner's layout at 1024 px (latents 128²), 64-d text, 16-d time ids
+    unet = tiny.refiner_unet(text_dim=64, time_dim=16, sample_size=128)
+    pipe = tiny.refiner_pipeline(text_encoder_2, tokenizer_2, unet, tiny.refiner_vae(sample_size=1024))
     copy.deepcopy(pipe).to(dtype=torch.float16).save_pretrained(target, variant="fp16")
     pipe.save_pretrained(target)
     (target / "tokenizer_2" / "tokenizer.json").unlink(missing_ok=True)
@@ -257,7 +206,7 @@ def build_sdxl_refiner(target: Path) -> None:
 
 def build_vae(target: Path) -> None:
     """The fp16-fix VAE's repository: config.json + diffusion_pytorch_model.safetensors."""
-    _vae().save_pretrained(target)
+    tiny.refiner_vae(sample_size=1024).save_pretrained(target)
 
 
 BUILDERS = {

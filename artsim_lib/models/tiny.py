@@ -162,12 +162,13 @@ def make_blip2():
     return model, processor
 
 
-def _refiner_unet(text_dim: int):
-    """A 2-level UNet conditioned like the refiner: text_time embedding with 5 time ids."""
+def refiner_unet(text_dim: int = SDXL_TEXT_DIM, time_dim: int = SDXL_TIME_DIM, sample_size: int = 16):
+    """A 2-level UNet conditioned like the refiner: text_time embedding with 5 time ids, the prompt
+    embeddings [B, 77, text_dim] and the pooled text [B, text_dim] (the tiny and rehearsal refiners')."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=16,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
@@ -177,15 +178,15 @@ def _refiner_unet(text_dim: int):
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         transformer_layers_per_block=1,
-        cross_attention_dim=text_dim,  # prompt embeds: [B, 77, 32]
+        cross_attention_dim=text_dim,  # prompt embeds: [B, 77, text_dim]
         addition_embed_type="text_time",
-        addition_time_embed_dim=SDXL_TIME_DIM,
-        # 5 time ids (orig h, w, crop top, left, aesthetic score) x 8 + pooled text 32 = 72
-        projection_class_embeddings_input_dim=5 * SDXL_TIME_DIM + SDXL_TEXT_DIM,
+        addition_time_embed_dim=time_dim,
+        # 5 time ids (orig h, w, crop top, left, aesthetic score) x time_dim + the pooled text
+        projection_class_embeddings_input_dim=5 * time_dim + text_dim,
     )
 
 
-def _refiner_vae():
+def refiner_vae(sample_size: int = 128):
     """A 4-level AutoencoderKL: 4 latent channels at 1/8 of the image size, as SDXL's VAE."""
     from diffusers import AutoencoderKL
 
@@ -198,7 +199,7 @@ def _refiner_vae():
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
         norm_num_groups=8,
-        sample_size=128,
+        sample_size=sample_size,
         scaling_factor=0.13025,  # the SDXL VAE's
         force_upcast=False,  # the real one upcasts to float32 to avoid fp16 overflow; moot here
     )
@@ -207,13 +208,18 @@ def _refiner_vae():
 def make_sdxl_refiner():
     """``(StableDiffusionXLImg2ImgPipeline,)`` shaped like the SDXL refiner: only ``text_encoder_2``
     (CLIP text + projection, 32-d), a 2-level UNet with aesthetic-score time ids, VAE /8."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
     from transformers import CLIPTextModelWithProjection
 
     tokenizer_2 = bpe.clip_tokenizer(pad_token="!")  # SDXL's second tokenizer pads with '!'
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, SDXL_TEXT_DIM))
-    unet = _refiner_unet(text_encoder_2.config.hidden_size)
-    vae = _refiner_vae()
+    return (refiner_pipeline(text_encoder_2, tokenizer_2, refiner_unet(), refiner_vae()),)
+
+
+def refiner_pipeline(text_encoder_2, tokenizer_2, unet, vae):
+    """The refiner's img2img pipeline around these parts: its scheduler, no first text encoder, the
+    aesthetic-score conditioning."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
     scheduler = EulerDiscreteScheduler(  # the refiner's scheduler_config.json
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -223,7 +229,7 @@ def make_sdxl_refiner():
         timestep_spacing="leading",
         prediction_type="epsilon",
     )
-    pipe = StableDiffusionXLImg2ImgPipeline(
+    return StableDiffusionXLImg2ImgPipeline(
         vae=vae,
         text_encoder=None,
         text_encoder_2=text_encoder_2,
@@ -234,7 +240,6 @@ def make_sdxl_refiner():
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
     )
-    return (pipe,)
 
 
 def make_resnet():
