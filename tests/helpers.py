@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 
 from artsim_lib.io import shards
@@ -326,3 +327,12 @@ def write_toy_notebooks(directory, stages=SHARDED, num_items=12):
 def shard_sets(stage_shards):
     """``--set`` arguments giving ``{"03": 2, ...}`` shard jobs."""
     return [a for number, n in stage_shards.items() for a in ("--set", f"workflow.shards.{number}={n}")]
+
+
+def colour_image(colour, seed, size: int = 40, sigma: float = 25):
+    """A ``size``² image of one RGB ``colour`` with seeded Gaussian noise of ``sigma`` per pixel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour) + rng.normal(0, sigma, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)

@@ -146,3 +146,11 @@ def run_batches(
             done += len(rows)
             bar.update(len(rows))
     return done
+
+
+def refuse_merge(stage: str, missing: str, num_shards: int, pending: dict) -> None:
+    """The merge job's error while shards are not done: ``missing`` says what, in words
+    ("3 image(s) not captioned yet"), ``pending`` how many per shard."""
+    raise RuntimeError(
+        f"{stage}: cannot merge, {missing} (per shard of {num_shards}: {pending}); run the missing shards first"
+    )

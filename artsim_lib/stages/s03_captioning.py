@@ -336,9 +336,8 @@ def run(P, num_shards: int = 1, shard_index: int = 0) -> CaptionRun:
     pending = _pending(todo, root, num_shards)
     if pending:
         if shard_index == -1:
-            raise RuntimeError(
-                f"captioning: cannot merge, {sum(pending.values())} image(s) not captioned yet "
-                f"(per shard of {num_shards}: {pending}); run the missing shards first"
+            shards.refuse_merge(
+                "captioning", f"{sum(pending.values())} image(s) not captioned yet", num_shards, pending
             )
         return CaptionRun(None, captioned, copied, seconds, pending, missing)
     merged = shards.merge(root)

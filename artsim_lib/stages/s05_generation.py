@@ -495,10 +495,7 @@ def run(P, num_shards: int = 1, shard_index: int = 0) -> GenerationRun:
     pending = dict(sorted(Counter(shards.shard_of(i, num_shards) for i in left).items()))
     if pending:
         if shard_index == -1:
-            raise RuntimeError(
-                f"generation: cannot merge, {len(left)} derivative(s) not made yet (per shard of "
-                f"{num_shards}: {pending}); run the missing shards first"
-            )
+            shards.refuse_merge("generation", f"{len(left)} derivative(s) not made yet", num_shards, pending)
         return GenerationRun(None, merged, made, seconds, pending, unmatched)
     merged = merged.sort_values("pair_id", kind="stable").reset_index(drop=True)
     paths.write_parquet(merged, pairs_path(P), meta)

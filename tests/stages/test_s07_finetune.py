@@ -6,28 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from artsim_lib import config
 from artsim_lib.io.artifacts import StageNotRunError
 from artsim_lib.measures import trained
-from artsim_lib.models import build_tiny, load_resnet, training
+from artsim_lib.models import load_resnet, training
 from artsim_lib.models.heads import CNNClassifier, resnet_embed
 from artsim_lib.models.image_batches import ImageTransform, make_loader
 from artsim_lib.stages import s07_finetune as finetune
+from helpers import colour_image
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
 
 
 @pytest.fixture(scope="module")
-def tiny_resnet(tmp_path_factory):
-    return build_tiny("resnet", tmp_path_factory.mktemp("models") / "tiny-resnet")
-
-
-def _image(colour, seed, size=40):
-    rng = np.random.default_rng(seed)
-    arr = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
+def tiny_resnet(tiny_models):
+    return tiny_models("resnet")
 
 
 def tiny_manifest(folder, per_class=(8, 3, 3)) -> pd.DataFrame:
@@ -38,7 +32,7 @@ def tiny_manifest(folder, per_class=(8, 3, 3)) -> pd.DataFrame:
         for split, n in zip(("train", "val", "test"), per_class):
             for i in range(n):
                 path = folder / f"s{k}-{split}-{i}.png"
-                _image(colour, seed=100 * k + 10 * len(rows) + i).save(path)
+                colour_image(colour, seed=100 * k + 10 * len(rows) + i, sigma=25).save(path)
                 rows.append(
                     {
                         "id": path.stem,

@@ -15,6 +15,7 @@ from artsim_lib.measures import embeddings, trained
 from artsim_lib.measures import registry as compare
 from artsim_lib.models import build_tiny, heads, load_resnet
 from artsim_lib.stages import s08_siamese as siamese
+from helpers import colour_image
 
 STYLES, ARTISTS = ["Cubism", "Baroque", "Ukiyo_e"], ["ann", "bob", "cyd", "dee"]
 
@@ -417,14 +418,8 @@ COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220), (230, 220, 40)]
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory):
-    return build_tiny("resnet", tmp_path_factory.mktemp("models") / "tiny-resnet")
-
-
-def _colour_image(colour, seed, size=40):
-    rng = np.random.default_rng(seed)
-    arr = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
+def backbone_dir(tiny_models):
+    return tiny_models("resnet")
 
 
 @pytest.fixture(scope="module")
@@ -437,12 +432,12 @@ def cnn_triplets(tmp_path_factory):
         for k, colour in enumerate(COLOURS):
             for i in range(n):
                 a, p = d / f"{split}-{k}-{i}-a.png", d / f"{split}-{k}-{i}-p.png"
-                _colour_image(colour, rng.integers(1 << 30)).save(a)
-                _colour_image(colour, rng.integers(1 << 30)).save(p)
+                colour_image(colour, rng.integers(1 << 30), sigma=30).save(a)
+                colour_image(colour, rng.integers(1 << 30), sigma=30).save(p)
                 for kind in ("random", "same_style"):
                     other = (k + 1 + int(rng.integers(len(COLOURS) - 1))) % len(COLOURS)
                     neg = d / f"{split}-{other}-{i}-{kind}-n.png"
-                    _colour_image(COLOURS[other], rng.integers(1 << 30)).save(neg)
+                    colour_image(COLOURS[other], rng.integers(1 << 30), sigma=30).save(neg)
                     rows.append(
                         {
                             "triplet_id": f"{a.stem}:{kind}",
