@@ -12,6 +12,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# The prompt families of stage 04 (the seed study's): what a prompt may change, per level.
+RADICAL_FAMILIES = (
+    "historical",
+    "cultural",
+    "natural",
+    "surreal",
+    "material",
+    "emotional",
+    "mythological",
+    "scientific",
+    "technological",
+    "scale",
+)
+MODERATE_FAMILIES = ("colour", "lighting", "technique", "season", "time_of_day")
+
 # The measures artsim_lib.measures.registry knows (built-ins and the plugins it loads): a static list, so
 # the params load without importing torch; tests/test_config.py checks it against the registry.
 KNOWN_MEASURES = (
@@ -158,36 +173,11 @@ class PromptingParams(_Section):
     summarizer_max_new_tokens: int = Field(60, ge=1)
     llm_min_words: int = Field(4, ge=1)  # shorter (or non-word) LLM output falls back to the template
     caption_max_words: int = Field(20, ge=1)  # longer captions are cut at a word boundary
-    radical_families: list[
-        Literal[
-            "historical",
-            "cultural",
-            "natural",
-            "surreal",
-            "material",
-            "emotional",
-            "mythological",
-            "scientific",
-            "technological",
-            "scale",
-        ]
-    ] = Field(
-        default_factory=lambda: [
-            "historical",
-            "cultural",
-            "natural",
-            "surreal",
-            "material",
-            "emotional",
-            "mythological",
-            "scientific",
-            "technological",
-            "scale",
-        ],
-        min_length=1,
+    radical_families: list[Literal[RADICAL_FAMILIES]] = Field(
+        default_factory=lambda: list(RADICAL_FAMILIES), min_length=1
     )
-    moderate_families: list[Literal["colour", "lighting", "technique", "season", "time_of_day"]] = Field(
-        default_factory=lambda: ["colour", "lighting", "technique", "season", "time_of_day"], min_length=1
+    moderate_families: list[Literal[MODERATE_FAMILIES]] = Field(
+        default_factory=lambda: list(MODERATE_FAMILIES), min_length=1
     )
 
     @model_validator(mode="after")

@@ -17,19 +17,8 @@ import random
 import re
 from dataclasses import dataclass
 
-RADICAL_FAMILIES = (
-    "historical",
-    "cultural",
-    "natural",
-    "surreal",
-    "material",
-    "emotional",
-    "mythological",
-    "scientific",
-    "technological",
-    "scale",
-)
-MODERATE_FAMILIES = ("colour", "lighting", "technique", "season", "time_of_day")
+from artsim_lib.config.schema import MODERATE_FAMILIES, RADICAL_FAMILIES  # noqa: F401  (the one list)
+
 LEVELS = ("moderate", "radical")
 
 
