@@ -41,26 +41,26 @@ dry-run: install ## validate the params and show the plan without running anythi
 report: install ## rebuild reports/PROFILE/index.html from what has run
 	$(VENV)/bin/artsim report --profile $(PROFILE)
 
-LINT_PATHS := artsim_lib tests benchmarks
+LINT_PATHS := artsim_lib tests benchmarks conftest.py
 
 lint: install ## ruff: the lint rules and the formatting (pyproject.toml's [tool.ruff]); changes nothing
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 test: install ## run every test, notebooks included (offline)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadscope
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest --slow -n 2 --dist loadscope
 
-test-fast: install ## the unit tests only (no notebooks, no workflow runs)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests -m "not slow"
+test-fast: install ## the unit tests only (no notebooks, no workflow runs): what a plain `pytest` runs
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2
 
 test-slurm: install ## the cluster tests against a real single-node SLURM (root; see slurm-up)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_slurm.py tests/test_workflow_sharding.py
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest --slow tests/test_slurm.py tests/test_workflow_sharding.py
 
 test-slurm-study: install ## the real smoke study through SLURM, 03/05/08 sharded, vs a local run (~7 min)
-	ARTSIM_SLURM_REAL_STUDY=1 HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_slurm.py -k matches_local
+	ARTSIM_SLURM_REAL_STUDY=1 HF_HUB_OFFLINE=1 $(VENV)/bin/pytest --slow tests/test_slurm.py -k matches_local
 
 test-rehearsal: install ## the full profile's code paths (params/rehearsal.yaml) through a real SLURM vs a local run
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/test_rehearsal.py
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest --slow tests/test_rehearsal.py
 
 bench: install ## print the performance figures (descriptor parallelism, siamese cache, CLIP throughput, issue 9's speed fixes)
 	$(PY) benchmarks/bench_descriptors.py

@@ -2,6 +2,7 @@
 
 Tests never touch the network and never write into the repository's runs/.
 """
+
 import os
 import tempfile
 
@@ -42,3 +43,25 @@ def pytest_xdist_make_scheduler(config, log):
             return super()._split_scope(nodeid)
 
     return StudyInOrder(config, log)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the slow tests (the notebooks, the workflow runs, SLURM, the rehearsal); make test does",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests are opt-in: a plain ``pytest`` runs the unit tests (a couple of minutes), ``--slow``
+    (``make test``, CI) runs everything. The notebooks nbval runs are slow tests too."""
+    for item in items:
+        if item.nodeid.startswith("notebooks/"):
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--slow") or config.option.markexpr:
+        return  # everything, or what the -m expression asks for
+    skip = pytest.mark.skip(reason="slow: run with --slow (make test does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
