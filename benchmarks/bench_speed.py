@@ -154,7 +154,7 @@ def _paintings(folder: Path, n: int, side: int) -> list[str]:
 
 
 def bench_descriptors(n_images: int, n_workers: int, part: int) -> None:
-    cfg = config.DescriptorParams(size=128, workers=n_workers)
+    cfg = config.DescriptorParams(size=128, hog_cell=16, workers=n_workers)  # the smoke study's settings
     n_anchors = n_images // 3
     print(
         f"\n3. stage 06 features, {n_images} images at {cfg.size}² ({n_anchors} anchors, each with 2 derivatives "
