@@ -374,7 +374,8 @@ def triplet_scores(pairs: pd.DataFrame, measure: str) -> pd.DataFrame:
 
 def _float32(x: float) -> float:
     """``x`` rounded to float32: the precision stage 06's accuracies had when torch computed them
-    (``losses.triplet_accuracy``, a float32 mean), so ``fitted_weights.json`` keeps its numbers."""
+    (a float32 mean in torch, before :func:`artsim_lib.core.metrics.triplet_accuracy` replaced it), so
+    ``fitted_weights.json`` keeps its numbers."""
     return float(np.float32(x))
 
 

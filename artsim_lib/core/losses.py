@@ -44,14 +44,6 @@ def in_batch_negatives(
     return sim[mask].view(len(a), len(a) - 1)
 
 
-def triplet_accuracy(s_pos: torch.Tensor, s_neg: torch.Tensor) -> float:
-    """Share of triplets whose positive is closer to the anchor than the negative; a tie
-    counts half, so a constant measure scores chance (0.5), as in :mod:`artsim_lib.core.metrics`."""
-    if not len(s_pos):
-        return float("nan")
-    return ((s_pos > s_neg).float() + 0.5 * (s_pos == s_neg).float()).mean().item()
-
-
 def triplet_loss(za, zp, zn, tau, groups: torch.Tensor | None = None, in_batch: bool = False):
     """The study's InfoNCE loss, optionally with the other positives of the batch as extra
     negatives (except those of the same original, ``groups``). Returns (loss, s+, s-)."""

@@ -149,8 +149,8 @@ def evaluate(model: heads.Siamese, data: TripletTensors, idx: np.ndarray) -> dic
     loss = losses.infonce_triplet_loss(s_pos, s_neg, model.temperature()).item() if len(i) else math.nan
     return {
         "loss": loss,
-        "acc_random": losses.triplet_accuracy(s_pos[~hard], s_neg[~hard]),
-        "acc_hard": losses.triplet_accuracy(s_pos[hard], s_neg[hard]),
+        "acc_random": metrics.triplet_accuracy(s_pos[~hard].cpu().numpy(), s_neg[~hard].cpu().numpy()),
+        "acc_hard": metrics.triplet_accuracy(s_pos[hard].cpu().numpy(), s_neg[hard].cpu().numpy()),
     }
 
 
@@ -306,10 +306,11 @@ def batch_loss(
 
 def _accuracies(s_pos: torch.Tensor, s_neg: torch.Tensor, kinds: np.ndarray) -> dict:
     hard = np.isin(kinds, HARD_KINDS)
-    pick = lambda m: torch.from_numpy(m)  # noqa: E731
+    s_pos, s_neg = s_pos.detach().cpu().numpy(), s_neg.detach().cpu().numpy()
+    rand = kinds == "random"
     return {
-        "acc_random": losses.triplet_accuracy(s_pos[pick(kinds == "random")], s_neg[pick(kinds == "random")]),
-        "acc_hard": losses.triplet_accuracy(s_pos[pick(hard)], s_neg[pick(hard)]),
+        "acc_random": metrics.triplet_accuracy(s_pos[rand], s_neg[rand]),
+        "acc_hard": metrics.triplet_accuracy(s_pos[hard], s_neg[hard]),
     }
 
 

@@ -196,7 +196,7 @@ def separable(n=120, seed=0):
 
 def test_training_on_a_separable_set_raises_triplet_accuracy():
     data = separable()
-    raw = losses.triplet_accuracy(*losses.triplet_similarities(data.emb[data.a], data.emb[data.p], data.emb[data.n]))
+    raw = metrics.triplet_accuracy(*losses.triplet_similarities(data.emb[data.a], data.emb[data.p], data.emb[data.n]))
     assert raw < 0.2
     train, val = np.arange(0, 90), np.arange(90, 120)
     fit = siamese.fit_head(data, train, val, cfg(learn_tau=True), params(in_batch_negatives=True), seed=0)
@@ -533,7 +533,7 @@ def test_frozen_backbone_is_unchanged_and_training_lowers_the_loss(run_dir, back
     val = cnn_triplets[cnn_triplets["split"] == "val"]
     s_pos = model.similarity(list(val["anchor_path"]), list(val["positive_path"]))
     s_neg = model.similarity(list(val["anchor_path"]), list(val["negative_path"]))
-    assert s_pos.shape == (len(val),) and losses.triplet_accuracy(s_pos, s_neg) >= 0.9
+    assert s_pos.shape == (len(val),) and metrics.triplet_accuracy(s_pos, s_neg) >= 0.9
 
 
 def test_layer4_unfreeze_changes_only_layer4(run_dir, backbone_dir, cnn_triplets):
