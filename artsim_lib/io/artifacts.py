@@ -30,7 +30,7 @@ class StageNotRunError(RuntimeError):
     """An input of a stage is missing or was made with other params: run the named stage first."""
 
     def __init__(self, stage: str, what: str, path: str | os.PathLike, stale: bool = False):
-        self.stage, self.what, self.path = stage, what, Path(path)
+        self.stage, self.what, self.path, self.stale = stage, what, Path(path), stale
         state = "was made with other params" if stale else "is missing"
         super().__init__(
             f"{what} ({path}) {state}: run stage {stage} first "

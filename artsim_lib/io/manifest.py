@@ -36,7 +36,10 @@ def _source_key(P) -> str:
 def read_manifest(path) -> pd.DataFrame:
     """A manifest parquet as the loaders return it (``styles`` cells back to lists)."""
     df = pd.read_parquet(path)
-    df["styles"] = pd.Series([list(s) if s is not None else None for s in df["styles"]], index=df.index, dtype=object)
+    if "styles" in df:  # a table written by hand (tests, tools) may have no multi-style column
+        df["styles"] = pd.Series(
+            [list(s) if s is not None else None for s in df["styles"]], index=df.index, dtype=object
+        )
     return df
 
 

@@ -786,71 +786,54 @@ def evaluation_meta(P) -> dict:
 
 
 def check_inputs(P) -> pd.DataFrame:
-    """What stage 09 reads from earlier stages, checked without building or training anything: one
+    """What stage 09 reads from earlier stages, checked by those stages' own ``load`` (so the same
+    rules: missing, incomplete or made with other params) without building or training anything: one
     row per input (input, status, path). Errors (:class:`StageNotRunError`, naming the stage to run):
-    the test set's tables (02's manifest, 05's derivatives and triplets) missing or made with other
-    params, and the models this study trains for the measures asked for -- 06's pair table and fitted
-    weights ('descriptor_fitted'), 07's fine-tuned ``finetune.backbone`` (any fine-tuned or CNN
-    siamese measure), 08's CLIP head ('clip_siamese') and 08's siamese variants on ``finetune.backbone``.
-    Everything else is a skip, not an error: a measure whose model cannot be loaded (pretrained
-    weights offline, a backbone stage 07 did not train, an SSCD file) is listed with its reason in
+    the test set's tables (02's manifest, 05's derivatives and triplets), and the models this study
+    trains for the measures asked for -- 06's pair table and fitted weights ('descriptor_fitted'),
+    07's fine-tuned ``finetune.backbone`` (any fine-tuned or CNN siamese measure), 08's CLIP heads
+    and CNN siamese ('clip_siamese', the siamese variants on ``finetune.backbone``). Everything else
+    is a skip, not an error: a measure whose model cannot be loaded (pretrained weights offline, a
+    backbone stage 07 did not train, an SSCD file) is listed with its reason in
     :attr:`EvalResult.skipped`, as the registry's loaders say (``MeasureUnavailableError``)."""
     from artsim_lib import models
     from artsim_lib.measures import trained
     from artsim_lib.models.heads import VARIANTS
-    from artsim_lib.stages import s06_descriptors, s07_finetune
+    from artsim_lib.stages import s06_descriptors, s07_finetune, s08_siamese
 
-    names, run_root, rows, missing, covered = list(P.evaluation.measures), P.run.root, [], [], set()
+    names, rows, missing, covered = list(P.evaluation.measures), [], [], set()
 
-    def need(stage: str, what: str, path, found: bool, current: bool = True, used_by=()) -> bool:
-        ok = found and current
+    def need(stage: str, what: str, load, path, used_by=()) -> bool:
         covered.update(used_by)
-        rows.append(
-            {
-                "input": f"{stage} {what}" + (f" ({', '.join(used_by)})" if used_by else ""),
-                "status": "found" if ok else "made with other params" if found else "missing",
-                "path": str(path),
-            }
-        )
-        if not ok:
-            missing.append(StageNotRunError(stage, what, path, stale=found))
-        return ok
+        status = "found"
+        try:
+            load(P)
+        except StageNotRunError as err:  # err names the stage to run (an earlier one if its input is missing)
+            status, path = ("made with other params" if err.stale else "missing"), err.path
+            missing.append(err)
+        label = f"{stage} {what}" + (f" ({', '.join(used_by)})" if used_by else "")
+        rows.append({"input": label, "status": status, "path": str(path)})
+        return status == "found"
 
-    def current(path, meta, stage, what, used_by=()) -> bool:
-        return need(stage, what, path, path.exists(), paths.is_current(path, meta), used_by)
-
-    current(P.run.manifest, s02_preprocess.manifest_key(P), "02", "manifest")
-    current(s05_generation.pairs_path(P), s05_generation.generation_meta(P), "05", "derivatives (pairs)")
-    have_trip = current(s05_generation.triplets_path(P), s05_generation.triplet_meta(P), "05", "triplets")
+    need("02", "manifest", s02_preprocess.load, P.run.manifest)
+    need("05", "derivatives (pairs)", s05_generation.load, s05_generation.pairs_path(P))
+    have_trip = need("05", "triplets", s05_generation.load_triplets, s05_generation.triplets_path(P))
     if "descriptor_fitted" in names and have_trip:  # stage 06's pair table: its feature cache and fitted weights
-        trip = pd.read_parquet(s05_generation.triplets_path(P))
-        current(
-            s06_descriptors.pair_similarity_path(P),
-            s06_descriptors.stage_meta(P, trip),
+        need(
             "06",
             "descriptor pair table + fitted weights",
+            s06_descriptors.load,
+            s06_descriptors.pair_similarity_path(P),
             ["descriptor_fitted"],
         )
     kind = P.finetune.backbone  # stage 08's CNN siamese trains on stage 07's backbone
     cnn_trained = {trained.measure_name(k, v) for k in models.BACKBONE_KINDS for v in VARIANTS}
     cnn_trained |= {f"{k}_finetuned" for k in models.BACKBONE_KINDS}  # issue 11: one name per backbone
     if uses := [n for n in names if n in cnn_trained]:
-        info = trained.finetuned_info(run_root) or {}
-        need(
-            "07",
-            f"fine-tuned {kind}",
-            trained.finetuned_dir(run_root) / trained.FINETUNE_INFO,
-            bool(info.get("complete")),
-            info.get("key") == s07_finetune.finetune_key(P),
-            uses,
-        )
-    if "clip_siamese" in names:
-        head = trained.clip_head_dir(run_root, trained.split_name(P.siamese.train_splits[0])) / "head.safetensors"
-        need("08", "CLIP siamese head", head, head.exists(), used_by=["clip_siamese"])
-    for variant in VARIANTS:
-        if (name := trained.measure_name(kind, variant)) in names:
-            saved = trained.siamese_dir(run_root, kind, variant) / trained.SIAMESE_CONFIG
-            need("08", f"{kind} siamese ({variant})", saved, saved.exists(), used_by=[name])
+        need("07", f"fine-tuned {kind}", s07_finetune.load, trained.finetuned_dir(P.run.root), uses)
+    siamese = {"clip_siamese"} | {trained.measure_name(kind, v) for v in VARIANTS}
+    if uses := [n for n in names if n in siamese]:
+        need("08", f"CLIP siamese heads and {kind} siamese", s08_siamese.load, P.run.root / "siamese", uses)
     if rest := [n for n in names if n not in covered]:
         rows.append(
             {

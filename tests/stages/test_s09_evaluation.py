@@ -658,14 +658,25 @@ def test_check_inputs_names_the_stage_to_run_and_trains_nothing(run_dir):
     with pytest.raises(StageNotRunError, match="made with other params: run stage 07"):
         evaluation.check_inputs(P)
     info.write_text(json.dumps({"complete": True, "key": s07_finetune.finetune_key(P)}, default=str))
-    assert stage_asked() == "08"  # the CLIP head
-    head = trained.clip_head_dir(P.run.root, trained.split_name(P.siamese.train_splits[0]))
-    head.mkdir(parents=True)
-    (head / "head.safetensors").write_bytes(b"")
-    assert stage_asked() == "08"  # the CNN siamese on stage 07's backbone
-    saved = trained.siamese_dir(P.run.root, "effnet_lite0", "triplet")
-    saved.mkdir(parents=True)
-    (saved / trained.SIAMESE_CONFIG).write_text("{}")
+    assert stage_asked() == "08"  # the CLIP heads and the CNN siamese, as stage 08's load checks them
+    from artsim_lib.io.paths import json_roundtrip
+    from artsim_lib.models.heads import VARIANTS, head_config
+
+    for share in P.siamese.train_splits:
+        head = trained.clip_head_dir(P.run.root, trained.split_name(share))
+        head.mkdir(parents=True)
+        (head / "config.json").write_text(json.dumps(json_roundtrip(head_config(P.siamese, 512))))
+    assert stage_asked() == "08"  # the CNN siamese on stage 07's backbone is still missing
+    for variant in VARIANTS:
+        saved = trained.siamese_dir(P.run.root, "effnet_lite0", variant)
+        saved.mkdir(parents=True)
+        info = {"siamese_params": P.siamese.model_dump(mode="json"), "seed": P.seed + 1}
+        (saved / trained.SIAMESE_CONFIG).write_text(json.dumps(info))
+    with pytest.raises(StageNotRunError, match="made with other params: run stage 08"):
+        evaluation.check_inputs(P)  # another seed
+    for variant in VARIANTS:
+        info = {"siamese_params": P.siamese.model_dump(mode="json"), "seed": P.seed}
+        (trained.siamese_dir(P.run.root, "effnet_lite0", variant) / trained.SIAMESE_CONFIG).write_text(json.dumps(info))
     table = evaluation.check_inputs(P)
     assert list(table.columns) == ["input", "status", "path"] and (table["status"].iloc[:-1] == "found").all()
     # resnet_regression (another backbone) and sscd are no stage's model here: skipped when they cannot load
