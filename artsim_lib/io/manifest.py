@@ -62,14 +62,27 @@ def _write(df: pd.DataFrame, target, key: str) -> None:
         pq.write_table(table, tmp)
 
 
+def _stamp(P):
+    """The file a Kaggle-layout source's raw manifest must be newer than: its ``classes.csv``."""
+    if P.data.source in ("synthart", "kaggle"):
+        return P.path(P.data.root) / "classes.csv"
+    return None
+
+
+def raw_is_current(P) -> bool:
+    """True when ``P.run.raw_manifest`` was made from ``P``'s data params (and, for a Kaggle-layout
+    source, after its ``classes.csv`` last changed)."""
+    stamp = _stamp(P)
+    return _cached(P, P.run.raw_manifest, stamp if stamp is not None and stamp.exists() else None)
+
+
 def load_manifest(P) -> pd.DataFrame:
     """The raw manifest for params ``P`` (generating SynthArt first when it is the source),
     limited to ``P.data.limit`` rows and saved to ``P.run.raw_manifest``. A saved manifest
     made with the same data params, newer than ``classes.csv``, is read instead."""
     target, source = P.run.raw_manifest, P.data.source
-    stamp = None
+    root = P.path(P.data.root)
     if source in ("synthart", "kaggle"):
-        root = P.path(P.data.root)
         if source == "synthart":
             s = P.data.synthart
             generate(
@@ -80,8 +93,7 @@ def load_manifest(P) -> pd.DataFrame:
                 series=s.series,
                 series_size=s.series_size,
             )
-        stamp = root / "classes.csv"
-    if _cached(P, target, stamp):
+    if raw_is_current(P):
         return read_manifest(target)
     if source == "huggan":
         df = load_huggan(P.ref(P.data.hf_dataset), P.data.hf_split, image_dir=P.run.sub("raw", "huggan"))

@@ -42,8 +42,9 @@ def run(P) -> EdaResult:
 
 
 def load(P) -> pd.DataFrame:
-    """The raw manifest stage 01 wrote for ``P``; StageNotRunError when it is missing."""
+    """The raw manifest stage 01 wrote for ``P``; StageNotRunError ("run stage 01 first") when it is
+    missing or was made from other data params."""
     target = P.run.raw_manifest
-    if not target.exists():
-        raise StageNotRunError("01", "the raw manifest", target)
+    if not manifest.raw_is_current(P):
+        raise StageNotRunError("01", "the raw manifest", target, stale=target.exists())
     return manifest.read_manifest(target)

@@ -39,6 +39,7 @@ from artsim_lib.io.images import (  # to_rgb: re-exported (part of this module's
     probe_files,  # noqa: F401
 )
 from artsim_lib.io.workers import parallel_map, worker_count
+from artsim_lib.stages import s01_eda
 
 
 @dataclass
@@ -247,9 +248,9 @@ def manifest_key(P) -> dict:
 
 
 def run(P, raw: pd.DataFrame | None = None) -> PreprocessResult:
-    """Stage 02 for ``P``: the raw manifest (read from the source, see stage 01) cleaned, its images
-    normalised and split; written under ``<run>/manifest/`` and ``<run>/preprocess/``."""
-    return preprocess(P, source.load_manifest(P) if raw is None else raw)
+    """Stage 02 for ``P``: stage 01's raw manifest (or ``raw``) cleaned, its images normalised and
+    split; written under ``<run>/manifest/`` and ``<run>/preprocess/``."""
+    return preprocess(P, s01_eda.load(P) if raw is None else raw)
 
 
 def load(P) -> pd.DataFrame:

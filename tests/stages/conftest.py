@@ -58,7 +58,7 @@ def upstream_on_demand(monkeypatch):
     runs that stage when its output is missing (the library's ``load`` never does; its own tests,
     which do not use this fixture, check that it raises StageNotRunError)."""
     from artsim_lib.io.artifacts import StageNotRunError
-    from artsim_lib.stages import s02_preprocess, s03_captioning, s04_prompting, s05_generation
+    from artsim_lib.stages import s01_eda, s02_preprocess, s03_captioning, s04_prompting, s05_generation
 
     def on_demand(load, make):
         def patched(P):
@@ -70,6 +70,7 @@ def upstream_on_demand(monkeypatch):
 
         return patched
 
+    monkeypatch.setattr(s01_eda, "load", on_demand(s01_eda.load, s01_eda.run))
     monkeypatch.setattr(s02_preprocess, "load", on_demand(s02_preprocess.load, s02_preprocess.run))
     monkeypatch.setattr(s03_captioning, "load", on_demand(s03_captioning.load, s03_captioning.run))
     monkeypatch.setattr(s04_prompting, "load", on_demand(s04_prompting.load, s04_prompting.run))

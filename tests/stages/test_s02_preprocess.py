@@ -11,6 +11,7 @@ from PIL import Image
 
 from artsim_lib import config
 from artsim_lib.core import cleaning
+from artsim_lib.stages import s01_eda as eda
 from artsim_lib.stages import s02_preprocess as pp
 
 
@@ -243,6 +244,9 @@ def test_load_reads_a_current_manifest_and_refuses_a_stale_one(run_dir):
     P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24"])
     with pytest.raises(StageNotRunError, match="is missing: run stage 02 first"):
         pp.load(P)
+    with pytest.raises(StageNotRunError, match="the raw manifest .* run stage 01 first"):
+        pp.run(P)  # stage 02 reads stage 01's raw manifest, it never makes it
+    eda.run(P)
     first = pp.run(P).manifest
     mtime = P.run.manifest.stat().st_mtime_ns
     again = pp.load(P)
@@ -251,6 +255,7 @@ def test_load_reads_a_current_manifest_and_refuses_a_stale_one(run_dir):
     P2 = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=20"])
     with pytest.raises(StageNotRunError, match="made with other params: run stage 02 first"):
         pp.load(P2)
+    eda.run(P2)
     rebuilt = pp.run(P2).manifest
     assert P.run.manifest.stat().st_mtime_ns != mtime
     from PIL import Image

@@ -10,7 +10,7 @@ import pytest
 from artsim_lib import config
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import StageNotRunError
-from artsim_lib.stages import s02_preprocess
+from artsim_lib.stages import s01_eda, s02_preprocess
 from artsim_lib.stages import s03_captioning as captioning
 from artsim_lib.stages.s03_captioning import MissingCaptionsError
 
@@ -34,6 +34,7 @@ def base(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARTSIM_RUN_DIR", str(root))
         P = _params()
+        s01_eda.run(P)
         manifest = s02_preprocess.run(P).manifest
         from artsim_lib import models
 
@@ -137,7 +138,9 @@ def test_sampled_captions_depend_on_the_seed_not_the_batch(run):
     a = captioning.run(_params("captioning.do_sample=true", "captioning.batch_size=2")).captions
     b = captioning.run(_params("captioning.do_sample=true", "captioning.batch_size=7")).captions
     reseeded = _params("captioning.do_sample=true", "seed=99")
-    s02_preprocess.run(reseeded)  # the seed is part of the manifest's key (its split)
+    s02_preprocess.run(
+        reseeded, s01_eda.load(_params())
+    )  # the same raw manifest  # the seed is part of the manifest's key (its split)
     c = captioning.run(reseeded).captions
     assert shards.content_hash(a) == shards.content_hash(b)
     assert (a["caption"] != c["caption"]).sum() > 8

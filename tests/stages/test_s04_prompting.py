@@ -279,7 +279,7 @@ def test_summarize_backend_with_the_tiny_summarizer(models_dir):
 
 def test_load_reads_current_prompts_and_never_builds_them(models_dir, run_dir):
     from artsim_lib.io.artifacts import StageNotRunError
-    from artsim_lib.stages import s02_preprocess, s03_captioning
+    from artsim_lib.stages import s01_eda, s02_preprocess, s03_captioning
 
     small = [
         "data.synthart.num_images=16",
@@ -290,6 +290,7 @@ def test_load_reads_current_prompts_and_never_builds_them(models_dir, run_dir):
     P = _params(models_dir, *small)
     with pytest.raises(StageNotRunError, match="run stage 02 first"):
         prompting.run(P)  # no manifest yet: stage 04 says which stage to run, it runs none
+    s01_eda.run(P)
     s02_preprocess.run(P)
     with pytest.raises(StageNotRunError, match="run stage 03 first"):
         prompting.run(P)

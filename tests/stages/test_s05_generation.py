@@ -13,7 +13,7 @@ from PIL import Image
 from artsim_lib import config
 from artsim_lib.io import paths, shards
 from artsim_lib.io.artifacts import StageNotRunError
-from artsim_lib.stages import s02_preprocess
+from artsim_lib.stages import s01_eda, s02_preprocess
 from artsim_lib.stages import s04_prompting as prompting
 from artsim_lib.stages import s05_generation as generation
 
@@ -191,6 +191,7 @@ def reference(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARTSIM_RUN_DIR", str(tmp_path_factory.mktemp("reference")))
         P = _params()
+        s01_eda.run(P)
         s02_preprocess.run(P)
         pairs = generation.run(P).pairs
         return pairs, _image_hashes(pairs)
