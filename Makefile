@@ -41,7 +41,7 @@ dry-run: install ## validate the params and show the plan without running anythi
 report: install ## rebuild reports/PROFILE/index.html from what has run
 	$(VENV)/bin/artsim report --profile $(PROFILE)
 
-LINT_PATHS := artsim_lib tests benchmarks conftest.py
+LINT_PATHS := artsim_lib tests benchmarks conftest.py notebooks
 
 lint: install ## ruff: the lint rules and the formatting (pyproject.toml's [tool.ruff]); changes nothing
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "artsim_lib"
 # io < config < core < models < measures < stages < plots, workflow < cli
 LAYERS = {"io": 0, "config": 1, "core": 2, "models": 3, "measures": 4, "stages": 5, "plots": 6, "workflow": 6}
-TOP = 7  # cli.py, compare.py, __main__.py: the commands
+TOP = 7  # cli.py (the artsim and compare commands), __main__.py
 
 
 def module_name(path: Path) -> str:

@@ -139,9 +139,9 @@ def test_measure_names_are_checked_at_load():
 
 
 def test_the_static_measure_list_is_the_registry():
-    from artsim_lib.measures import registry as compare
+    from artsim_lib.measures import registry
 
-    assert sorted(config.KNOWN_MEASURES) == compare.available_measures()
+    assert sorted(config.KNOWN_MEASURES) == registry.available_measures()
 
 
 def test_coupled_overrides_are_validated_together_in_any_order():

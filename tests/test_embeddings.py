@@ -22,8 +22,8 @@ def paint(path, seed, size=48):
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return embeddings.open_encoder(build_tiny("clip", tmp_path_factory.mktemp("m") / "clip", seed=0))
+def encoder(tiny_models):
+    return embeddings.open_encoder(tiny_models("clip"))
 
 
 @pytest.fixture
@@ -96,10 +96,10 @@ def test_the_model_key_changes_with_the_weights_not_the_dtype(tmp_path):
     assert key0 != embeddings.model_key(embeddings.model_identity(str(path)))
 
 
-def test_a_cache_made_in_another_dtype_is_read_as_it_is(images, tmp_path, monkeypatch):
+def test_a_cache_made_in_another_dtype_is_read_as_it_is(tiny_models, images, tmp_path, monkeypatch):
     """A shard job in bfloat16 (a GPU node) fills the cache; a float32 job (a CPU node) reads it
     back cast to float32 and computes nothing; each row says which dtype made it."""
-    path = build_tiny("clip", tmp_path / "clip", seed=0)
+    path = tiny_models("clip")
     gpu_like = embeddings.open_encoder(str(path), "cpu", "bfloat16")
     cpu_like = embeddings.open_encoder(str(path), "cpu", "float32")
     assert gpu_like.key == cpu_like.key

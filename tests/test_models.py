@@ -37,10 +37,9 @@ SENTENCE_20 = (
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory):
-    """Every tiny checkpoint, built once per session: ``{kind: dir}``."""
-    root = tmp_path_factory.mktemp("tiny")
-    return {kind: build_tiny(kind, root / kind, seed=0) for kind in KINDS}
+def tiny_dirs(tiny_models):
+    """Every tiny checkpoint, the session's shared ones (``tiny_models``): ``{kind: dir}``."""
+    return {kind: tiny_models(kind) for kind in KINDS}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from PIL import Image
 from artsim_lib import cli
 from artsim_lib.core import augment
 from artsim_lib.io import synthart
-from artsim_lib.measures import registry as compare
+from artsim_lib.measures import registry
 from artsim_lib.models import backbone_from_spec, embed_images, load_backbone
 
 SIZE = 128  # cheap on a CPU; the features at 224 rank the same way on these images
@@ -101,7 +101,7 @@ def test_compare_measure_needs_no_run(tmp_path, paintings, capsys):
     augment.apply(images[0], "photometric", 0.25, seed=0)[0].save(b)
     assert cli.compare_main([str(a), str(b), "--measure", "effnet_lite0", "--run", str(tmp_path / "none")]) == 0
     out = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
-    m = compare.load_measure("effnet_lite0", tmp_path / "none")
+    m = registry.load_measure("effnet_lite0", tmp_path / "none")
     assert out["measure"].strip() == "effnet_lite0"
     assert float(out["raw"]) == pytest.approx(m.similarity(a, b), abs=1e-5) and float(out["raw"]) > 0.8
 

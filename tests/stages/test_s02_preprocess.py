@@ -265,14 +265,14 @@ def test_load_reads_a_current_manifest_and_refuses_a_stale_one(run_dir):
 
 def test_a_rerun_on_cached_images_writes_the_same_manifest_byte_for_byte(run_dir):
     """A rerun reuses every normalised image; it used to write orig_mode None for them."""
-    from artsim_lib.io import manifest as data
+    from artsim_lib.io import manifest
 
     P = config.load_params("smoke", ["data.synthart.num_images=16", "preprocess.size=24", "preprocess.workers=1"])
-    first = pp.preprocess(P, data.load_manifest(P))
+    first = pp.preprocess(P, manifest.load_manifest(P))
     out = P.run.root / "preprocess"
     files = [P.run.manifest] + [out / f"{n}.csv" for n in ("missing", "dropped", "duplicates", "skipped")]
     before = {f: f.read_bytes() for f in files}
-    again = pp.preprocess(P, data.load_manifest(P))
+    again = pp.preprocess(P, manifest.load_manifest(P))
     assert first.manifest["orig_mode"].notna().all() and again.manifest["orig_mode"].notna().all()
     assert {f: f.read_bytes() for f in files} == before
 

@@ -12,7 +12,7 @@ from artsim_lib.core import prompt_compress, prompt_grammar
 from artsim_lib.core.prompt_compress import Clause, compress
 from artsim_lib.core.prompt_grammar import MODERATE_FAMILIES, RADICAL_FAMILIES
 from artsim_lib.io import shards
-from artsim_lib.models import build_tiny, prompt_llm, tiny_lm
+from artsim_lib.models import prompt_llm, tiny_lm
 from artsim_lib.stages import s04_prompting as prompting
 
 CAPTIONS = [
@@ -40,29 +40,29 @@ def _images(n=60, seed=0):
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """The tiny refiner (for its tokenizer_2), the tiny LM and the tiny summariser, built once."""
+def models_dir(tmp_path_factory, tiny_models):
+    """``{name: dir}``: the session's tiny refiner (for its tokenizer_2), and the tiny LM and the
+    tiny summariser, built once."""
     root = tmp_path_factory.mktemp("tiny")
-    build_tiny("sdxl_refiner", root / "refiner")
     tiny_lm.build("lm", root / "lm")
     tiny_lm.build("summarizer", root / "summarizer")
-    return root
+    return {"refiner": tiny_models("sdxl_refiner"), "lm": root / "lm", "summarizer": root / "summarizer"}
 
 
 @pytest.fixture(scope="module")
 def tokenizer(models_dir):
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(models_dir / "refiner", subfolder="tokenizer_2")
+    return CLIPTokenizer.from_pretrained(models_dir["refiner"], subfolder="tokenizer_2")
 
 
 def _params(models_dir, *overrides):
     return config.load_params(
         "smoke",
         [
-            f"models.sdxl_refiner={models_dir / 'refiner'}",
-            f"prompting.llm={models_dir / 'lm'}",
-            f"prompting.summarizer={models_dir / 'summarizer'}",
+            f"models.sdxl_refiner={models_dir['refiner']}",
+            f"prompting.llm={models_dir['lm']}",
+            f"prompting.summarizer={models_dir['summarizer']}",
             *overrides,
         ],
     )

@@ -245,11 +245,9 @@ def test_other_params_get_a_fresh_work_dir(run_dir):
 # -- sdxl (the tiny pipeline) -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    from artsim_lib.models import build_tiny
-
-    return build_tiny("sdxl_refiner", tmp_path_factory.mktemp("models") / "tiny-sdxl-refiner")
+@pytest.fixture
+def tiny_sdxl(tiny_models):
+    return tiny_models("sdxl_refiner")
 
 
 def _sdxl_params(tiny_sdxl, *extra):

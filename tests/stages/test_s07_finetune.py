@@ -207,14 +207,14 @@ def test_finetune_end_to_end(run_dir, backbone):
     labels = torch.tensor([result.classes.index(s) for s in test["style"]])
     assert finetune.topk_accuracy(logits, labels, 1) == pytest.approx(metrics["test"]["top1"])
     # The measure is named after the backbone it fine-tuned; the other backbone's name is unavailable.
-    from artsim_lib.measures import registry as compare
+    from artsim_lib.measures import registry
 
     P.run.params_file.write_text(P.to_yaml())
-    measure = compare.load_measure(f"{backbone}_finetuned", P.run.root)
+    measure = registry.load_measure(f"{backbone}_finetuned", P.run.root)
     assert np.allclose(measure.embed(list(m["path"][:5])), emb.numpy(), atol=1e-5)
     other = {"resnet": "effnet_lite0", "effnet_lite0": "resnet"}[backbone]
-    with pytest.raises(compare.MeasureUnavailableError, match=f"fine-tuned '{backbone}'"):
-        compare.load_measure(f"{other}_finetuned", P.run.root)
+    with pytest.raises(registry.MeasureUnavailableError, match=f"fine-tuned '{backbone}'"):
+        registry.load_measure(f"{other}_finetuned", P.run.root)
     # load() gives back the complete checkpoint made with the same params, and trains nothing.
     stamp = (result.best_dir / trained.CLASSIFIER_WEIGHTS).stat().st_mtime_ns
     assert finetune.load(P) == result.best_dir

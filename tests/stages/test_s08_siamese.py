@@ -11,9 +11,8 @@ from artsim_lib import config
 from artsim_lib.config import load_params
 from artsim_lib.core import losses, metrics
 from artsim_lib.io.artifacts import StageNotRunError
-from artsim_lib.measures import embeddings, trained
-from artsim_lib.measures import registry as compare
-from artsim_lib.models import build_tiny, heads, load_resnet
+from artsim_lib.measures import embeddings, registry, trained
+from artsim_lib.models import heads, load_resnet
 from artsim_lib.stages import s08_siamese as siamese
 from helpers import colour_image
 
@@ -131,8 +130,8 @@ def test_the_three_branches_share_one_head_and_its_gradients_add_up():
     assert all(g.abs().sum() > 0 for g in per_branch[2])  # the negative's branch counts too
 
 
-def test_clip_stays_frozen_while_the_head_trains_through_it(tmp_path):
-    enc = embeddings.open_encoder(build_tiny("clip", tmp_path / "clip", seed=0))
+def test_clip_stays_frozen_while_the_head_trains_through_it(tiny_models):
+    enc = embeddings.open_encoder(tiny_models("clip"))
     before = {k: v.clone() for k, v in enc.model.state_dict().items()}
     head = heads.build_head(cfg(in_dim=enc.dim))
     head_before = [q.clone() for q in head.parameters()]
@@ -402,14 +401,14 @@ def test_train_save_and_load_the_clip_siamese(run_dir):
     assert ((acc[["i2t", "t2i"]] >= 0) & (acc[["i2t", "t2i"]] <= 1)).all().all()
     arr = np.asarray(Image.open(a).convert("RGB"))
     assert measure.similarity(arr, a) == pytest.approx(1.0, abs=1e-5)  # an array is an image too
-    via = compare.load_measure("clip_siamese", run_dir)
+    via = registry.load_measure("clip_siamese", run_dir)
     assert via.similarity(a, b) == pytest.approx(measure.similarity(a, b), abs=1e-5)
 
 
 def test_compare_finds_both_clip_measures(run_dir):
-    assert {"clip", "clip_siamese"} <= set(compare.available_measures())
-    with pytest.raises(compare.MeasureUnavailableError):
-        compare.load_measure("clip_siamese", run_dir)  # nothing trained in an empty run
+    assert {"clip", "clip_siamese"} <= set(registry.available_measures())
+    with pytest.raises(registry.MeasureUnavailableError):
+        registry.load_measure("clip_siamese", run_dir)  # nothing trained in an empty run
 
 
 # -- the CNN siamese on tiny colour triplets ---------------------------------------------------------------
@@ -652,13 +651,13 @@ def test_effnet_siamese_trains_its_last_stage_and_is_named_after_it(run_dir, eff
     last = model.backbone.unfreeze_prefixes("layer4")
     assert changed and all(k.startswith(last) for k in changed)  # only the last block and the head conv
     P.run.params_file.write_text(P.to_yaml())
-    m = compare.load_measure("effnet_lite0_siamese", P.run.root)
+    m = registry.load_measure("effnet_lite0_siamese", P.run.root)
     imgs = list(cnn_triplets["anchor_path"][:3])
     assert [m.raw_from_features(a, b) for a, b in zip(m.features(imgs), m.features(imgs))] == pytest.approx(
         [1.0] * 3, abs=1e-5
     )
-    with pytest.raises(compare.MeasureUnavailableError, match="resnet_siamese"):
-        compare.load_measure("resnet_siamese", P.run.root)  # this run has no ResNet siamese
+    with pytest.raises(registry.MeasureUnavailableError, match="resnet_siamese"):
+        registry.load_measure("resnet_siamese", P.run.root)  # this run has no ResNet siamese
 
 
 def test_the_second_variant_reuses_the_frozen_features(run_dir, backbone_dir, cnn_triplets, monkeypatch):

@@ -1,4 +1,4 @@
-"""The compare API on real image files: measures, the registry, matrices and the two commands."""
+"""The measure registry on real image files: measures, registering, matrices, the compare and matrix commands."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from artsim_lib import cli
-from artsim_lib.measures import registry as compare
+from artsim_lib.measures import registry
 
 
 def _painting(seed: int, size: int = 96) -> Image.Image:
@@ -34,7 +34,7 @@ def _values(out: str) -> dict:
 def test_compare_main_prints_raw_and_01(images, capsys):
     assert cli.compare_main([str(images[0]), str(images[1])]) == 0
     v = _values(capsys.readouterr().out)
-    m = compare.load_measure("descriptor")
+    m = registry.load_measure("descriptor")
     expected = m.similarity(images[0], images[1])
     assert v["measure"] == "descriptor"
     assert float(v["raw"]) == pytest.approx(expected, abs=1e-6)
@@ -47,7 +47,7 @@ def test_compare_families_breakdown_matches_the_family_measures(images, capsys):
     assert cli.compare_main([str(images[0]), str(images[2]), "--families"]) == 0
     lines = dict(line.split() for line in capsys.readouterr().out.splitlines()[4:])
     for family in ("colour", "texture", "edges", "shape"):
-        direct = compare.load_measure(family).similarity01(images[0], images[2])
+        direct = registry.load_measure(family).similarity01(images[0], images[2])
         assert float(lines[family]) == pytest.approx(direct, abs=1e-6)
 
 
@@ -79,42 +79,42 @@ def test_fitted_measure_without_a_run_says_what_to_do(images, tmp_path, capsys):
 def test_ssim_maps_negative_raw_to_zero(tmp_path):
     a = _painting(3)
     inverse = Image.fromarray(255 - np.asarray(a))
-    m = compare.load_measure("ssim")
+    m = registry.load_measure("ssim")
     assert m.similarity(a, inverse) < 0
     assert m.similarity01(a, inverse) == 0.0
     assert m.similarity(a, a) == pytest.approx(1.0)
 
 
 def test_registered_embedding_measure(images, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(compare, "_LOADERS", dict(compare._LOADERS))
+    monkeypatch.setattr(registry, "_LOADERS", dict(registry._LOADERS))
 
     def loader(run_dir):
-        compare.trained_model_dir(run_dir / "siamese", "mean-colour")
+        registry.trained_model_dir(run_dir / "siamese", "mean-colour")
         # An embedding by hand: the mean colour minus mid-grey.
-        return compare.EmbeddingMeasure(
+        return registry.EmbeddingMeasure(
             "mean-colour", lambda ims: np.stack([np.asarray(i, float).reshape(-1, 3).mean(0) - 127.5 for i in ims])
         )
 
-    compare.register_measure("mean-colour", loader)
-    with pytest.raises(compare.MeasureError, match="already registered"):
-        compare.register_measure("mean-colour", loader)
+    registry.register_measure("mean-colour", loader)
+    with pytest.raises(registry.MeasureError, match="already registered"):
+        registry.register_measure("mean-colour", loader)
     run = tmp_path / "run"
     assert cli.compare_main([str(images[0]), str(images[2]), "--measure", "mean-colour", "--run", str(run)]) == 2
     assert "run stage 08 first or pass --run DIR" in capsys.readouterr().err
     (run / "siamese").mkdir(parents=True)
-    m = compare.load_measure("mean-colour", run)
+    m = registry.load_measure("mean-colour", run)
     ea, eb = (np.asarray(Image.open(p), float).reshape(-1, 3).mean(0) - 127.5 for p in (images[0], images[2]))
     cos = ea @ eb / np.linalg.norm(ea) / np.linalg.norm(eb)
     assert m.similarity(images[0], images[2]) == pytest.approx(cos)
     assert m.similarity01(images[0], images[2]) == pytest.approx((cos + 1) / 2)
     assert m.embed(images).shape == (3, 3)
-    mat = compare.similarity_matrix(images, m)
+    mat = registry.similarity_matrix(images, m)
     assert mat[0, 2] == pytest.approx((cos + 1) / 2) and np.allclose(np.diag(mat), 1)
 
 
 def test_similarity_matrix_matches_pairwise_calls(images):
-    m = compare.load_measure("descriptor")
-    mat = compare.similarity_matrix(images, m)
+    m = registry.load_measure("descriptor")
+    mat = registry.similarity_matrix(images, m)
     assert mat.shape == (3, 3) and np.allclose(mat, mat.T) and np.allclose(np.diag(mat), 1)
     assert ((mat >= 0) & (mat <= 1)).all()
     for i, j in ((0, 1), (0, 2), (1, 2)):
@@ -129,7 +129,7 @@ def test_matrix_main_writes_png_and_csv(images, tmp_path, capsys):
     assert cli.matrix_main([str(images[0].parent), "--png", str(png), "--csv", str(csv), "--measure", "colour"]) == 0
     table = pd.read_csv(csv, index_col=0)
     assert list(table.index) == list(table.columns) == ["a.png", "a_blur.png", "b.png"]
-    direct = compare.load_measure("colour").similarity01(images[1], images[2])
+    direct = registry.load_measure("colour").similarity01(images[1], images[2])
     assert table.loc["a_blur.png", "b.png"] == pytest.approx(direct, abs=1e-6)
     with Image.open(png) as im:
         assert im.format == "PNG" and im.width > 100
@@ -147,20 +147,20 @@ def test_descriptor_measure_reads_the_runs_params(images, tmp_path):
     run.mkdir()
     P = config.load_params("smoke", ["descriptors.size=64", "descriptors.hog_cell=8"])
     (run / "params.resolved.yaml").write_text(P.to_yaml())
-    m = compare.load_measure("descriptor", run)
+    m = registry.load_measure("descriptor", run)
     assert m.cfg.size == 64
-    assert compare.load_measure("descriptor", tmp_path / "no-run").cfg == config.compare_descriptor_params()
+    assert registry.load_measure("descriptor", tmp_path / "no-run").cfg == config.compare_descriptor_params()
 
 
 def test_duck_typed_measures_are_adapted(images, monkeypatch, capsys):
-    monkeypatch.setattr(compare, "_LOADERS", dict(compare._LOADERS))
+    monkeypatch.setattr(registry, "_LOADERS", dict(registry._LOADERS))
 
     class Embedder:  # paths or PIL images in, embeddings out (like a CLIP measure)
         name = "grey-level"
 
         def embed(self, items):
             seen.extend(items)
-            return np.array([[np.asarray(compare.read_image(i), float).mean() - 100.0, 1.0] for i in items])
+            return np.array([[np.asarray(registry.read_image(i), float).mean() - 100.0, 1.0] for i in items])
 
     class Pairwise:  # no embedding: only the two similarities
         name = "same-size"
@@ -172,18 +172,18 @@ def test_duck_typed_measures_are_adapted(images, monkeypatch, capsys):
             return (self.similarity(a, b) + 1) / 2
 
     seen = []
-    compare.register_measure("grey-level", lambda run: Embedder())
-    compare.register_measure("same-size", lambda run: Pairwise())
-    emb = compare.load_measure("grey-level")
-    assert isinstance(emb, compare.EmbeddingMeasure)
-    mat = compare.similarity_matrix(images, emb)
+    registry.register_measure("grey-level", lambda run: Embedder())
+    registry.register_measure("same-size", lambda run: Pairwise())
+    emb = registry.load_measure("grey-level")
+    assert isinstance(emb, registry.EmbeddingMeasure)
+    mat = registry.similarity_matrix(images, emb)
     assert seen == images  # the paths went through as they were
     e = np.array([[np.asarray(Image.open(p), float).mean() - 100.0, 1.0] for p in images])
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     np.testing.assert_allclose(mat, (e @ e.T + 1) / 2)
-    pw = compare.load_measure("same-size")
-    assert isinstance(pw, compare.PairwiseMeasure)
-    assert compare.similarity_matrix(images, pw).min() == 1.0
+    pw = registry.load_measure("same-size")
+    assert isinstance(pw, registry.PairwiseMeasure)
+    assert registry.similarity_matrix(images, pw).min() == 1.0
     assert pw.similarity(images[0], Image.new("RGB", (5, 5))) == -1.0
     assert pw.scores(images[0], Image.new("RGB", (5, 5))) == (-1.0, 0.0)
     small = images[0].parent / "small.png"
@@ -191,9 +191,9 @@ def test_duck_typed_measures_are_adapted(images, monkeypatch, capsys):
     assert cli.compare_main([str(images[0]), str(small), "--measure", "same-size"]) == 0
     out = _values(capsys.readouterr().out)
     assert (float(out["raw"]), float(out["[0,1]"])) == (-1.0, 0.0)  # the object's own similarity01
-    compare.register_measure("broken", lambda run: object())
-    with pytest.raises(compare.MeasureError, match="not a measure"):
-        compare.load_measure("broken")
+    registry.register_measure("broken", lambda run: object())
+    with pytest.raises(registry.MeasureError, match="not a measure"):
+        registry.load_measure("broken")
 
 
 def _run_with_colour_only(run_dir):
@@ -212,12 +212,12 @@ def test_compare_uses_the_defaults_unless_a_run_is_given(images, tmp_path, monke
     argv = [str(images[0]), str(images[2])]
     assert cli.compare_main(argv) == 0
     out = capsys.readouterr()
-    default = compare.DescriptorMeasure("descriptor", compare.config.compare_descriptor_params())
+    default = registry.DescriptorMeasure("descriptor", registry.config.compare_descriptor_params())
     assert float(_values(out.out)["raw"]) == pytest.approx(default.similarity(images[0], images[2]), abs=1e-6)
     assert "the default descriptor params (no --run given)" in out.err
     assert cli.compare_main(argv + ["--run", str(run)]) == 0
     out = capsys.readouterr()
-    colour = compare.load_measure("colour").similarity(images[0], images[2])
+    colour = registry.load_measure("colour").similarity(images[0], images[2])
     assert float(_values(out.out)["raw"]) == pytest.approx(colour, abs=1e-6)
     assert f"the descriptor params of {run / 'params.resolved.yaml'}" in out.err
 
@@ -243,7 +243,7 @@ def test_the_trained_measures_table_names_every_backbone_and_variant():
     cnn = {f"{k}_finetuned" for k in models.BACKBONE_KINDS}
     cnn |= {trained.measure_name(k, v) for k in models.BACKBONE_KINDS for v in heads.VARIANTS}
     assert set(trained.LOADERS) == {"clip", "clip_siamese", "resnet"} | cnn
-    assert set(trained.LOADERS) | set(sota.LOADERS) <= set(compare.available_measures())
+    assert set(trained.LOADERS) | set(sota.LOADERS) <= set(registry.available_measures())
 
 
 def test_the_registry_loads_without_torch():
