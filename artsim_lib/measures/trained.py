@@ -302,7 +302,7 @@ def load_cnn_siamese_measure(kind: str, variant: str, run_dir) -> Measure:
 
 
 # The backbones are models.BACKBONE_KINDS and the variants models.heads.VARIANTS, written out so that
-# this table is static and torch-free (tests/test_compare.py checks them against those).
+# this table is static and torch-free (tests/test_registry.py checks them against those).
 LOADERS: dict[str, Callable[[Path], Measure]] = {
     name: unavailable_as_such(loader)
     for name, loader in {
