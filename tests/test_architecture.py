@@ -103,11 +103,44 @@ def test_nothing_rebuilds_an_earlier_stage_behind_a_getter():
         f"{module_name(p)}.{node.name}"
         for p in LIB.rglob("*.py")
         for node in ast.walk(ast.parse(p.read_text()))
-        if isinstance(node, ast.FunctionDef)
-        and node.name.startswith("require_")
-        and not node.name.startswith("require_file")
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("require_")
     ]
     assert not getters, f"getters that may run a stage: {getters}"
+
+
+# What a stage's load() must never call: it reads artifacts, it does not make them.
+# (A name ending in _meta, _path, _key, _dir, _info or _name only names what would be made.)
+MAKERS = re.compile(
+    r"^(?!.*_(meta|path|key|dir|info|name)$)"
+    r"(run|train|fit|finetune|generate|build|ensure|preprocess|extract|make|encode|caption|score)(_|$)"
+)
+
+
+def _called_names(fn: ast.FunctionDef) -> set[str]:
+    out = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call):
+            f = node.func
+            out.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((LIB / "stages").glob("s[0-9][0-9]_*.py")), ids=lambda p: p.stem)
+def test_a_stage_load_only_reads(path):
+    """``load`` and the module functions it calls make nothing (no run, train, generate, build...)."""
+    tree = ast.parse(path.read_text())
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    seen, todo, makers = set(), ["load"], []
+    while todo:  # load, and the functions of the same module it reaches
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        for called in _called_names(defs[name]):
+            if MAKERS.match(called):
+                makers.append(f"{name} -> {called}")
+            todo.append(called)
+    assert not makers, f"{path.stem}.load makes what it should only read: {makers}"
 
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))

@@ -38,7 +38,7 @@ class StageNotRunError(RuntimeError):
         )
 
 
-def require_file(path: str | os.PathLike, stage: str, what: str) -> Path:
+def expect_file(path: str | os.PathLike, stage: str, what: str) -> Path:
     """``path`` when it exists, else :class:`StageNotRunError` naming ``stage``."""
     path = Path(path)
     if not path.exists():

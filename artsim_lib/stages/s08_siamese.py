@@ -50,7 +50,7 @@ from artsim_lib import models
 from artsim_lib.core import losses, metrics
 from artsim_lib.core.splits import stratified_split
 from artsim_lib.io import paths, shards
-from artsim_lib.io.artifacts import StageNotRunError, require_file
+from artsim_lib.io.artifacts import StageNotRunError, expect_file
 from artsim_lib.io.workers import worker_count
 from artsim_lib.measures import embeddings, trained
 from artsim_lib.measures.trained import split_name
@@ -695,13 +695,13 @@ def load(P) -> SiameseModels:
     cnn = {v: trained.siamese_dir(root, kind, v) for v in VARIANTS}
     arch = {k: v for k, v in paths.json_roundtrip(head_config(P.siamese, 0)).items() if k != "in_dim"}
     for name, d in clip.items():
-        f = require_file(d / "config.json", "08", f"the CLIP siamese head {name}")
+        f = expect_file(d / "config.json", "08", f"the CLIP siamese head {name}")
         cfg = json.loads(f.read_text(encoding="utf-8"))
         if {k: cfg.get(k) for k in arch} != arch:
             raise StageNotRunError("08", f"the CLIP siamese head {name}", d, stale=True)
     want = paths.json_roundtrip(P.siamese.model_dump(mode="json"))
     for variant, d in cnn.items():
-        f = require_file(d / trained.SIAMESE_CONFIG, "08", f"the {kind} siamese ({variant})")
+        f = expect_file(d / trained.SIAMESE_CONFIG, "08", f"the {kind} siamese ({variant})")
         info = json.loads(f.read_text(encoding="utf-8"))
         if info.get("siamese_params") != want or info.get("seed") != P.seed:
             raise StageNotRunError("08", f"the {kind} siamese ({variant})", d, stale=True)
