@@ -206,16 +206,12 @@ def test_spearman_within_each_original_is_not_diluted_by_pooling():
     assert M.spearman_within(single, "strength", "score", "original_id") == (pytest.approx(1), 1)
 
 
-def test_exact_and_wilson_intervals_by_hand():
+def test_exact_intervals_by_hand():
     lo, hi = M.clopper_pearson(13, 13)
     assert lo == pytest.approx(0.025 ** (1 / 13)) and hi == 1  # closed form at k = n
     assert M.clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10))
     lo, hi = M.clopper_pearson(5, 10)
     assert lo == pytest.approx(0.187086, abs=1e-5) and hi == pytest.approx(0.812914, abs=1e-5)
-    z, n, p = 1.959963984540054, 10, 0.5
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    assert M.wilson(5, 10) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
-    assert M.wilson(10, 10) == (pytest.approx(n / (n + z * z)), pytest.approx(1))  # closed form at k = n
 
 
 def test_bca_matches_scipy_on_independent_rows():

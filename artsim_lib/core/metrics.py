@@ -7,8 +7,8 @@ ranked last, never first); :func:`count_nan` says how many there were.
 
 Intervals: :func:`grouped_bootstrap` (percentile or BCa, resampling whole originals),
 :func:`paired_difference` (two measures on the same resampled originals), and the exact
-:func:`clopper_pearson` / :func:`wilson` intervals for proportions, which hold at small ``n``
-and near 0 or 1 where a bootstrap collapses to a point.
+:func:`clopper_pearson` interval for proportions, which holds at small ``n`` and near 0 or 1
+where a bootstrap collapses to a point.
 """
 
 from __future__ import annotations
@@ -321,16 +321,6 @@ def clopper_pearson(k: float, n: int, alpha: float = 0.05) -> tuple[float, float
     lo = 0.0 if k <= 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
     hi = 1.0 if k >= n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
     return lo, hi
-
-
-def wilson(k: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n``."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    z, p = stats.norm.ppf(1 - alpha / 2), k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def _group_index(groups):

@@ -34,8 +34,7 @@ from artsim_lib.models.hub import (
     resolve_model_ref,
 )
 from artsim_lib.models.rehearsal import ensure_rehearsal_checkpoints
-from artsim_lib.models.tiny import KINDS, build_tiny, make_tiny, tiny_marker
-from artsim_lib.models.tiny import ensure_tiny_checkpoints as _ensure_tiny
+from artsim_lib.models.tiny import KINDS, build_tiny, ensure_tiny, make_tiny, tiny_marker
 
 
 def ensure_tiny_checkpoints(P, kinds=None, seed: int = 0) -> dict:
@@ -44,7 +43,7 @@ def ensure_tiny_checkpoints(P, kinds=None, seed: int = 0) -> dict:
     ``{}`` when it asks for neither. Returns ``{kind: path}``."""
     if P.models.build_rehearsal:
         return ensure_rehearsal_checkpoints(P, kinds, seed)
-    return _ensure_tiny(P, kinds, seed)
+    return ensure_tiny(P, kinds, seed)
 
 
 def load_clip_tokenizer(P):

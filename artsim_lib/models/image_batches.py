@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from artsim_lib.io import images
+from artsim_lib.models.training import batch_indices
 
 
 def open_rgb(image) -> Image.Image:
@@ -206,8 +207,6 @@ def make_loader(
     drop_last: bool = False,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``images`` whose order (when shuffled) and augmentation depend only on ``seed``."""
-    from artsim_lib.models.training import batch_indices
-
     n = len(images)
     seeds = item_seeds(n, seed)
     batches = [

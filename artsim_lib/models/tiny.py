@@ -324,7 +324,7 @@ def _needs_build(path: Path, kind: str, seed: int) -> bool:
     raise FileExistsError(f"{path} exists but holds no checkpoint (and no {MARKER}); not replacing it")
 
 
-def ensure_tiny_checkpoints(P, kinds: Iterable[str] | None = None, seed: int = 0) -> dict[str, Path]:
+def ensure_tiny(P, kinds: Iterable[str] | None = None, seed: int = 0) -> dict[str, Path]:
     """When ``P.models.build_tiny`` is true, build each missing (or outdated) tiny checkpoint
     at ``P.model_ref(kind)``. Returns ``{kind: path}`` for the kinds checked ({} when off)."""
     if not P.models.build_tiny:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from artsim_lib.models import pick_device, pick_dtype
+from artsim_lib.models.hub import pick_device, pick_dtype  # not the package facade: it imports this module
 
 # -- device and mixed precision ------------------------------------------------------------------
 
