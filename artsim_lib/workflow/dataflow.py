@@ -44,8 +44,10 @@ STAGES: dict[str, StageReads] = {
     "06": StageReads(("05",), ("descriptors",), ("seed", "num_workers")),
     "07": StageReads(("02",), ("finetune", "models"), GPU),
     "08": StageReads(("02", "03", "05", "07"), ("siamese", "finetune", "models"), GPU),
-    "09": StageReads(
-        ("03", "05", "06", "07", "08"), ("evaluation", "triplets", "descriptors", "finetune", "siamese", "models"), GPU
+    "09": StageReads(  # preprocess: the geometry baseline's padding colour
+        ("02", "03", "05", "06", "07", "08"),
+        ("evaluation", "triplets", "descriptors", "finetune", "siamese", "preprocess", "models"),
+        GPU,
     ),
 }
 SCHEDULING = ("workflow",)  # decides how stages run, never what they compute
