@@ -560,35 +560,61 @@ SEED_TI_COLUMNS = ["split", "negative_kind", "triplets", "originals", "i2t", "t2
 def seed_text_image_accuracy(
     embed_texts, table: pd.DataFrame, triplets: pd.DataFrame, prompts: pd.Series, captions: pd.DataFrame
 ) -> pd.DataFrame:
-    """The seed's i2t/t2i per split and kind of negative ('all' first): per triplet a binary choice,
-    chance 0.5 (:func:`metrics.binary_text_image_accuracy`), of the original's cached CLIP image
-    embedding (``table``) against its derivative's prompt and the negative's caption, and of the
-    prompt against the original and the negative. ``prompts`` maps a derivative (``positive_id``)
-    to the prompt it was made from; triplets without one (the ``augment`` backend) or without a
-    negative caption are left out, so the result may be empty."""
+    """The seed's i2t/t2i per split and kind of negative ('all' first) of the original's cached CLIP
+    image embedding (``table``; :func:`seed_text_image_table`). Triplets without a prompt (the
+    ``augment`` backend) or without a negative caption are left out, so the result may be empty."""
+    rows = pd.Index(table["id"])
+
+    def images(t: pd.DataFrame):
+        where = {k: rows.get_indexer(t[f"{k}_id"]) for k in ("anchor", "negative")}
+        if any((w < 0).any() for w in where.values()):
+            raise KeyError("some triplet originals have no cached CLIP embedding; run the extraction step first")
+        emb = embeddings.embedding_matrix(table)  # [M, D]
+        return emb[where["anchor"]], emb[where["negative"]]
+
+    return seed_text_image_table(triplets, prompts, captions, images, embed_texts)
+
+
+def seed_text_image_table(
+    triplets: pd.DataFrame,
+    prompts: pd.Series,
+    captions: pd.DataFrame,
+    embed_images,
+    embed_texts,
+    by_split: bool = True,
+) -> pd.DataFrame:
+    """The seed's i2t/t2i: per triplet a binary choice, chance 0.5
+    (:func:`metrics.binary_text_image_accuracy`), of the original against its derivative's prompt
+    and the negative's caption (i2t), and of the prompt against the original and the negative (t2i).
+    One row per kind of negative ('all' first), per split (train, val, test) with ``by_split``, else
+    over all the triplets (no ``split`` column). ``prompts`` maps a derivative (``positive_id``) to
+    the prompt it was made from; ``embed_images(kept)`` gives the ``[T, D]`` embeddings of the kept
+    triplets' originals and negatives, ``embed_texts(texts)`` ``[N, D]`` ones in the same space.
+    Triplets without a prompt (the ``augment`` backend) or a negative caption are left out: the
+    result may be empty (nothing is embedded then). Stage 08 and stage 09 both report this."""
+    cols = SEED_TI_COLUMNS if by_split else SEED_TI_COLUMNS[1:]
     prompt = triplets["positive_id"].map(prompts)
     neg_caption = triplets["negative_id"].map(captions.set_index("id")["caption"])
     keep = (prompt.notna() & prompt.astype(str).str.strip().ne("") & neg_caption.notna()).to_numpy()
     if not keep.any():
-        return pd.DataFrame(columns=SEED_TI_COLUMNS)
+        return pd.DataFrame(columns=cols)
     t = triplets[keep].reset_index(drop=True)
-    rows = pd.Index(table["id"])
-    where = {k: rows.get_indexer(t[f"{k}_id"]) for k in ("anchor", "negative")}
-    if any((w < 0).any() for w in where.values()):
-        raise KeyError("some triplet originals have no cached CLIP embedding; run the extraction step first")
-    emb = embeddings.embedding_matrix(table)  # [M, D]
-    img_a, img_n = emb[where["anchor"]], emb[where["negative"]]
+    img_a, img_n = (np.asarray(x) for x in embed_images(t))
     txt_p = np.asarray(embed_texts(list(prompt[keep].astype(str))))
     txt_n = np.asarray(embed_texts(list(neg_caption[keep].astype(str))))
+    blocks = (
+        [(s, (t["split"] == s).to_numpy()) for s in ("train", "val", "test") if (t["split"] == s).any()]
+        if by_split
+        else [(None, np.ones(len(t), bool))]
+    )
     out = []
-    for split in [s for s in ("train", "val", "test") if (t["split"] == s).any()]:
-        in_split = (t["split"] == split).to_numpy()
+    for split, in_split in blocks:
         for kind in ["all", *sorted(t.loc[in_split, "negative_kind"].unique())]:
             sel = in_split & ((t["negative_kind"] == kind).to_numpy() if kind != "all" else True)
             r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
             out.append(
                 {
-                    "split": split,
+                    **({"split": split} if by_split else {}),
                     "negative_kind": kind,
                     "triplets": r["triplets"],
                     "originals": t.loc[sel, "anchor_id"].nunique(),
@@ -597,7 +623,7 @@ def seed_text_image_accuracy(
                     "chance": r["chance"],
                 }
             )
-    return pd.DataFrame(out, columns=SEED_TI_COLUMNS)
+    return pd.DataFrame(out, columns=cols)
 
 
 def text_image_table(nway: pd.DataFrame, binary: pd.DataFrame) -> pd.DataFrame:

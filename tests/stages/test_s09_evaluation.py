@@ -547,6 +547,15 @@ def test_seed_text_image_accuracy_on_prompted_derivatives_only():
     assert evaluation.text_image_binary(es, None, None, captions).empty  # augment: no prompts
 
 
+def test_the_run_level_text_image_and_family_helpers_say_when_they_do_not_apply():
+    from types import SimpleNamespace
+
+    es, _ = hand_study()
+    result = SimpleNamespace(es=es, measures={"table": None})  # neither clip nor clip_siamese ran
+    assert evaluation.seed_text_image(None, result).empty
+    assert evaluation.leave_one_family_out_for_run(None, result) is None
+
+
 # -- leave one family out: on synthetic embeddings, a family whose derivatives only a head trained on it
 # can recognise shows a drop once held out; the others do not ------------------------------------------------
 def lofo_study(n_orig=80, dim=8, seed=0):
