@@ -731,3 +731,70 @@ def load(P) -> SiameseModels:
         if info.get("siamese_params") != want or info.get("seed") != P.seed:
             raise StageNotRunError("08", f"the {kind} siamese ({variant})", d, stale=True)
     return SiameseModels(clip, cnn)
+
+
+# -- what notebook 08 shows -------------------------------------------------------------------------------
+
+
+def extraction_table(ext: embeddings.ExtractResult) -> pd.DataFrame:
+    """The extraction's cache figures: the call that ran (``ext``), and a second call's: that call
+    embedded whatever of its images was missing, so a second one finds every image cached (all hits,
+    nothing embedded). No second extraction runs, so its wall time is not shown."""
+    cols = ["call", "images", "cache hits", "misses (embedded now)", "wall s", "images/s"]
+    first = ["first", ext.items, ext.hits, ext.misses, round(ext.seconds, 2)]
+    first.append(round(ext.items_per_s, 1) if ext.misses else None)
+    return pd.DataFrame([first, ["second", ext.items, ext.items, 0, None, None]], columns=cols)
+
+
+def kept_epoch(run: SiameseResult | TrainResult) -> pd.Series:
+    """The validation row of the epoch whose weights were kept (a CLIP head's or a CNN siamese's)."""
+    h = run.history
+    return h[(h["epoch"] == run.best_epoch) & (h["split"] == "val")].iloc[0]
+
+
+def clip_runs_table(runs: dict[str, SiameseResult]) -> pd.DataFrame:
+    """One row per CLIP head (:attr:`SiameseStageResult.clip`): originals and triplets per side of its
+    split, epochs run, the kept epoch and its validation figures, seconds per epoch."""
+    return pd.DataFrame(
+        [
+            {
+                "split": name,
+                **{
+                    f"{s} originals": r.triplets.loc[r.triplets["split"] == s, "anchor_id"].nunique()
+                    for s in ("train", "val")
+                },
+                **{f"{s} triplets": int((r.triplets["split"] == s).sum()) for s in ("train", "val")},
+                "epochs run": int(r.history["epoch"].max()),
+                "best epoch": r.best_epoch,
+                **{f"val {k}": kept_epoch(r)[k] for k in ("loss", "acc_random", "acc_hard", "tau")},
+                "s / epoch": r.seconds / r.history["epoch"].max(),
+            }
+            for name, r in runs.items()
+        ]
+    )
+
+
+def models_table(result: SiameseStageResult, cnn_label: str) -> pd.DataFrame:
+    """Every trained model's validation loss and accuracies at its kept epoch, and its training
+    seconds: the CLIP heads, then the CNN siamese variants (named ``<cnn_label> siamese <variant>``)."""
+    cols = ["loss", "acc_random", "acc_hard"]
+    return pd.DataFrame(
+        [
+            {
+                "model": f"CLIP siamese {n}",
+                "best epoch": r.best_epoch,
+                **kept_epoch(r)[cols].to_dict(),
+                "train s": r.seconds,
+            }
+            for n, r in result.clip.items()
+        ]
+        + [
+            {
+                "model": f"{cnn_label} siamese {v}",
+                "best epoch": r.best_epoch,
+                **kept_epoch(r)[cols].to_dict(),
+                "train s": r.metrics.get("seconds"),
+            }
+            for v, r in result.cnn.items()
+        ]
+    )
