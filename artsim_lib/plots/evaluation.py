@@ -1,4 +1,5 @@
-"""Stage 09's figures, from an :class:`artsim_lib.stages.s09_evaluation.EvalResult`. Each returns its Figure."""
+"""Stage 09's figures, from an :class:`artsim_lib.stages.s09_evaluation.EvalResult`. Each returns its Figure.
+Also the images of notebook 08's heatmaps (:func:`pick_triplet_heatmap_images`)."""
 
 from __future__ import annotations
 
@@ -118,22 +119,48 @@ def score_distributions(result, ncols: int = 4):
     return fig
 
 
+def _originals_and_derivatives(chosen, path: str = "path") -> tuple[list[str], list[str]]:
+    """Image paths and labels of the heatmaps: each of ``chosen`` (the original's path, its label,
+    its derivatives' rows: ``level``, ``family``, ``path``), lettered A, B, ..., followed by its first
+    moderate and its first radical derivative."""
+    paths, labels = [], []
+    for letter, (orig_path, label, mine) in zip("ABCDEFGHIJ", chosen):
+        paths.append(orig_path)
+        labels.append(f"{letter} {label}")
+        for level in ("moderate", "radical"):
+            d = mine[mine["level"] == level].head(1)
+            paths += list(d[path])
+            labels += [f"{letter} {level} {f}" for f in d["family"]]
+    return paths, labels
+
+
 def pick_heatmap_images(result, n_originals: int = 3, seed: int = 0) -> tuple[list[str], list[str]]:
     """``n_originals`` test originals of different styles, each followed by a moderate and a radical
     derivative (seeded): image paths and labels."""
     es = result.es
     seed = seed % 2**32
     orig = es.originals.drop_duplicates("style").sample(frac=1, random_state=seed).head(n_originals)
-    paths, labels = [], []
-    for letter, o in zip("ABCDEFGHIJ", orig.itertuples()):
-        paths.append(o.path)
-        labels.append(f"{letter} original")
-        mine = es.derivatives[es.derivatives["original_id"] == o.id].sample(frac=1, random_state=seed)
-        for level in ("moderate", "radical"):
-            d = mine[mine["level"] == level].head(1)
-            paths += list(d["path"])
-            labels += [f"{letter} {level} {f}" for f in d["family"]]
-    return paths, labels
+    chosen = (
+        (o.path, "original", es.derivatives[es.derivatives["original_id"] == o.id].sample(frac=1, random_state=seed))
+        for o in orig.itertuples()
+    )
+    return _originals_and_derivatives(chosen)
+
+
+def pick_triplet_heatmap_images(
+    triplets: pd.DataFrame, n_originals: int = 4, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Notebook 08's heatmap images, from stage 05's triplets: ``n_originals`` test originals of
+    different styles in a seeded mix of derivatives, each followed by a moderate and a radical
+    derivative of its own: image paths and labels (the original's label names its style)."""
+    test_pairs = (
+        triplets[triplets["split"] == "test"].drop_duplicates("positive_id").sample(frac=1, random_state=seed)
+    )  # a seeded mix of derivative families
+    chosen = test_pairs.drop_duplicates("style")["anchor_id"].head(n_originals)
+    mine = (test_pairs[test_pairs["anchor_id"] == oid] for oid in chosen)
+    return _originals_and_derivatives(
+        ((m["anchor_path"].iloc[0], f"original ({m['style'].iloc[0][:12]})", m) for m in mine), "positive_path"
+    )
 
 
 def similarity_heatmaps(result, names, n_originals: int = 3, seed: int = 0):

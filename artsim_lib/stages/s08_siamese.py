@@ -561,35 +561,61 @@ SEED_TI_COLUMNS = ["split", "negative_kind", "triplets", "originals", "i2t", "t2
 def seed_text_image_accuracy(
     embed_texts, table: pd.DataFrame, triplets: pd.DataFrame, prompts: pd.Series, captions: pd.DataFrame
 ) -> pd.DataFrame:
-    """The seed's i2t/t2i per split and kind of negative ('all' first): per triplet a binary choice,
-    chance 0.5 (:func:`metrics.binary_text_image_accuracy`), of the original's cached CLIP image
-    embedding (``table``) against its derivative's prompt and the negative's caption, and of the
-    prompt against the original and the negative. ``prompts`` maps a derivative (``positive_id``)
-    to the prompt it was made from; triplets without one (the ``augment`` backend) or without a
-    negative caption are left out, so the result may be empty."""
+    """The seed's i2t/t2i per split and kind of negative ('all' first) of the original's cached CLIP
+    image embedding (``table``; :func:`seed_text_image_table`). Triplets without a prompt (the
+    ``augment`` backend) or without a negative caption are left out, so the result may be empty."""
+    rows = pd.Index(table["id"])
+
+    def images(t: pd.DataFrame):
+        where = {k: rows.get_indexer(t[f"{k}_id"]) for k in ("anchor", "negative")}
+        if any((w < 0).any() for w in where.values()):
+            raise KeyError("some triplet originals have no cached CLIP embedding; run the extraction step first")
+        emb = embeddings.embedding_matrix(table)  # [M, D]
+        return emb[where["anchor"]], emb[where["negative"]]
+
+    return seed_text_image_table(triplets, prompts, captions, images, embed_texts)
+
+
+def seed_text_image_table(
+    triplets: pd.DataFrame,
+    prompts: pd.Series,
+    captions: pd.DataFrame,
+    embed_images,
+    embed_texts,
+    by_split: bool = True,
+) -> pd.DataFrame:
+    """The seed's i2t/t2i: per triplet a binary choice, chance 0.5
+    (:func:`metrics.binary_text_image_accuracy`), of the original against its derivative's prompt
+    and the negative's caption (i2t), and of the prompt against the original and the negative (t2i).
+    One row per kind of negative ('all' first), per split (train, val, test) with ``by_split``, else
+    over all the triplets (no ``split`` column). ``prompts`` maps a derivative (``positive_id``) to
+    the prompt it was made from; ``embed_images(kept)`` gives the ``[T, D]`` embeddings of the kept
+    triplets' originals and negatives, ``embed_texts(texts)`` ``[N, D]`` ones in the same space.
+    Triplets without a prompt (the ``augment`` backend) or a negative caption are left out: the
+    result may be empty (nothing is embedded then). Stage 08 and stage 09 both report this."""
+    cols = SEED_TI_COLUMNS if by_split else SEED_TI_COLUMNS[1:]
     prompt = triplets["positive_id"].map(prompts)
     neg_caption = triplets["negative_id"].map(captions.set_index("id")["caption"])
     keep = (prompt.notna() & prompt.astype(str).str.strip().ne("") & neg_caption.notna()).to_numpy()
     if not keep.any():
-        return pd.DataFrame(columns=SEED_TI_COLUMNS)
+        return pd.DataFrame(columns=cols)
     t = triplets[keep].reset_index(drop=True)
-    rows = pd.Index(table["id"])
-    where = {k: rows.get_indexer(t[f"{k}_id"]) for k in ("anchor", "negative")}
-    if any((w < 0).any() for w in where.values()):
-        raise KeyError("some triplet originals have no cached CLIP embedding; run the extraction step first")
-    emb = embeddings.embedding_matrix(table)  # [M, D]
-    img_a, img_n = emb[where["anchor"]], emb[where["negative"]]
+    img_a, img_n = (np.asarray(x) for x in embed_images(t))
     txt_p = np.asarray(embed_texts(list(prompt[keep].astype(str))))
     txt_n = np.asarray(embed_texts(list(neg_caption[keep].astype(str))))
+    blocks = (
+        [(s, (t["split"] == s).to_numpy()) for s in ("train", "val", "test") if (t["split"] == s).any()]
+        if by_split
+        else [(None, np.ones(len(t), bool))]
+    )
     out = []
-    for split in [s for s in ("train", "val", "test") if (t["split"] == s).any()]:
-        in_split = (t["split"] == split).to_numpy()
+    for split, in_split in blocks:
         for kind in ["all", *sorted(t.loc[in_split, "negative_kind"].unique())]:
             sel = in_split & ((t["negative_kind"] == kind).to_numpy() if kind != "all" else True)
             r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
             out.append(
                 {
-                    "split": split,
+                    **({"split": split} if by_split else {}),
                     "negative_kind": kind,
                     "triplets": r["triplets"],
                     "originals": t.loc[sel, "anchor_id"].nunique(),
@@ -598,7 +624,7 @@ def seed_text_image_accuracy(
                     "chance": r["chance"],
                 }
             )
-    return pd.DataFrame(out, columns=SEED_TI_COLUMNS)
+    return pd.DataFrame(out, columns=cols)
 
 
 def text_image_table(nway: pd.DataFrame, binary: pd.DataFrame) -> pd.DataFrame:
@@ -706,3 +732,70 @@ def load(P) -> SiameseModels:
         if info.get("siamese_params") != want or info.get("seed") != P.seed:
             raise StageNotRunError("08", f"the {kind} siamese ({variant})", d, stale=True)
     return SiameseModels(clip, cnn)
+
+
+# -- what notebook 08 shows -------------------------------------------------------------------------------
+
+
+def extraction_table(ext: embeddings.ExtractResult) -> pd.DataFrame:
+    """The extraction's cache figures: the call that ran (``ext``), and a second call's: that call
+    embedded whatever of its images was missing, so a second one finds every image cached (all hits,
+    nothing embedded). No second extraction runs, so its wall time is not shown."""
+    cols = ["call", "images", "cache hits", "misses (embedded now)", "wall s", "images/s"]
+    first = ["first", ext.items, ext.hits, ext.misses, round(ext.seconds, 2)]
+    first.append(round(ext.items_per_s, 1) if ext.misses else None)
+    return pd.DataFrame([first, ["second", ext.items, ext.items, 0, None, None]], columns=cols)
+
+
+def kept_epoch(run: SiameseResult | TrainResult) -> pd.Series:
+    """The validation row of the epoch whose weights were kept (a CLIP head's or a CNN siamese's)."""
+    h = run.history
+    return h[(h["epoch"] == run.best_epoch) & (h["split"] == "val")].iloc[0]
+
+
+def clip_runs_table(runs: dict[str, SiameseResult]) -> pd.DataFrame:
+    """One row per CLIP head (:attr:`SiameseStageResult.clip`): originals and triplets per side of its
+    split, epochs run, the kept epoch and its validation figures, seconds per epoch."""
+    return pd.DataFrame(
+        [
+            {
+                "split": name,
+                **{
+                    f"{s} originals": r.triplets.loc[r.triplets["split"] == s, "anchor_id"].nunique()
+                    for s in ("train", "val")
+                },
+                **{f"{s} triplets": int((r.triplets["split"] == s).sum()) for s in ("train", "val")},
+                "epochs run": int(r.history["epoch"].max()),
+                "best epoch": r.best_epoch,
+                **{f"val {k}": kept_epoch(r)[k] for k in ("loss", "acc_random", "acc_hard", "tau")},
+                "s / epoch": r.seconds / r.history["epoch"].max(),
+            }
+            for name, r in runs.items()
+        ]
+    )
+
+
+def models_table(result: SiameseStageResult, cnn_label: str) -> pd.DataFrame:
+    """Every trained model's validation loss and accuracies at its kept epoch, and its training
+    seconds: the CLIP heads, then the CNN siamese variants (named ``<cnn_label> siamese <variant>``)."""
+    cols = ["loss", "acc_random", "acc_hard"]
+    return pd.DataFrame(
+        [
+            {
+                "model": f"CLIP siamese {n}",
+                "best epoch": r.best_epoch,
+                **kept_epoch(r)[cols].to_dict(),
+                "train s": r.seconds,
+            }
+            for n, r in result.clip.items()
+        ]
+        + [
+            {
+                "model": f"{cnn_label} siamese {v}",
+                "best epoch": r.best_epoch,
+                **kept_epoch(r)[cols].to_dict(),
+                "train s": r.metrics.get("seconds"),
+            }
+            for v, r in result.cnn.items()
+        ]
+    )

@@ -349,38 +349,34 @@ def style_breakdown(name: str, der, trip, ver, q_all) -> pd.DataFrame:
 
 # -- the seed's text-image accuracies ------------------------------------------------------------------------
 def text_image_binary(es: EvalSet, embed_images, embed_texts, captions: pd.DataFrame) -> pd.DataFrame:
-    """The seed's i2t and t2i on the test triplets whose derivative was made from a prompt (SDXL):
-    per triplet a binary choice, chance 0.5 (:func:`metrics.binary_text_image_accuracy`): the
-    original against its derivative's prompt and the negative's caption (i2t), the prompt against
-    the original and the negative (t2i). ``embed_images(paths)`` and ``embed_texts(texts)`` give
-    ``[N, D]`` embeddings in one space (CLIP). One row per kind of negative and 'all'; empty when
-    no test derivative has a prompt (the ``augment`` backend has none)."""
-    cols = ["negative_kind", "triplets", "originals", "i2t", "t2i", "chance"]
-    t, d = es.triplets, es.derivatives.set_index("pair_id")
-    prompt = t["positive_id"].map(d["prompt"]) if "prompt" in d else pd.Series(index=t.index, dtype=object)
-    neg_caption = t["negative_id"].map(captions.set_index("id")["caption"])
-    keep = (prompt.notna() & prompt.astype(str).str.strip().ne("") & neg_caption.notna()).to_numpy()
-    if not keep.any():
-        return pd.DataFrame(columns=cols)
-    t, prompt, neg_caption = t[keep], prompt[keep].astype(str), neg_caption[keep].astype(str)
+    """The seed's i2t and t2i on the test triplets whose derivative was made from a prompt (SDXL),
+    as stage 08 computes them (:func:`artsim_lib.stages.s08_siamese.seed_text_image_table`, over all
+    test triplets): per triplet a binary choice, chance 0.5. ``embed_images(paths)`` and
+    ``embed_texts(texts)`` give ``[N, D]`` embeddings in one space (CLIP). One row per kind of
+    negative and 'all'; empty when no test derivative has a prompt (the ``augment`` backend has none)."""
+    from artsim_lib.stages.s08_siamese import seed_text_image_table
+
+    d = es.derivatives.set_index("pair_id")
+    prompts = d["prompt"] if "prompt" in d else pd.Series(dtype=object)
     path = es.originals["path"].to_numpy()
-    img_a, img_n = np.asarray(embed_images(list(path[t["a"]]))), np.asarray(embed_images(list(path[t["n"]])))
-    txt_p, txt_n = np.asarray(embed_texts(list(prompt))), np.asarray(embed_texts(list(neg_caption)))
-    rows = []
-    for kind in ["all", *sorted(t["negative_kind"].unique())]:
-        sel = np.ones(len(t), bool) if kind == "all" else (t["negative_kind"] == kind).to_numpy()
-        r = metrics.binary_text_image_accuracy(img_a[sel], txt_p[sel], img_n[sel], txt_n[sel])
-        rows.append(
-            dict(
-                negative_kind=kind,
-                triplets=r["triplets"],
-                originals=t.loc[sel, "anchor_id"].nunique(),
-                i2t=r["i2t"],
-                t2i=r["t2i"],
-                chance=r["chance"],
-            )
-        )
-    return pd.DataFrame(rows, columns=cols)
+
+    def images(t: pd.DataFrame):
+        return embed_images(list(path[t["a"]])), embed_images(list(path[t["n"]]))
+
+    return seed_text_image_table(es.triplets, prompts, captions, images, embed_texts, by_split=False)
+
+
+def seed_text_image(P, result: EvalResult) -> pd.DataFrame:
+    """:func:`text_image_binary` of a run's test set with its CLIP (the raw ``clip`` measure's model
+    and embedding cache; stage 03's captions); empty when the ``clip`` measure did not run."""
+    from artsim_lib.measures import embeddings
+    from artsim_lib.stages import s03_captioning
+    from artsim_lib.stages.s08_siamese import clip_text_embedder
+
+    if "clip" not in result.measures:
+        return pd.DataFrame()
+    clip = embeddings.load_clip_measure(P.run.root)
+    return text_image_binary(result.es, clip.embed, clip_text_embedder(clip.encoder), s03_captioning.load(P))
 
 
 # -- the whole evaluation ----------------------------------------------------------------------------------
@@ -740,6 +736,19 @@ def leave_one_family_out(
     out["held_out"] = out["trained_without"] == out["family"]
     out.attrs["drops"] = paired_drops(test, scores, P.evaluation.n_boot, P.evaluation.ci, P.seed)
     return out
+
+
+def leave_one_family_out_for_run(P, result: EvalResult) -> pd.DataFrame | None:
+    """:func:`leave_one_family_out` on a run: its triplets, manifest and stage 08's cached CLIP
+    embeddings (:func:`artsim_lib.measures.embeddings.extract_embeddings`: read from the cache).
+    ``None`` where it does not apply: without the ``clip_siamese`` measure or the ``augment`` backend."""
+    from artsim_lib.measures import embeddings
+
+    if "clip_siamese" not in result.measures or not (result.es.derivatives["backend"] == "augment").any():
+        return None
+    manifest, triplets = s02_preprocess.load(P), s05_generation.load_triplets(P)
+    cached = embeddings.extract_embeddings(P, embeddings.stage_images(manifest, triplets))
+    return leave_one_family_out(P, triplets, cached.table, manifest)
 
 
 def paired_drops(test: pd.DataFrame, scores: dict, n_boot: int, ci: float, seed: int = 0) -> pd.DataFrame:

@@ -316,6 +316,35 @@ def test_text_image_table_shows_both_forms_with_their_chance():
     assert len(only) == 1 and only["chance"].iloc[0] == pytest.approx(1 / 3)
 
 
+def test_the_notebook_tables_read_the_kept_epoch_and_the_extraction_that_ran(tmp_path):
+    from artsim_lib.models.training import TrainResult
+
+    hist = pd.DataFrame(
+        {
+            "epoch": [1, 1, 2, 2],
+            "split": ["train", "val"] * 2,
+            "loss": [0.9, 0.8, 0.5, 0.6],
+            "acc_random": [0.5, 0.6, 0.7, 0.65],
+            "acc_hard": [0.5, 0.5, 0.6, 0.55],
+            "tau": [0.1] * 4,
+        }
+    )
+    trip = pd.DataFrame({"split": ["train", "train", "val"], "anchor_id": ["o0", "o0", "o1"]})
+    clip = siamese.SiameseResult(None, hist, 1, 4.0, "80-20", None, trip)
+    cnn = TrainResult(hist, 2, tmp_path, "triplet", {"seconds": 3.0})
+    assert siamese.kept_epoch(clip)["loss"] == 0.8 and siamese.kept_epoch(cnn)["loss"] == 0.6  # val, kept epoch
+    row = siamese.clip_runs_table({"80-20": clip}).iloc[0]
+    counts = ["train originals", "val originals", "train triplets", "val triplets", "epochs run", "best epoch"]
+    assert row[counts].tolist() == [1, 1, 2, 1, 2, 1] and row["val loss"] == 0.8 and row["s / epoch"] == 2.0
+    ext = embeddings.ExtractResult("k", tmp_path, tmp_path / "images.parquet", 5, 2, 3, 1.5, True)
+    models = siamese.models_table(siamese.SiameseStageResult(ext, True, {"80-20": clip}, {"triplet": cnn}), "CNN")
+    assert list(models["model"]) == ["CLIP siamese 80-20", "CNN siamese triplet"]
+    assert models["loss"].tolist() == [0.8, 0.6] and models["train s"].tolist() == [4.0, 3.0]
+    cache = siamese.extraction_table(ext)  # the call that ran, and a second call: every image cached
+    assert cache[["images", "cache hits", "misses (embedded now)"]].values.tolist() == [[5, 2, 3], [5, 5, 0]]
+    assert cache["wall s"].iloc[0] == 1.5 and cache["images/s"].iloc[0] == 2.0
+
+
 # -- the seed's 80/20 and 40/60 splits ---------------------------------------------------------------------------
 
 

@@ -547,6 +547,39 @@ def test_seed_text_image_accuracy_on_prompted_derivatives_only():
     assert evaluation.text_image_binary(es, None, None, captions).empty  # augment: no prompts
 
 
+def test_the_run_level_text_image_and_family_helpers_say_when_they_do_not_apply():
+    from types import SimpleNamespace
+
+    es, _ = hand_study()
+    result = SimpleNamespace(es=es, measures={"table": None})  # neither clip nor clip_siamese ran
+    assert evaluation.seed_text_image(None, result).empty
+    assert evaluation.leave_one_family_out_for_run(None, result) is None
+
+
+def test_notebook_08_heatmaps_show_one_test_original_per_style_then_its_own_derivatives():
+    from artsim_lib.plots import evaluation as eplots
+
+    rows = [
+        (split, o, style, f"{o}:{lev}", lev, fam)
+        for split, o, style in [
+            ("test", "o0", "Cubism"),
+            ("test", "o1", "Cubism"),
+            ("test", "o2", "Baroque_long"),
+            ("train", "o3", "Ukiyo_e"),
+        ]
+        for lev, fam in [("moderate", "photometric"), ("radical", "geometric")]
+    ]
+    trip = pd.DataFrame(rows, columns=["split", "anchor_id", "style", "positive_id", "level", "family"])
+    trip = trip.assign(anchor_path=trip["anchor_id"] + ".png", positive_path=trip["positive_id"] + ".png")
+    paths, labels = eplots.pick_triplet_heatmap_images(trip, 4, seed=3)
+    assert len(paths) == len(labels) == 6  # two test styles: two originals, each with two derivatives
+    assert labels[0].startswith("A original (") and labels[1:3] == ["A moderate photometric", "A radical geometric"]
+    assert labels[3] in ("B original (Cubism)", "B original (Baroque_long)") and labels[0] != labels[3]
+    for k in (0, 3):
+        assert paths[k + 1 : k + 3] == [paths[k].replace(".png", f":{lev}.png") for lev in ("moderate", "radical")]
+    assert (paths, labels) == eplots.pick_triplet_heatmap_images(trip, 4, seed=3)  # seeded
+
+
 # -- leave one family out: on synthetic embeddings, a family whose derivatives only a head trained on it
 # can recognise shows a drop once held out; the others do not ------------------------------------------------
 def lofo_study(n_orig=80, dim=8, seed=0):
