@@ -66,11 +66,15 @@ def _saturation(img, s, rng):
     return ImageEnhance.Color(img).enhance(1 + _sign(rng) * 0.8 * s)
 
 
-def _hue(img, s, rng):
+def rotate_hue(img: Image.Image, shift: int) -> Image.Image:
+    """Every pixel's hue turned by ``shift`` steps of 256 (the colour circle), as RGB."""
     hsv = np.asarray(img.convert("HSV")).copy()  # [H, W, 3] uint8, hue on 0..255
-    shift = int(round(_sign(rng) * 64 * s))  # up to a quarter of the hue circle (90°)
     hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 256
     return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def _hue(img, s, rng):
+    return rotate_hue(img, int(round(_sign(rng) * 64 * s)))  # up to a quarter of the hue circle (90°)
 
 
 # -- degradation ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from artsim_lib.core.augment import rotate_hue
 from artsim_lib.io import images
 from artsim_lib.models.training import batch_indices
 
@@ -108,11 +109,7 @@ def random_resized_crop(
 
 def shift_hue(img: Image.Image, turn: float) -> Image.Image:
     """Rotate every pixel's hue by ``turn`` (a fraction of the colour circle)."""
-    if turn == 0:
-        return img
-    h, s, v = img.convert("HSV").split()
-    h = h.point(lambda x: (x + int(round(turn * 255))) % 256)
-    return Image.merge("HSV", (h, s, v)).convert("RGB")
+    return img if turn == 0 else rotate_hue(img, int(round(turn * 255)))
 
 
 def color_jitter(
