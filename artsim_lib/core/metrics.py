@@ -500,3 +500,23 @@ def batched_retrieval(img: np.ndarray, txt: np.ndarray, n: int, seed: int = 0) -
     acc = np.array([retrieval_accuracy(img[b], txt[b]) for b in batches])  # [batches, 2]
     i2t, t2i = (acc * w[:, None]).sum(0) / w.sum()
     return {"pairs": int(w.sum()), "N": n, "i2t": float(i2t), "t2i": float(t2i), "chance": float(len(w) / w.sum())}
+
+
+def topk_chance(k: int, num_classes: int) -> float:
+    """Top-k accuracy of a uniformly random ranking of ``num_classes`` classes: k/K (8 classes:
+    top-1 0.125, top-5 0.625), whatever the split's class balance."""
+    return min(k, num_classes) / num_classes if num_classes else float("nan")
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts ``[true, predicted]``. # [K, K]"""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def per_class_f1(cm: np.ndarray) -> np.ndarray:
+    """F1 of each class from a confusion matrix (0 where a class is never predicted nor present). # [K]"""
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)  # predicted + true = 2TP + FP + FN
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)

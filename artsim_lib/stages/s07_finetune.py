@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from artsim_lib import models
+from artsim_lib.core.metrics import confusion_matrix, per_class_f1, topk_chance  # noqa: F401  (this stage's API)
 from artsim_lib.io import paths
 from artsim_lib.io.artifacts import StageNotRunError
 from artsim_lib.io.workers import worker_count
@@ -119,26 +120,6 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> fl
         return float("nan")
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # [N, k]
     return (top == targets[:, None]).any(dim=1).float().mean().item()
-
-
-def topk_chance(k: int, num_classes: int) -> float:
-    """Top-k accuracy of a uniformly random ranking of ``num_classes`` classes: k/K (8 classes:
-    top-1 0.125, top-5 0.625), whatever the split's class balance."""
-    return min(k, num_classes) / num_classes if num_classes else float("nan")
-
-
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """Counts ``[true, predicted]``. # [K, K]"""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return cm
-
-
-def per_class_f1(cm: np.ndarray) -> np.ndarray:
-    """F1 of each class from a confusion matrix (0 where a class is never predicted nor present). # [K]"""
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)  # predicted + true = 2TP + FP + FN
-    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
 def split_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
