@@ -11,7 +11,7 @@ from PIL import Image
 
 from artsim_lib import config
 from artsim_lib.core import metrics
-from artsim_lib.measures import registry as compare
+from artsim_lib.measures import registry
 from artsim_lib.measures import scoring
 from artsim_lib.measures.base import (
     DescriptorMeasure,
@@ -361,7 +361,7 @@ def test_unavailable_measures_are_skipped_and_listed(run_dir):
     ]
     assert skipped["reason"].str.len().gt(10).all()
     with pytest.raises(MeasureUnavailableError):
-        compare.load_measure("resnet_finetuned", run_dir)
+        registry.load_measure("resnet_finetuned", run_dir)
 
 
 def test_resnet_measures_from_a_run(run_dir, image_study):
@@ -375,15 +375,15 @@ def test_resnet_measures_from_a_run(run_dir, image_study):
     P.run.root.mkdir(parents=True, exist_ok=True)
     P.run.params_file.write_text(P.to_yaml())
     with pytest.raises(MeasureUnavailableError, match="resnet"):
-        compare.load_measure("resnet", run_dir)  # the tiny checkpoint is not built yet
+        registry.load_measure("resnet", run_dir)  # the tiny checkpoint is not built yet
     models.ensure_tiny_checkpoints(P, ["resnet"])
     imgs = image_study.images[:3]
-    before = compare.load_measure("resnet", run_dir)
+    before = registry.load_measure("resnet", run_dir)
     emb = before.embed(imgs + imgs[:1])  # [4, D]
     assert np.allclose(np.linalg.norm(emb, axis=1), 1) and emb[0] @ emb[3] == pytest.approx(1)
     clf, proc = models.load_resnet(P.model_ref("resnet"))
     trained.save_checkpoint(clf, proc, P.run.root / "finetune" / "best", {"complete": True})
-    after = compare.load_measure("resnet_finetuned", run_dir)
+    after = registry.load_measure("resnet_finetuned", run_dir)
     assert np.allclose(after.embed(imgs), heads.resnet_embed(clf, proc, imgs).numpy(), atol=1e-5)
     for variant, name in (("regression", "resnet_regression"), ("triplet", "resnet_siamese")):
         torch.manual_seed(0)
@@ -394,7 +394,7 @@ def test_resnet_measures_from_a_run(run_dir, image_study):
             P.run.root / "siamese" / f"resnet-{variant}",
             {"variant": variant, "hidden": [8], "out_dim": 4, "dropout": 0.0, "tau": 0.07, "learn_tau": False},
         )
-        m = compare.load_measure(name, run_dir)
+        m = registry.load_measure(name, run_dir)
         direct = model.eval().similarity(imgs, imgs[::-1]).numpy()
         fa, fb = m.features(imgs), m.features(imgs[::-1])
         assert [m.raw_from_features(a, b) for a, b in zip(fa, fb)] == pytest.approx(direct, abs=1e-5)
