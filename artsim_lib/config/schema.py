@@ -27,7 +27,7 @@ RADICAL_FAMILIES = (
 )
 MODERATE_FAMILIES = ("colour", "lighting", "technique", "season", "time_of_day")
 
-# The measures artsim_lib.measures.registry knows (built-ins and the plugins it loads): a static list, so
+# The measures artsim_lib.measures.registry knows (its static table: built-ins, trained, sota): a static list, so
 # the params load without importing torch; tests/test_config.py checks it against the registry.
 KNOWN_MEASURES = (
     "ssim",
@@ -51,7 +51,7 @@ KNOWN_MEASURES = (
     "sscd",
     "geometry",
 )
-# Names a program registered itself (compare.register_measure): allowed too, so a library user's own
+# Names a program registered itself (registry.register_measure): allowed too, so a library user's own
 # measure (or a test's) validates; profiles can name only what is registered when they are loaded.
 EXTRA_MEASURES: set[str] = set()
 
