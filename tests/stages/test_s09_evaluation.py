@@ -11,8 +11,7 @@ from PIL import Image
 
 from artsim_lib import config
 from artsim_lib.core import metrics
-from artsim_lib.measures import registry
-from artsim_lib.measures import scoring
+from artsim_lib.measures import registry, scoring
 from artsim_lib.measures.base import (
     DescriptorMeasure,
     EmbeddingMeasure,
