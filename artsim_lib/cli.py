@@ -48,7 +48,6 @@ EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C
 INTERRUPT_GRACE_S = (60.0, 15.0)
 LOCK_ENV = runlock.LOCK_ENV  # the token of the run that holds the lock, for its own jobs
 RERUN_TRIGGERS = ("mtime", "params", "input", "code")
-SOURCE_ROOT = cluster.SOURCE_ROOT
 
 
 def profile_ref(profile: str) -> str:
@@ -62,7 +61,7 @@ def profile_ref(profile: str) -> str:
 
 def snakefile() -> Path:
     """``<root>/workflow/Snakefile``, else the one beside this package (editable install)."""
-    for base in (paths.project_root(), SOURCE_ROOT):
+    for base in (paths.project_root(), paths.SOURCE_ROOT):
         f = base / "workflow" / "Snakefile"
         if f.exists():
             return f

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # artsim_lib/ (this file is artsim_lib/io/paths.py)
+SOURCE_ROOT = PACKAGE_DIR.parent  # the checkout holding artsim_lib/ (an editable install)
 
 
 def project_root() -> Path:
@@ -17,7 +18,7 @@ def project_root() -> Path:
     env = os.environ.get("ARTSIM_ROOT")
     if env:
         return Path(env).resolve()
-    candidate = PACKAGE_DIR.parent
+    candidate = SOURCE_ROOT
     if (candidate / "params").is_dir():
         return candidate
     return Path.cwd().resolve()

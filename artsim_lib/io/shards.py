@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 from tqdm import tqdm
@@ -148,7 +148,7 @@ def run_batches(
     return done
 
 
-def refuse_merge(stage: str, missing: str, num_shards: int, pending: dict) -> None:
+def refuse_merge(stage: str, missing: str, num_shards: int, pending: dict) -> NoReturn:
     """The merge job's error while shards are not done: ``missing`` says what, in words
     ("3 image(s) not captioned yet"), ``pending`` how many per shard."""
     raise RuntimeError(

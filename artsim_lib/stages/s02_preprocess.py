@@ -30,7 +30,7 @@ from artsim_lib.core.splits import grouped_split, stratified_split  # noqa: F401
 from artsim_lib.io import manifest as source
 from artsim_lib.io import paths
 from artsim_lib.io.artifacts import StageNotRunError
-from artsim_lib.io.images import (  # to_rgb: re-exported (part of this module's API)
+from artsim_lib.io.images import (
     ImageReadError,
     OversizedImageError,
     image_mode,

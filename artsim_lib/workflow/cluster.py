@@ -22,7 +22,6 @@ from artsim_lib.workflow import runner
 
 # The checkout holding this package (workflow/, params/): the Snakefile and profiles of an
 # editable install when the project root (``$ARTSIM_ROOT``) is another folder.
-SOURCE_ROOT = paths.PACKAGE_DIR.parent  # the checkout holding artsim_lib/ (an editable install)
 MERGE_ONLY = -1  # the shard_index of the job that merges the shards' results
 PROFILES_DIR = Path("workflow") / "profiles"
 DAG_FORMATS = {".dot": "dot", ".mmd": "mermaid-js"}  # written as Snakemake prints them
@@ -91,10 +90,10 @@ def profile_dir(cluster: str | os.PathLike) -> Path:
     p = Path(cluster)
     if p.is_dir():
         return p.resolve()
-    for base in (paths.project_root(), SOURCE_ROOT):
+    for base in (paths.project_root(), paths.SOURCE_ROOT):
         if (base / PROFILES_DIR / str(cluster)).is_dir():
             return base / PROFILES_DIR / str(cluster)
-    known = sorted(d.name for d in (SOURCE_ROOT / PROFILES_DIR).glob("*") if d.is_dir())
+    known = sorted(d.name for d in (paths.SOURCE_ROOT / PROFILES_DIR).glob("*") if d.is_dir())
     raise config.ParamsError(f"--cluster {cluster}: no such profile (known: {', '.join(known) or 'none'})")
 
 
